@@ -226,7 +226,9 @@ def _count_of(n: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.floor(n.to(torch.float64) * fraction).clamp(min=1)
 
 
-def select_top(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, *, largest: bool) -> torch.Tensor:
+def select_top(
+    scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, *, largest: bool
+) -> torch.Tensor:
     """Boolean mask of the ``k`` candidates with the largest (or smallest) score.
 
     Sync-free: ``k`` is a tensor, the choice is made by each element's rank in a stable sort, so
@@ -293,7 +295,9 @@ def _low_entropy_cov_penalty(
         low = mask
     else:
         if entropy is None:
-            raise ValueError("this loss needs the token entropy (entropy=...); see sent.entropy.token_entropy")
+            raise ValueError(
+                "this loss needs the token entropy (entropy=...); see sent.entropy.token_entropy"
+            )
         low = select_top(entropy, mask, _count_of(n_valid, fraction), largest=False)
     lp = log_prob.detach()
     n_low = low.sum().to(lp.dtype).clamp(min=1)
@@ -317,9 +321,16 @@ def kl_cov_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=No
     mask = response_mask.bool()
     neg_kl = log_prob - old_log_prob
     weight, _ = _low_entropy_cov_penalty(
-        log_prob=log_prob, old_log_prob=old_log_prob, advantages=advantages, mask=mask, entropy=None,
-        fraction=1.0, high_coef=1.0, low_coef=0.0, config=config,
-    )  # fmt: skip
+        log_prob=log_prob,
+        old_log_prob=old_log_prob,
+        advantages=advantages,
+        mask=mask,
+        entropy=None,
+        fraction=1.0,
+        high_coef=1.0,
+        low_coef=0.0,
+        config=config,
+    )
     losses = -advantages * torch.exp(neg_kl) + config.ppo_kl_coef * weight * neg_kl.abs()
     loss = _aggregate(losses, mask, config)
     return loss, {
@@ -357,10 +368,16 @@ def sent_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=None
         losses, loss_mask = base + config.ppo_kl_coef * abs_kl, low
     else:
         weight, low = _low_entropy_cov_penalty(
-            log_prob=log_prob, old_log_prob=old_log_prob, advantages=advantages, mask=mask, entropy=entropy,
-            fraction=config.low_entropy_fraction, high_coef=config.high_cov_coef,
-            low_coef=config.low_cov_coef, config=config,
-        )  # fmt: skip
+            log_prob=log_prob,
+            old_log_prob=old_log_prob,
+            advantages=advantages,
+            mask=mask,
+            entropy=entropy,
+            fraction=config.low_entropy_fraction,
+            high_coef=config.high_cov_coef,
+            low_coef=config.low_cov_coef,
+            config=config,
+        )
         losses, loss_mask = base + config.ppo_kl_coef * weight * abs_kl, mask
     loss = _aggregate(losses, loss_mask, config)
     metrics = {
@@ -436,7 +453,9 @@ def entropy_mask_loss(*, log_prob, old_log_prob, advantages, response_mask, entr
 KlKind = Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl", "k1+", "k3+", "low_var_kl+"]
 
 
-def kl_penalty(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kind: KlKind = "low_var_kl") -> torch.Tensor:
+def kl_penalty(
+    log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kind: KlKind = "low_var_kl"
+) -> torch.Tensor:
     """Per-token KL estimate of pi to the reference (Schulman's k1/k2/k3), as verl's ``kl_penalty``.
 
     ``k3``/``low_var_kl``: ``exp(ref - lp) - (ref - lp) - 1``, log-ratio clamped to [-20, 20] and the

@@ -274,7 +274,7 @@ class _Worker:
         try:
             self.proc.kill()
             self.proc.wait(timeout=5)
-        except Exception:  # noqa: BLE001 - best effort on the way out
+        except Exception:
             pass
 
 
@@ -308,7 +308,7 @@ class _VerifierPool:
                     return None
                 try:
                     worker = _Worker()
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     self._start_failed = True
                     logger.error("cannot start the math-verify worker (%s); symbolic checks are off", exc)
                     return None
@@ -316,11 +316,13 @@ class _VerifierPool:
                     self._all.append(worker)
             result = worker.ask(a, b, timeout)
             if result is None:
-                logger.warning("symbolic check of %r vs %r exceeded %.1fs; treated as not equivalent", a, b, timeout)
+                logger.warning(
+                    "symbolic check of %r vs %r exceeded %.1fs; treated as not equivalent", a, b, timeout
+                )
                 worker.kill()
                 worker = None
             return result
-        except Exception as exc:  # noqa: BLE001 - a broken pipe must not break a reward call
+        except Exception as exc:
             logger.warning("verifier failed on %r vs %r: %s", a, b, exc)
             if worker is not None:
                 worker.kill()
@@ -398,11 +400,14 @@ def is_equivalent(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIME
         if _PLAIN_TEXT_RE.match(na) and _PLAIN_TEXT_RE.match(nb) and (len(na) > 1 or len(nb) > 1):
             # words ("Monday", "even"): no maths to compare beyond the spelling
             return na.casefold() == nb.casefold()
-        if max(len(na), len(nb)) > MAX_SYMBOLIC_CHARS or max(_brace_depth(na), _brace_depth(nb)) > MAX_BRACE_DEPTH:
+        if (
+            max(len(na), len(nb)) > MAX_SYMBOLIC_CHARS
+            or max(_brace_depth(na), _brace_depth(nb)) > MAX_BRACE_DEPTH
+        ):
             return False
         lo, hi = sorted((na, nb))
         return _symbolic_equivalent(lo, hi, float(timeout))
-    except Exception as exc:  # noqa: BLE001 - a judge must answer, not crash a training step
+    except Exception as exc:
         logger.warning("is_equivalent(%r, %r) failed: %s", a, b, exc)
         return False
 

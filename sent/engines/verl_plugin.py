@@ -64,7 +64,7 @@ def _get(cfg: Any, key: str) -> Any:
     if callable(getter):
         try:
             return getter(key, None)
-        except Exception:  # noqa: BLE001 - dataclass configs without that key
+        except Exception:
             pass
     return getattr(cfg, key, None)
 
