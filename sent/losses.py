@@ -31,10 +31,12 @@ The losses:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import numpy as np
 import torch
 
 LossAggMode = Literal[
@@ -226,22 +228,123 @@ def _count_of(n: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.floor(n.to(torch.float64) * fraction).clamp(min=1)
 
 
+SMALL_K = 2048
+"""Selections whose size has a static bound up to this use ``topk`` (sync-free, fast anywhere)."""
+
+
+def _first_n(mask: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The first ``n`` True entries of a flat boolean ``mask`` (by index)."""
+    if mask.device.type == "cpu" and int(torch.count_nonzero(mask)) <= int(n):
+        return mask  # the usual case (no excess ties): skip the prefix sum; no device sync on CPU
+    return mask & (torch.cumsum(mask, dim=0, dtype=torch.int32) <= n)
+
+
+def _kth_smallest_cpu(a: np.ndarray, kk: int) -> float:
+    """The ``kk``-th smallest value of ``a`` (1-based), exactly, in about half the time of a full
+    ``np.partition`` on large arrays: two pivots from a strided sample bracket the target rank,
+    and only the band between them is partitioned (Floyd-Rivest). Falls back to the full
+    partition when the band misses the rank."""
+    n = a.size
+    if n < 16384:
+        return np.partition(a, kk - 1)[kk - 1]
+    s = 2048
+    sample = np.sort(a[np.arange(s, dtype=np.int64) * (n // s)])
+    t = kk * s / n
+    margin = 3.0 * math.sqrt(s)  # about 3 standard deviations of the sample rank
+    lo = sample[max(0, int(t - margin))]
+    hi = sample[min(s - 1, int(t + margin))]
+    below = np.count_nonzero(a < lo)
+    if below < kk:
+        band = a[(a >= lo) & (a <= hi)]
+        r = kk - below
+        if r <= band.size:
+            return np.partition(band, r - 1)[r - 1]
+    return np.partition(a, kk - 1)[kk - 1]
+
+
+def _last_n(mask: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The last ``n`` True entries of a flat boolean ``mask`` (by index)."""
+    return _first_n(mask.flip(0), n).flip(0)
+
+
 def select_top(
-    scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, *, largest: bool
+    scores: torch.Tensor,
+    candidates: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    largest: bool,
+    max_k: int | None = None,
+    ties_to_last: bool = False,
 ) -> torch.Tensor:
     """Boolean mask of the ``k`` candidates with the largest (or smallest) score.
 
-    Sync-free: ``k`` is a tensor, the choice is made by each element's rank in a stable sort, so
-    ties go to the lower flat index. Fewer than ``k`` candidates: all of them.
+    Ties at the boundary go to the lower flat index (the higher one with ``ties_to_last``);
+    fewer than ``k`` candidates: all of them.
+    ``k`` is a tensor so that the choice needs no host sync: the k-th score is found with
+    ``topk`` when the caller knows a static bound ``max_k <= SMALL_K`` (true of the k' tokens of
+    KL-Cov, whose count is at most rho * B * T), else with a sort (accelerators) or, on the CPU
+    where reading ``k`` is not a device sync, an O(n) selection (`_kth_smallest_cpu`). All paths
+    select the same set.
     """
     flat = scores.detach().reshape(-1)
     cand = candidates.reshape(-1)
-    fill = torch.finfo(flat.dtype).min if largest else torch.finfo(flat.dtype).max
-    keyed = torch.where(cand, flat, torch.full_like(flat, fill))
-    order = torch.argsort(keyed, descending=largest, stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device)
-    return ((rank < k) & cand).reshape(scores.shape)
+    keyed = torch.where(cand, flat, float("-inf") if largest else float("inf"))
+    k = torch.minimum(k.to(torch.int64), torch.count_nonzero(cand))
+    if max_k is not None and max_k <= SMALL_K:
+        m = max(1, min(max_k, keyed.numel()))
+        best = torch.topk(keyed, m, largest=largest, sorted=True).values
+        kth = best.gather(0, (k - 1).clamp(0, m - 1).reshape(1)).squeeze(0)
+    elif keyed.device.type == "cpu":
+        kk = int(k)
+        if kk == 0:
+            return torch.zeros_like(candidates, dtype=torch.bool)
+        # Partition the low end only: numpy's introselect slows down 20x when the k-th position
+        # sits above a large block of equal fill values, so "largest" partitions the negation.
+        low_end = -keyed if largest else keyed
+        kth = torch.as_tensor(_kth_smallest_cpu(low_end.numpy(), kk), dtype=keyed.dtype)
+        kth = -kth if largest else kth
+    else:
+        ordered = torch.sort(keyed, descending=largest).values
+        kth = ordered.gather(0, (k - 1).clamp(min=0).reshape(1)).squeeze(0)
+    beyond = ((keyed > kth) if largest else (keyed < kth)) & cand
+    ties = (keyed == kth) & cand
+    take_ties = _last_n if ties_to_last else _first_n
+    chosen = beyond | take_ties(ties, k - torch.count_nonzero(beyond))
+    return chosen.reshape(scores.shape)
+
+
+def select_extremes(
+    scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, *, max_k: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the ``k`` largest candidates, the ``k`` smallest of the remaining candidates).
+
+    The largest break ties toward the lower flat index, the smallest toward the higher one:
+    the second order is then the exact reverse of the first, so "the k smallest of the rest"
+    equals "the k smallest of all, minus the largest" and both can be found at once (one batched
+    ``topk`` over a (2, N) stack when ``max_k <= SMALL_K``).
+    """
+    if max_k is None or max_k > SMALL_K:
+        high = select_top(scores, candidates, k, largest=True, max_k=max_k)
+        low = select_top(scores, candidates, k, largest=False, max_k=max_k, ties_to_last=True)
+        return high, low & ~high
+    flat = scores.detach().reshape(-1)
+    cand = candidates.reshape(-1)
+    keyed = torch.where(cand, torch.stack([flat, -flat]), float("-inf"))  # row 1: smallest first
+    k = torch.minimum(k.to(torch.int64), torch.count_nonzero(cand))
+    m = max(1, min(max_k, flat.numel()))
+    best = torch.topk(keyed, m, dim=-1, largest=True, sorted=True).values
+    kth = best.gather(1, (k - 1).clamp(0, m - 1).reshape(1, 1).expand(2, 1))
+    beyond = (keyed > kth) & cand
+    ties = (keyed == kth) & cand
+    need = k - torch.count_nonzero(beyond, dim=-1)
+    high = beyond[0] | _first_n(ties[0], need[0])
+    low = (beyond[1] | _last_n(ties[1], need[1])) & ~high
+    return high.reshape(scores.shape), low.reshape(scores.shape)
+
+
+def _static_count_bound(shape: torch.Size, fraction: float) -> int:
+    """An upper bound of ``_count_of(n, fraction)`` for any n <= numel(shape), from shapes only."""
+    return max(1, int(math.prod(shape) * fraction))
 
 
 def _ppo_terms(log_prob, old_log_prob, advantages, config: PolicyLossConfig):
@@ -280,38 +383,40 @@ def ppo_clip_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=
 
 
 def _low_entropy_cov_penalty(
-    *, log_prob, old_log_prob, advantages, mask, entropy, fraction, high_coef, low_coef, config
+    *, log_prob, advantages, mask, n_valid, entropy, fraction, high_coef, low_coef, config
 ):
     """Shared body of ``kl_cov`` (f=1, c_hi=1, c_lo=0) and ``sent``.
 
     L = the ``max(1, floor(f * n_valid))`` valid tokens of lowest entropy (all valid tokens when
     f = 1); Cov_t = (A_t - mean_L A)(log pi_t - mean_L log pi) with log pi detached;
     k' = max(1, floor(|L| * rho)). The k' largest-Cov tokens of L get ``+ beta c_hi |dlogp|``,
-    the k' smallest (among the rest of L) ``+ beta c_lo |dlogp|``.
-    Returns (penalty_weight (B, T), low-entropy mask (B, T)).
+    the k' smallest (among the rest of L) ``+ beta c_lo |dlogp|``. Ties: `select_extremes`.
+    Returns (penalty weight (B, T) float, L (B, T) bool, |L| 0-d tensor).
     """
-    n_valid = mask.sum()
     if fraction >= 1.0:
-        low = mask
+        low, n_low = mask, n_valid
     else:
         if entropy is None:
             raise ValueError(
                 "this loss needs the token entropy (entropy=...); see sent.entropy.token_entropy"
             )
-        low = select_top(entropy, mask, _count_of(n_valid, fraction), largest=False)
+        n_low = torch.minimum(_count_of(n_valid, fraction), n_valid.to(torch.float64))
+        low = select_top(entropy, mask, n_low, largest=False)
     lp = log_prob.detach()
-    n_low = low.sum().to(lp.dtype).clamp(min=1)
     lowf = low.to(lp.dtype)
-    mean_adv = (advantages * lowf).sum() / n_low
-    mean_lp = (lp * lowf).sum() / n_low
+    denom = n_low.to(lp.dtype).clamp(min=1)
+    mean_adv = torch.dot(advantages.reshape(-1), lowf.reshape(-1)) / denom
+    mean_lp = torch.dot(lp.reshape(-1), lowf.reshape(-1)) / denom
     cov = (advantages - mean_adv) * (lp - mean_lp)
-    k = _count_of(low.sum(), config.kl_cov_ratio)
-    high = select_top(cov, low, k, largest=True)
-    weight = high.to(lp.dtype) * high_coef
+    k = _count_of(n_low, config.kl_cov_ratio)
+    k_max = _static_count_bound(mask.shape, config.kl_cov_ratio)
     if low_coef != 0:
-        low_cov = select_top(cov, low & ~high, k, largest=False)
-        weight = weight + low_cov.to(lp.dtype) * low_coef
-    return weight, low
+        high, low_cov = select_extremes(cov, low, k, max_k=k_max)
+        weight = high.to(lp.dtype) * high_coef + low_cov.to(lp.dtype) * low_coef
+    else:
+        high = select_top(cov, low, k, largest=True, max_k=k_max)
+        weight = high.to(lp.dtype) * high_coef
+    return weight, low, n_low
 
 
 @register_policy_loss("kl_cov")
@@ -320,22 +425,23 @@ def kl_cov_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=No
     tokens with the largest covariance of advantage and log-probability. No clipping."""
     mask = response_mask.bool()
     neg_kl = log_prob - old_log_prob
-    weight, _ = _low_entropy_cov_penalty(
+    abs_kl = neg_kl.abs()
+    weight, _, _ = _low_entropy_cov_penalty(
         log_prob=log_prob,
-        old_log_prob=old_log_prob,
         advantages=advantages,
         mask=mask,
+        n_valid=torch.count_nonzero(mask),
         entropy=None,
         fraction=1.0,
         high_coef=1.0,
         low_coef=0.0,
         config=config,
     )
-    losses = -advantages * torch.exp(neg_kl) + config.ppo_kl_coef * weight * neg_kl.abs()
+    losses = -advantages * torch.exp(neg_kl) + config.ppo_kl_coef * weight * abs_kl
     loss = _aggregate(losses, mask, config)
     return loss, {
-        "ppo_kl": masked_mean(neg_kl.abs(), mask).detach(),
-        "n_penalised": (weight > 0).sum().detach(),
+        "ppo_kl": masked_mean(abs_kl, mask).detach(),
+        "n_penalised": torch.count_nonzero(weight).detach(),
     }
 
 
@@ -350,6 +456,7 @@ def sent_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=None
     Needs ``entropy`` unless ``low_entropy_fraction == 1``.
     """
     mask = response_mask.bool()
+    n_valid = torch.count_nonzero(mask)
     neg_kl = log_prob - old_log_prob
     if config.sent_ppo_clip:
         base, _, clip_upper, _ = _ppo_terms(log_prob, old_log_prob, advantages, config)
@@ -362,16 +469,16 @@ def sent_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=None
         low = (
             mask
             if config.low_entropy_fraction >= 1
-            else select_top(entropy, mask, _count_of(mask.sum(), config.low_entropy_fraction), largest=False)
+            else select_top(entropy, mask, _count_of(n_valid, config.low_entropy_fraction), largest=False)
         )
         weight = low.to(log_prob.dtype)
         losses, loss_mask = base + config.ppo_kl_coef * abs_kl, low
     else:
-        weight, low = _low_entropy_cov_penalty(
+        weight, low, _ = _low_entropy_cov_penalty(
             log_prob=log_prob,
-            old_log_prob=old_log_prob,
             advantages=advantages,
             mask=mask,
+            n_valid=n_valid,
             entropy=entropy,
             fraction=config.low_entropy_fraction,
             high_coef=config.high_cov_coef,
@@ -380,20 +487,26 @@ def sent_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=None
         )
         losses, loss_mask = base + config.ppo_kl_coef * weight * abs_kl, mask
     loss = _aggregate(losses, loss_mask, config)
+    # Metrics as dot products with float masks: a bool mask multiply costs a cast per call.
+    maskf = mask.to(abs_kl.dtype)
+    penalised = (weight > 0).to(abs_kl.dtype)
+    n_pen = penalised.sum()
+    kl = neg_kl.detach().reshape(-1)
     metrics = {
-        "ppo_kl": masked_mean(-neg_kl, mask).detach(),
-        "ppo_kl_abs": masked_mean(abs_kl, mask).detach(),
-        "n_valid_tokens": mask.sum().detach(),
-        "n_low_entropy": low.sum().detach(),
-        "n_penalised": (weight > 0).sum().detach(),
+        "ppo_kl": -torch.dot(kl, maskf.reshape(-1)) / n_valid.clamp(min=1),
+        "ppo_kl_abs": torch.dot(kl.abs(), maskf.reshape(-1)) / n_valid.clamp(min=1),
+        "n_valid_tokens": n_valid,
+        "n_low_entropy": torch.count_nonzero(low),
+        "n_penalised": n_pen,
     }
     if clip_upper is not None:
         metrics["pg_clipfrac"] = masked_mean(clip_upper.float(), mask).detach()
     if entropy is not None:
-        ent = entropy.detach()
-        metrics["entropy_all"] = masked_mean(ent, mask)
-        metrics["entropy_low_set"] = masked_mean(ent, low)
-        metrics["entropy_penalised"] = masked_mean(ent, weight > 0)
+        ent = entropy.detach().reshape(-1)
+        lowf = low.to(ent.dtype).reshape(-1)
+        metrics["entropy_all"] = torch.dot(ent, maskf.reshape(-1)) / n_valid.clamp(min=1)
+        metrics["entropy_low_set"] = torch.dot(ent, lowf) / lowf.sum().clamp(min=1)
+        metrics["entropy_penalised"] = torch.dot(ent, penalised.reshape(-1)) / n_pen.clamp(min=1)
     return loss, metrics
 
 
@@ -414,7 +527,13 @@ def clip_cov_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=
     cov = (advantages - masked_mean(advantages, mask)) * (lp - masked_mean(lp, mask))
     candidates = mask & ~clipped_by_ppo & (cov > config.clip_cov_lb) & (cov < config.clip_cov_ub)
     keys = torch.rand(cov.shape, device=cov.device)
-    chosen = select_top(keys, candidates, _count_of(mask.sum(), config.clip_cov_ratio), largest=False)
+    chosen = select_top(
+        keys,
+        candidates,
+        _count_of(mask.sum(), config.clip_cov_ratio),
+        largest=False,
+        max_k=_static_count_bound(mask.shape, config.clip_cov_ratio),
+    )
     corr = (~chosen).to(loss1.dtype)
     losses = torch.maximum(loss1, loss2) * corr
     loss = _aggregate(losses, mask, config)

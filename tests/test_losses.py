@@ -7,10 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sent.losses import (
     POLICY_LOSSES,
     PolicyLossConfig,
+    _kth_smallest_cpu,
     agg_loss,
     entropy_bonus,
     get_policy_loss,
@@ -18,6 +21,7 @@ from sent.losses import (
     metrics_to_floats,
     reference_kl_loss,
     register_policy_loss,
+    select_extremes,
     select_top,
 )
 
@@ -455,3 +459,68 @@ def test_select_top_picks_exactly_k_candidates():
         assert int(top.sum()) == n and bool((top <= cand).all())
         if n:
             assert scores[top].min() >= scores[cand & ~top].max() if n < int(cand.sum()) else True
+
+
+# selection paths -----------------------------------------------------------------------------
+
+ties_st = st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5]), min_size=1, max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ties_st, st.data())
+def test_selection_paths_agree_under_heavy_ties(values, data):
+    # topk (static bound), CPU partition, and the generic rank definition select the same set
+    n = len(values)
+    scores = torch.tensor(values)
+    cand = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    k = data.draw(st.integers(0, n + 2))
+    largest = data.draw(st.booleans())
+    kt = torch.tensor(float(k))
+    cpu_path = select_top(scores, cand, kt, largest=largest)
+    topk_path = select_top(scores, cand, kt, largest=largest, max_k=n + 2)
+    # definition: candidates ordered by score (desc if largest), ties by lower index; take k
+    order = sorted((i for i in range(n) if cand[i]), key=lambda i: (-values[i] if largest else values[i], i))
+    expected = torch.zeros(n, dtype=torch.bool)
+    expected[order[:k]] = True
+    assert cpu_path.tolist() == expected.tolist()
+    assert topk_path.tolist() == expected.tolist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(ties_st, st.data())
+def test_select_extremes_matches_its_definition(values, data):
+    n = len(values)
+    scores = torch.tensor(values)
+    cand = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    k = data.draw(st.integers(1, n + 1))
+    cands = [i for i in range(n) if cand[i]]
+    # high: largest first, ties to the lower index; low: among the rest, smallest first with ties
+    # to the higher index (the exact reverse order)
+    high_set = sorted(cands, key=lambda i: (-values[i], i))[:k]
+    rest = [i for i in cands if i not in high_set]
+    low_set = sorted(rest, key=lambda i: (values[i], -i))[:k]
+    for max_k in (None, n + 1):
+        high, low = select_extremes(scores, cand, torch.tensor(float(k)), max_k=max_k)
+        assert sorted(torch.nonzero(high).flatten().tolist()) == sorted(high_set)
+        assert sorted(torch.nonzero(low).flatten().tolist()) == sorted(low_set)
+
+
+def test_all_covariances_equal_split_first_and_last():
+    # all advantages equal -> every Cov = 0: high takes the first k' tokens, low the last k'
+    scores = torch.zeros(10)
+    high, low = select_extremes(scores, torch.ones(10, dtype=torch.bool), torch.tensor(2.0), max_k=4)
+    assert torch.nonzero(high).flatten().tolist() == [0, 1]
+    assert torch.nonzero(low).flatten().tolist() == [8, 9]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(16_384, 60_000), st.integers(0, 2**31 - 1), st.sampled_from(["uniform", "ties", "fills"]))
+def test_two_pivot_selection_is_exact(n, seed, kind):
+    rng = np.random.default_rng(seed)
+    a = rng.random(n).astype(np.float32)
+    if kind == "ties":
+        a = np.round(a * 8) / 8
+    elif kind == "fills":
+        a[rng.random(n) < 0.5] = np.inf
+    kk = int(rng.integers(1, n + 1))
+    assert _kth_smallest_cpu(a, kk) == np.partition(a, kk - 1)[kk - 1]
