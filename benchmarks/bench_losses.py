@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved_ratio  # noqa: E402
+from _timing import interleaved_ratio
 
-from sent.losses import PolicyLossConfig, get_policy_loss  # noqa: E402
+from sent.losses import PolicyLossConfig, get_policy_loss
 
 B, T = 64, 2048
 
@@ -48,18 +48,28 @@ def main() -> None:
     def run(name):
         def f():
             loss, _ = get_policy_loss(name)(
-                log_prob=log_prob, old_log_prob=old, advantages=adv, response_mask=mask, entropy=entropy, config=ours_cfg
+                log_prob=log_prob,
+                old_log_prob=old,
+                advantages=adv,
+                response_mask=mask,
+                entropy=entropy,
+                config=ours_cfg,
             )
             loss.backward()
             log_prob.grad = None
 
         return f
 
-    print(f"shape (B, T) = ({B}, {T}), {int(mask.sum())} valid tokens, torch threads {torch.get_num_threads()}")
+    print(
+        f"shape (B, T) = ({B}, {T}), {int(mask.sum())} valid tokens, torch threads {torch.get_num_threads()}"
+    )
     print("forward + backward; each ratio is the median over interleaved rounds against verl's kl_cov")
     for name in ("sent", "kl_cov", "ppo_clip", "clip_cov", "entropy_mask"):
         base, t, ratio = interleaved_ratio(run_verl, run(name))
-        print(f"sent.losses {name:<13}{t * 1e3:7.2f} ms  verl kl_cov {base * 1e3:6.2f} ms  ratio {ratio:5.2f}x")
+        print(
+            f"sent.losses {name:<13}{t * 1e3:7.2f} ms  verl kl_cov {base * 1e3:6.2f} ms  ratio {ratio:5.2f}x"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ def _load():
     # math-verify logs a warning on every call when its own (signal-based) timeout is disabled;
     # here the parent owns the deadline, so that warning is noise.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+    import sympy
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
     extraction = [LatexExtractionConfig(), ExprExtractionConfig()]
@@ -36,12 +37,20 @@ def _load():
             result = parse(answer, extraction_config=extraction, parsing_timeout=None)
         return result
 
+    def plain(p) -> bool:
+        # verify(gold, target) is only asymmetric when sets, intervals, tuples or relations are
+        # involved (a gold set against a listed target, "x = 3" against "3"); plain expressions
+        # compare the same both ways.
+        return isinstance(p[0], sympy.Expr)
+
     def equivalent(a: str, b: str) -> bool:
         pa, pb = parsed(a), parsed(b)
         if not pa or not pb:
             return False
-        # math-verify's verify(gold, target) is not symmetric; take the symmetric closure.
-        return bool(verify(pa, pb, timeout_seconds=None) or verify(pb, pa, timeout_seconds=None))
+        if verify(pa, pb, timeout_seconds=None):
+            return True
+        # the symmetric closure, where the second direction can differ
+        return not (plain(pa) and plain(pb)) and bool(verify(pb, pa, timeout_seconds=None))
 
     return equivalent
 

@@ -7,7 +7,9 @@ What is built (METHOD.md §1, §4):
   1. a normal form (`normalize_answer`): LaTeX spacing, ``\\left``/``\\right``, ``\\dfrac``, degrees,
      percent, units in ``\\text{}``, ``x = 3``, thousands separators, choice letters; equal normal
      forms are equivalent;
-  2. exact rational comparison when both sides are plain numbers or ``\\frac{p}{q}``;
+  2. in-process decisions: exact rationals when both sides are plain numbers or ``\\frac{p}{q}``;
+     tuples and intervals item by item; arithmetic expressions by value (``\\sqrt{8}`` vs
+     ``2\\sqrt{2}``; ``2x+5`` vs ``5+2x`` at three fixed points of x);
   3. math-verify's symbolic check, in a killable child process (`sent._verify_worker`), so that
      every call is bounded (default 5 s) and works from any thread. math-verify's own timeouts use
      ``signal`` and raise off the main thread, where Prefect and verl call reward functions.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -50,6 +53,9 @@ one is more likely a runaway generation than a formula worth a sympy call."""
 MAX_BRACE_DEPTH = 32
 """Deeper nesting is compared by normal form only (sympy's LaTeX parser recurses on it)."""
 CACHE_SIZE = 1 << 16
+CONSTANT_REL_TOL = 1e-9
+"""Two constant expressions are equal when their float values agree to this relative tolerance."""
+CONSTANT_ABS_TOL = 1e-12
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +160,7 @@ _LHS_RE = re.compile(r"^[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(?P<rhs>[^=]+)$")
 _THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _CHOICE_RE = re.compile(r"^\(?([A-Ea-e])\)$|^\(([A-Ea-e])\)?$")
 _PLAIN_TEXT_RE = re.compile(r"^[A-Za-z][A-Za-z' ]*$")
-_SPACING_RE = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
+_SPACING_RE = re.compile(r"(?<!\\)\\[,;:! ]|\\quad|\\qquad|~")  # not the LaTeX row break "\\"
 _CMD_SPACE_RE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])")
 
 
@@ -219,6 +225,205 @@ def _as_number(s: str) -> Fraction | None:
         value = Fraction(int(m.group("p")), int(m.group("q")))
         return -value if m.groupdict().get("sign") == "-" else value
     return None
+
+
+_GREEK = frozenset(
+    [
+        "\\alpha",
+        "\\beta",
+        "\\gamma",
+        "\\delta",
+        "\\theta",
+        "\\lambda",
+        "\\mu",
+        "\\sigma",
+        "\\phi",
+        "\\omega",
+        "\\tau",
+        "\\rho",
+    ]
+)
+
+
+_PRODUCT_STARTS = frozenset({"(", "{", "\\pi", "\\frac", "\\sqrt"})
+
+
+class _ExprParser:
+    """Float value of a LaTeX arithmetic expression: numbers, + - * / ^, ``\\cdot``, ``\\times``,
+    ``\\frac``, ``\\sqrt`` (and ``\\sqrt[n]``), ``\\pi``, parentheses, braces, implicit products
+    (``2\\sqrt{3}``, ``3x``, ``2(x+1)``) and single-letter variables (Latin or a few Greek), whose
+    values come from ``env``. Anything else (a comma, a set, a function) is not an expression it
+    knows. Evaluation is in floats, so a power tower overflows at once instead of building a huge
+    integer."""
+
+    _TOKEN = re.compile(r"\\[A-Za-z]+|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+|[A-Za-z]|[-+*/^(){}\[\]]")
+
+    def __init__(self, text: str, env: dict[str, float] | None = None) -> None:
+        self.tokens = self._TOKEN.findall(text)
+        if "".join(self.tokens) != text:
+            raise ValueError("not an arithmetic expression")
+        self.env = env or {}
+        self.i = 0
+
+    @classmethod
+    def variables(cls, text: str) -> set[str]:
+        return {t for t in cls._TOKEN.findall(text) if (len(t) == 1 and t.isalpha()) or t in _GREEK}
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self, expected: str | None = None) -> str:
+        tok = self.peek()
+        if tok is None or (expected is not None and tok != expected):
+            raise ValueError(f"expected {expected!r}, got {tok!r}")
+        self.i += 1
+        return tok
+
+    def parse(self) -> float:
+        value = self.expr()
+        if self.peek() is not None:
+            raise ValueError("trailing input")
+        return value
+
+    def expr(self) -> float:
+        value = self.term()
+        while self.peek() in ("+", "-"):
+            value = value + self.term() if self.take() == "+" else value - self.term()
+        return value
+
+    def term(self) -> float:
+        value = self.factor()
+        while True:
+            tok = self.peek()
+            if tok in ("*", "\\cdot", "\\times"):
+                self.take()
+                value *= self.factor()
+            elif tok == "/":
+                self.take()
+                value /= self.factor()
+            elif tok is not None and (
+                tok[0].isdigit() or tok[0] == "." or tok in _PRODUCT_STARTS or tok in self.env
+            ):
+                value *= self.factor()  # implicit product: 2\\sqrt{3}, 3x, 2(x+1)
+            else:
+                return value
+
+    def factor(self) -> float:
+        if self.peek() in ("-", "+"):
+            return -self.factor() if self.take() == "-" else self.factor()
+        base = self.atom()
+        if self.peek() == "^":
+            self.take()
+            return math.pow(base, self.factor())  # right-associative; OverflowError on towers
+        return base
+
+    def group(self) -> float:
+        tok = self.peek()
+        if tok == "{":
+            self.take()
+            value = self.expr()
+            self.take("}")
+            return value
+        if tok is not None and tok.isdigit() and len(tok) > 1:
+            self.tokens[self.i] = tok[1:]  # \\frac12: a bare argument is one digit
+            return float(tok[0])
+        return self.atom()
+
+    def atom(self) -> float:
+        tok = self.take()
+        if tok[0].isdigit() or tok[0] == ".":
+            return float(tok)
+        if tok == "\\pi":
+            return math.pi
+        if tok in self.env:
+            return self.env[tok]
+        if tok == "\\frac":
+            return self.group() / self.group()
+        if tok == "\\sqrt":
+            if self.peek() == "[":
+                self.take()
+                n = self.expr()
+                self.take("]")
+                return math.pow(self.group(), 1.0 / n)
+            return math.sqrt(self.group())
+        if tok in ("(", "{"):
+            value = self.expr()
+            self.take(")" if tok == "(" else "}")
+            return value
+        raise ValueError(f"not an arithmetic token: {tok!r}")
+
+
+MAX_EXPR_CHARS = 120
+"""Longer normal forms skip the in-process evaluator and go to math-verify."""
+PROBE_POINTS = 3
+"""Expressions in variables are compared at this many fixed points."""
+_RESERVED_LETTERS = frozenset({"i", "e"})
+"""Letters that usually name constants (the imaginary unit, Euler's number), not real variables:
+expressions with them go to math-verify (``i^2`` is ``-1``)."""
+
+
+def _probe_value(name: str, point: int) -> float:
+    # fixed, irrational-looking magnitudes in [0.5, 3); negative at point 1, so that
+    # \\sqrt{x^2} and x differ (a root of a negative sends the pair on to math-verify)
+    magnitude = 0.5 + ((sum(map(ord, name)) * 0.6180339887 + point * 0.4142135624) % 1.0) * 2.5
+    return -magnitude if point == 1 else magnitude
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _value_at(s: str, point: int, names: frozenset[str]) -> float | None:
+    """Value of the expression ``s`` with every variable in ``names`` at probe ``point``."""
+    if len(s) > MAX_EXPR_CHARS:
+        return None
+    try:
+        value = _ExprParser(s, {v: _probe_value(v, point) for v in names}).parse()
+    except (ValueError, ZeroDivisionError, OverflowError, IndexError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _compare_by_value(a: str, b: str) -> bool | None:
+    """Decide equivalence of two arithmetic expressions by evaluation, or None when either is not
+    one the evaluator knows. Constants: their values. Expressions in variables: their values at
+    ``PROBE_POINTS`` fixed points (two different rational expressions agree at a few generic
+    points with probability zero)."""
+    names = frozenset(_ExprParser.variables(a) | _ExprParser.variables(b))
+    if names & _RESERVED_LETTERS:
+        return None
+    for point in range(PROBE_POINTS if names else 1):
+        va, vb = _value_at(a, point, names), _value_at(b, point, names)
+        if va is None or vb is None:
+            return None
+        if not math.isclose(va, vb, rel_tol=CONSTANT_REL_TOL, abs_tol=CONSTANT_ABS_TOL):
+            return False
+    return True
+
+
+def _is_arithmetic(s: str) -> bool:
+    names = frozenset(_ExprParser.variables(s))
+    return not names & _RESERVED_LETTERS and _value_at(s, 0, names) is not None
+
+
+def _bracketed_items(s: str) -> tuple[str, list[str], str] | None:
+    """``("(", ["1", "\\frac{1}{2}"], ")")`` for a tuple or interval written ``(1,\\frac{1}{2})``;
+    None for anything else (sets ``\\{...\\}`` are unordered and left to math-verify)."""
+    if len(s) < 5 or s[0] not in "([" or s[-1] not in ")]" or s.startswith("\\{"):
+        return None
+    items, depth, start = [], 0, 1
+    for i in range(1, len(s) - 1):
+        c = s[i]
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth < 0:
+                return None  # "(1)+(2)": the outer brackets are not one group
+        elif c == "," and depth == 0:
+            items.append(s[start:i])
+            start = i + 1
+    if depth != 0:
+        return None
+    items.append(s[start:-1])
+    return (s[0], items, s[-1]) if len(items) >= 2 and all(items) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,6 +605,21 @@ def is_equivalent(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIME
         if _PLAIN_TEXT_RE.match(na) and _PLAIN_TEXT_RE.match(nb) and (len(na) > 1 or len(nb) > 1):
             # words ("Monday", "even"): no maths to compare beyond the spelling
             return na.casefold() == nb.casefold()
+        la, lb = _bracketed_items(na), _bracketed_items(nb)
+        if la is not None and lb is not None:
+            # tuples and intervals: same brackets, same length, equivalent items in order
+            return (
+                la[0] == lb[0]
+                and la[2] == lb[2]
+                and len(la[1]) == len(lb[1])
+                and all(is_equivalent(x, y, timeout=timeout) for x, y in zip(la[1], lb[1], strict=True))
+            )
+        by_value = _compare_by_value(na, nb)
+        if by_value is not None:
+            # constants (\\sqrt{8} vs 2\\sqrt{2}) and expressions (2x+5 vs 5+2x): values decide
+            return by_value
+        if (la is None) != (lb is None) and (_is_arithmetic(na) or _is_arithmetic(nb)):
+            return False  # a tuple or interval is never a scalar expression
         if (
             max(len(na), len(nb)) > MAX_SYMBOLIC_CHARS
             or max(_brace_depth(na), _brace_depth(nb)) > MAX_BRACE_DEPTH

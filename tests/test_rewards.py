@@ -235,3 +235,92 @@ def test_gsm8k_test_solutions_grade_correct(shared_data):
     rng.shuffle(answers)
     wrong = sum(grade(r["solution"], a) for r, a in zip(rows, answers, strict=True)) / len(rows)
     assert wrong < 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# the in-process tiers decide without math-verify
+# ---------------------------------------------------------------------------------------------
+
+IN_PROCESS = [
+    ("\\sqrt{8}", "2\\sqrt{2}", True),  # constants by value
+    ("176", "352\\pi", False),
+    ("\\sqrt{307328}", "392\\sqrt{2}", True),
+    ("2^{10}", "1024", True),
+    ("\\sqrt[3]{27}", "3", True),
+    ("\\frac12", "0.5", True),  # one-digit bare arguments
+    ("2x+5", "5+2x", True),  # expressions by value at fixed points
+    ("5x+8", "8x+5", False),
+    ("x^2-1", "(x-1)(x+1)", True),
+    ("2(x+1)", "2x+2", True),
+    ("\\frac{x^2-1}{x-1}", "x+1", True),
+    ("\\alpha+1", "1+\\alpha", True),
+    ("(2,\\frac12)", "(2,0.5)", True),  # tuples item by item
+    ("(8,13)", "[8,13)", False),  # different brackets
+    ("(1,2,3)", "(1,2)", False),  # different lengths
+    ("(9,16)", "7x+9", False),  # a tuple is never a scalar
+]
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), IN_PROCESS)
+def test_in_process_tiers_decide_without_the_worker(a, b, expected, monkeypatch):
+    import sent.rewards as rewards
+
+    def no_worker(*_):
+        raise AssertionError("reached the math-verify worker")
+
+    monkeypatch.setattr(rewards, "_symbolic_equivalent", no_worker)
+    assert is_equivalent(a, b) is expected
+    assert is_equivalent(b, a) is expected
+
+
+def test_power_tower_is_not_evaluated_in_process():
+    from sent.rewards import _value_at
+
+    t0 = time.perf_counter()
+    assert _value_at("9^{9^{9^{9}}}", 0, frozenset()) is None  # float overflow, at once
+    assert time.perf_counter() - t0 < 0.1
+
+
+def test_imaginary_unit_is_not_probed_as_a_real_variable():
+    from sent.rewards import _compare_by_value
+
+    assert _compare_by_value("i^2", "-1") is None  # left to math-verify
+
+
+def test_probes_include_a_negative_point():
+    # sqrt(x^2) is |x|, not x: a probe at negative x tells them apart
+    assert not is_equivalent("\\sqrt{x^2}", "x")
+
+
+@pytest.mark.slow
+def test_agrees_with_math_verify_on_real_answer_pairs(shared_data):
+    """Our tiers (normal form, exact rationals, tuples, evaluation) against math-verify's own
+    symmetric verdict, on pairs of MATH500 reference answers: random pairs (mostly different)
+    and valid respellings of the same answer (\\dfrac, spaces after commas, $...$)."""
+    import logging
+
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    answers = [r["answer"] for r in read_jsonl(shared_data / "train" / "math500_solutions.jsonl")]
+    rng = random.Random(1)
+    pairs = [(rng.choice(answers), rng.choice(answers)) for _ in range(400)]
+    pairs += [(a, a.replace("\\frac", "\\dfrac").replace(",", ", ")) for a in answers[:250]]
+    pairs += [(a, f"${a}$") for a in answers[250:]]
+
+    def reference(a, b):
+        pa, pb = parse(f"${a}$", parsing_timeout=None), parse(f"${b}$", parsing_timeout=None)
+        if not pa or not pb:
+            return None
+        return bool(verify(pa, pb, timeout_seconds=None) or verify(pb, pa, timeout_seconds=None))
+
+    compared, disagreements = 0, []
+    for a, b in pairs:
+        ref = reference(a, b)
+        if ref is None:
+            continue
+        compared += 1
+        if is_equivalent(a, b) != ref:
+            disagreements.append((a, b, ref))
+    assert compared > 800
+    assert len(disagreements) <= compared // 200, disagreements  # at most 0.5 %
