@@ -29,6 +29,61 @@ def _cmd_se(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "math_verify"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace):
+    from sent.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from sent.curate import curate
+
+    _setup_logging(args.verbose)
+    result = curate(_load(args), out=args.out, limit=args.limit)
+    m = result.manifest
+    stages = ", ".join(
+        f"stage {s['stage']}: {s['count']} problems, mean SE {s['se_mean']:.3f}"
+        for s in m["curriculum"]["stages"]
+    )
+    print(f"curriculum {'reused' if result.reused else 'written'}: {result.out_dir}")
+    print(f"  {m['counts']['accepted']} accepted, {m['counts']['rejected']} rejected; {stages}")
+    print(f"  Pearson r(SE, 1 - pass rate) = {m['curriculum']['pearson_r_se_vs_1_minus_pass_rate']:.3f}")
+    return 0
+
+
+def _cmd_toy_bootstrap(args: argparse.Namespace) -> int:
+    from sent.toy.bootstrap import bootstrap
+
+    _setup_logging(args.verbose)
+    cfg = _load(args)
+    if cfg.toy is None:
+        raise SystemExit(f"{args.config} has no toy section")
+    result = bootstrap(cfg.toy, cfg.prompt, force=args.force)
+    accuracy = ", ".join(f"{k} {v:.2f}" for k, v in result.accuracy_by_level.items())
+    state = "up to date" if result.cached else f"built in {result.seconds:.0f}s"
+    print(f"toy model {state}: {result.model_dir} ({result.n_parameters:,} parameters)")
+    print(f"  greedy accuracy by level: {accuracy}")
+    print(f"  problems: {result.train_path}, {result.test_path}")
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--config", default=default, required=default is None, help="YAML config (configs/...)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sent {__version__}")
@@ -46,12 +101,39 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("answers", nargs="+")
     se.add_argument("--pool-missing", action="store_true", help="missing answers form one class")
     se.set_defaults(func=_cmd_se)
+
+    cur = sub.add_parser("curate", help="sample, grade, cluster and stage problems into a curriculum")
+    _add_config_args(cur)
+    cur.add_argument("--out", help="output directory (default data/runs/curate-<config digest>)")
+    cur.add_argument("--limit", type=int, help="curate only the first N input rows (smoke runs)")
+    cur.set_defaults(func=_cmd_curate)
+
+    toy = sub.add_parser("toy", help="the toy world").add_subparsers(dest="toy_command", required=True)
+    boot = toy.add_parser("bootstrap", help="generate the toy problems and warm-start the toy model (cached)")
+    _add_config_args(boot, default="configs/toy.yaml")
+    boot.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    boot.set_defaults(func=_cmd_toy_bootstrap)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    from sent.config import ConfigError
+    from sent.curate import CurationError
+    from sent.data_contract import ContractError
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key.path=value overrides may stand anywhere on the line, between options too
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.func(args)
+    except (ConfigError, CurationError, ContractError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,284 @@
+"""The typed configuration tree of a SENT run, loaded from YAML.
+
+One frozen pydantic model per section (model, data, prompt, sampling, semantic, curriculum,
+training, evaluation, tracking); unknown keys and wrong types are errors that name the key path
+and the file. ``key.path=value`` overrides (values parsed as YAML) are applied before validation
+and recorded in `SentConfig.overrides`.
+
+The ``training.policy_loss`` section is generated from `sent.losses.PolicyLossConfig`, so every
+loss coefficient is defined (with its default and meaning) in exactly one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from sent.losses import PolicyLossConfig
+
+PAPER_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+"""METHOD.md §5: the zero-shot prompt of training, curation and evaluation."""
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not validate; the message names file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    path: str = Field(description="local directory or Hugging Face hub id of the policy model")
+    tokenizer: str | None = Field(None, description="tokenizer path or id; default: the model's")
+    trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+
+
+class FieldMap(_Section):
+    """Column names of the input problems."""
+
+    problem: str = "problem"
+    answer: str = "answer"
+    id: str | None = Field("id", description="unique id column; None numbers the rows")
+    source: str | None = Field(
+        None, description="column with the data source name; None uses data.data_source"
+    )
+
+
+class DataConfig(_Section):
+    train_path: str = Field(description="problems: a .jsonl or .parquet file, or a `datasets` directory")
+    format: Literal["auto", "jsonl", "parquet", "datasets"] = "auto"
+    fields: FieldMap = FieldMap()
+    data_source: str = Field(
+        "math", description="`data_source` of the curriculum rows (verl's reward routing)"
+    )
+    ability: str = "math"
+    max_prompt_tokens: int = Field(1024, gt=0, description="longer chat prompts are rejected")
+    max_rejected_fraction: float = Field(0.05, ge=0, le=1, description="fail when more rows are rejected")
+
+
+class PromptConfig(_Section):
+    template: str = Field(PAPER_PROMPT, description="user message; {problem} is replaced")
+    system: str | None = Field(None, description="optional system message")
+
+    def messages(self, problem: str) -> list[dict[str, str]]:
+        user = self.template.format(problem=problem)
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return [*head, {"role": "user", "content": user}]
+
+
+class SamplingConfig(_Section):
+    backend: Literal["hf", "vllm"] = "hf"
+    n: int = Field(8, gt=0, description="N: responses sampled per problem")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(2048, gt=0, description="response budget, as in training")
+    batch_size: int = Field(64, gt=0, description="prompts per generate call (hf)")
+    chunk_size: int = Field(256, gt=0, description="problems per resumable sampling checkpoint")
+    tensor_parallel_size: int = Field(1, gt=0, description="vLLM")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM")
+    max_model_len: int | None = Field(
+        None, description="vLLM context length; default prompt + response budget"
+    )
+
+
+class SemanticConfig(_Section):
+    judge: Literal["math", "exact", "embedding"] = "math"
+    judge_timeout: float = Field(5.0, gt=0, description="seconds per symbolic comparison")
+    pool_missing: bool = Field(False, description="responses without an answer form one class")
+    embedding_model: str | None = Field(None, description="embedding judge weights; default MiniLM")
+    embedding_threshold: float = Field(0.9, ge=-1, le=1)
+    scoring_model: ModelConfig | None = Field(None, description="score SE with another model than the policy")
+
+
+class CurriculumConfig(_Section):
+    n_stages: int = Field(2, gt=0, description="K")
+    method: Literal["quantile", "threshold"] = "quantile"
+    thresholds: list[float] | None = None
+    entropy: Literal["discrete", "weighted"] = Field("discrete", description="which SE orders the curriculum")
+    drop_zero_signal: bool = Field(
+        False, description="drop problems whose N answers are all right or all wrong"
+    )
+    shard_rows: int = Field(4096, gt=0, description="rows per Parquet shard")
+
+    @model_validator(mode="after")
+    def _thresholds_match(self) -> CurriculumConfig:
+        if self.method == "threshold" and (
+            self.thresholds is None or len(self.thresholds) != self.n_stages - 1
+        ):
+            raise ValueError(
+                f"method 'threshold' with n_stages={self.n_stages} needs {self.n_stages - 1} thresholds"
+            )
+        return self
+
+
+def _policy_loss_section() -> type[BaseModel]:
+    hints = typing.get_type_hints(PolicyLossConfig)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(PolicyLossConfig)}
+    return create_model("PolicyLossSettings", __base__=_Section, **fields)
+
+
+PolicyLossSettings = _policy_loss_section()
+
+
+class TrainingConfig(_Section):
+    engine: Literal["local", "verl"] = "local"
+    loss: str = Field("sent", description="registered policy loss (sent.losses)")
+    policy_loss: PolicyLossSettings = PolicyLossSettings()  # type: ignore[valid-type]
+    group_size: int = Field(8, gt=0, description="G: responses per prompt in a rollout")
+    train_batch_size: int = Field(256, gt=0, description="prompts per step")
+    mini_batch_size: int = Field(128, gt=0, description="prompts per optimiser step")
+    micro_batch_size: int = Field(4, gt=0, description="sequences per forward/backward")
+    ppo_epochs: int = Field(1, gt=0)
+    epochs_per_stage: float = Field(5, gt=0)
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    max_prompt_tokens: int = Field(1024, gt=0)
+    max_response_tokens: int = Field(2048, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    ref_kl_coef: float = Field(0.001, ge=0, description="reference KL loss weight (0 disables)")
+    ref_kl_kind: Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl"] = "low_var_kl"
+    entropy_coeff: float = Field(0.0, ge=0)
+    norm_adv_by_std: bool = True
+    shuffle: bool = Field(True, description="shuffle within a stage (False keeps SE order)")
+    save_every: int = Field(50, gt=0)
+    resume: Literal["auto", "never"] = "auto"
+    entropy_collapse_fraction: float = Field(
+        0.5, gt=0, lt=1, description="warn below this share of start entropy"
+    )
+    val_every: int = Field(10, gt=0, description="validation frequency (verl test_freq)")
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> TrainingConfig:
+        if self.train_batch_size % self.mini_batch_size:
+            raise ValueError("train_batch_size must be a multiple of mini_batch_size")
+        PolicyLossConfig(**self.policy_loss.model_dump())  # the loss's own range checks
+        return self
+
+
+class EvaluationConfig(_Section):
+    benchmarks: list[str] = ["aime24", "aime25", "amc23", "math500", "olympiadbench", "minerva"]
+    data_dir: str | None = Field(None, description="directory of <benchmark>.jsonl files")
+    n: int = Field(16, gt=0)
+    k: list[int] = [1, 8, 16]
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(8000, gt=0)
+    backend: Literal["hf", "vllm"] = "hf"
+
+
+class ToyConfig(_Section):
+    """The toy world and its bootstrap model (`sent toy bootstrap`)."""
+
+    seed: int = 0
+    train_per_level: int = Field(3000, gt=0)
+    test_per_level: int = Field(200, gt=0)
+    data_dir: str = Field("data/toy", description="train.jsonl and test.jsonl land here")
+    model_dir: str = Field("data/models/toy", description="the bootstrap model (HF format) lands here")
+    vocab_size: int = Field(256, ge=128)
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    sft_steps: int = Field(900, gt=0, description="supervised warm-start steps")
+    sft_batch_size: int = Field(32, gt=0)
+    sft_lr: float = Field(3e-3, gt=0)
+    sft_warmup: int = Field(30, ge=0)
+    eval_per_level: int = Field(100, gt=0, description="test problems per level for the accuracy report")
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow URI; default MLFLOW_TRACKING_URI or data/mlflow.db"
+    )
+    experiment: str = "sent"
+
+
+class SentConfig(_Section):
+    seed: int = 0
+    run_name: str | None = None
+    model: ModelConfig
+    data: DataConfig
+    prompt: PromptConfig = PromptConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    semantic: SemanticConfig = SemanticConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    toy: ToyConfig | None = Field(None, description="present in configs that run on the toy world")
+    source: str | None = Field(None, description="the file this was loaded from (set by load_config)")
+    overrides: list[str] = Field(default_factory=list, description="key.path=value overrides applied")
+
+    def section_digest(self, *names: str) -> str:
+        """Content digest of some sections (cache keys, run directories)."""
+        payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a raw config dict; the value is parsed as YAML (``1e-6``, ``[1, 2]``)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not key.path=value")
+    path, _, text = override.partition("=")
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {override!r} has an empty key")
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _format_errors(exc: ValidationError, where: str) -> str:
+    lines = [f"invalid configuration {where}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SentConfig:
+    """Load and validate a YAML config, applying ``key.path=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for override in overrides:
+        apply_override(raw, override)
+    raw["source"] = str(path)
+    raw["overrides"] = list(overrides)
+    try:
+        return SentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            _format_errors(exc, f"in {path}" + (f" with {list(overrides)}" if overrides else ""))
+        ) from None
+
+
+def loss_config(cfg: SentConfig) -> PolicyLossConfig:
+    """The `PolicyLossConfig` of a run's training section."""
+    return PolicyLossConfig(**cfg.training.policy_loss.model_dump())

@@ -1,0 +1,577 @@
+"""Offline curation: problems -> N sampled responses -> semantic entropy -> staged curriculum.
+
+`curate` is the whole phase (``sent curate``):
+
+1. Read the problems (JSONL, Parquet or a `datasets` directory, with a field mapping) and
+   validate every row: missing, empty or wrongly typed problem/answer/id, duplicate ids,
+   duplicate problems (after whitespace and case normalisation), chat prompts over the token
+   budget. Rejected rows keep their original content and a reason in ``rejected.parquet``;
+   input = accepted + rejected, always; too many rejections (default > 5 %) stop the run.
+2. Sample N responses per problem in chunks; each chunk is graded, clustered and written as
+   ``samples/part-K.parquet`` (atomically). A rerun with the same configuration and output
+   directory skips completed chunks, and sampling is seeded per chunk, so an interrupted run
+   finishes with the same result as an uninterrupted one.
+3. Score each problem: discrete and weighted semantic entropy, classes, pass rate
+   (``scores.parquet``); assign stages (low entropy first); optionally drop problems with no
+   GRPO signal (all N right or all wrong; off by default, as in the paper).
+4. Write the stages in verl's schema (``stage-K/part-J.parquet``, sorted by SE within a stage),
+   the plots, and ``manifest.json`` last.
+
+The output directory is never overwritten: a finished run with the same configuration is
+reused as it is; any other existing directory is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sent import __version__
+from sent.config import ModelConfig, SentConfig
+from sent.curriculum import assign_stages, stage_summary
+from sent.data_contract import (
+    CURRICULUM_SCHEMA,
+    MANIFEST,
+    REJECTED_SCHEMA,
+    SAMPLES_SCHEMA,
+    SCHEMA_VERSION,
+    SCORES_SCHEMA,
+    ContractError,
+    file_entry,
+    load_manifest,
+    write_json,
+    write_rows,
+    write_table,
+)
+from sent.rewards import extract_answer, is_equivalent
+from sent.semantic import cluster, discrete_entropy, get_judge, weighted_entropy
+
+logger = logging.getLogger(__name__)
+STATE = "curation.json"
+CONFIG_SECTIONS = ("model", "data", "prompt", "sampling", "semantic", "curriculum")
+
+
+class CurationError(RuntimeError):
+    """The input or the run cannot be curated; the message says which file, row and field."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    index: int
+    id: str
+    problem: str
+    answer: str
+    data_source: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source_file: str
+    row: int
+    field: str
+    reason: str
+    original: str
+
+
+@dataclass(frozen=True)
+class CurationResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    reused: bool
+
+
+# --------------------------------------------------------------------------------------------
+# 1. reading and validation
+# --------------------------------------------------------------------------------------------
+
+
+def _detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    if path.is_dir():
+        return "datasets"
+    if path.suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if path.suffix == ".parquet":
+        return "parquet"
+    raise CurationError(f"{path}: cannot tell the format from the name; set data.format")
+
+
+def read_rows(
+    path: str | Path, fmt: str = "auto", limit: int | None = None
+) -> Iterator[tuple[int, Any, str]]:
+    """``(row number, parsed row or None, original text)`` for each input row (1-based rows;
+    a JSONL line that is not JSON comes back as None with its text)."""
+    path = Path(path)
+    if not path.exists():
+        raise CurationError(f"input not found: {path}")
+    fmt = _detect_format(path, fmt)
+    count = 0
+    if fmt == "jsonl":
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                try:
+                    yield number, json.loads(line), line.rstrip("\n")
+                except json.JSONDecodeError:
+                    yield number, None, line.rstrip("\n")
+        return
+    if fmt == "parquet":
+        rows = pq.read_table(path).to_pylist()
+    elif fmt == "datasets":
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise CurationError(f"{path}: a DatasetDict without a 'train' split ({list(ds)})")
+            ds = ds["train"]
+        rows = ds
+    else:
+        raise CurationError(f"unknown input format {fmt!r}")
+    for number, row in enumerate(rows, start=1):
+        if limit is not None and number > limit:
+            return
+        yield number, row, json.dumps(row, default=str, ensure_ascii=False)
+
+
+def _text_field(row: dict, name: str, *, allow_numbers: bool) -> tuple[str | None, str | None]:
+    """(value, None) or (None, reason)."""
+    if name not in row or row[name] is None:
+        return None, f"missing field {name!r}"
+    value = row[name]
+    if allow_numbers and isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)  # numeric answers (GSM8K-style) are fine as their decimal text
+    if not isinstance(value, str):
+        return None, f"field {name!r} has type {type(value).__name__}, expected a string"
+    if not value.strip():
+        return None, f"field {name!r} is empty"
+    return value, None
+
+
+def _normalise_problem(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def validate(
+    cfg: SentConfig, path: Path, rows: Sequence[tuple[int, Any, str]], tokenizer
+) -> tuple[list[Problem], list[Rejection]]:
+    """Split input rows into accepted problems and rejections (with reasons)."""
+    fields = cfg.data.fields
+    accepted: list[Problem] = []
+    rejected: list[Rejection] = []
+    seen_ids: dict[str, int] = {}
+    seen_problems: dict[str, int] = {}
+    src = str(path)
+    for number, row, original in rows:
+        if not isinstance(row, dict):
+            reason = "not valid JSON" if row is None else f"a row must be an object, got {type(row).__name__}"
+            rejected.append(Rejection(src, number, "", reason, original))
+            continue
+        problem, why = _text_field(row, fields.problem, allow_numbers=False)
+        if why:
+            rejected.append(Rejection(src, number, fields.problem, why, original))
+            continue
+        answer, why = _text_field(row, fields.answer, allow_numbers=True)
+        if why:
+            rejected.append(Rejection(src, number, fields.answer, why, original))
+            continue
+        if fields.id is not None:
+            pid, why = _text_field(row, fields.id, allow_numbers=True)
+            if why:
+                rejected.append(Rejection(src, number, fields.id, why, original))
+                continue
+        else:
+            pid = f"row-{number}"
+        if pid in seen_ids:
+            rejected.append(
+                Rejection(
+                    src,
+                    number,
+                    fields.id or "",
+                    f"duplicate id {pid!r} (first at row {seen_ids[pid]})",
+                    original,
+                )
+            )
+            continue
+        key = _normalise_problem(problem)
+        if key in seen_problems:
+            rejected.append(
+                Rejection(
+                    src,
+                    number,
+                    fields.problem,
+                    f"duplicate problem (first at row {seen_problems[key]})",
+                    original,
+                )
+            )
+            continue
+        source = cfg.data.data_source
+        if fields.source is not None:
+            source, why = _text_field(row, fields.source, allow_numbers=False)
+            if why:
+                rejected.append(Rejection(src, number, fields.source, why, original))
+                continue
+        seen_ids[pid] = number
+        seen_problems[key] = number
+        accepted.append(Problem(len(accepted), pid, problem, answer.strip(), source))
+    # prompt budget, in tokens of the chat-formatted prompt (one batched tokenisation)
+    if accepted and tokenizer is not None:
+        texts = [
+            tokenizer.apply_chat_template(
+                cfg.prompt.messages(p.problem), tokenize=False, add_generation_prompt=True
+            )
+            for p in accepted
+        ]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        kept = []
+        row_of = {p.id: seen_ids[p.id] for p in accepted}
+        originals = {n: o for n, _, o in rows}
+        for p, n_tokens in zip(accepted, lengths, strict=True):
+            if n_tokens > cfg.data.max_prompt_tokens:
+                number = row_of[p.id]
+                reason = (
+                    f"prompt has {n_tokens} tokens, over data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
+                )
+                rejected.append(Rejection(src, number, fields.problem, reason, originals[number]))
+            else:
+                kept.append(p)
+        accepted = [Problem(i, p.id, p.problem, p.answer, p.data_source) for i, p in enumerate(kept)]
+    rejected.sort(key=lambda r: r.row)
+    return accepted, rejected
+
+
+# --------------------------------------------------------------------------------------------
+# 2. sampling, grading and clustering, chunk by chunk
+# --------------------------------------------------------------------------------------------
+
+
+def build_sampler(cfg: SentConfig, model: ModelConfig, *, progress: bool = True):
+    """The configured sampler for ``model`` (the policy, or semantic.scoring_model)."""
+    from sent.sampling import make_sampler
+
+    s = cfg.sampling
+    if s.backend == "hf":
+        return make_sampler(
+            "hf",
+            model_path=model.path,
+            tokenizer_path=model.tokenizer,
+            device=model.device,
+            dtype=model.dtype,
+            trust_remote_code=model.trust_remote_code,
+            batch_size=s.batch_size,
+            progress=progress,
+        )
+    return make_sampler(
+        "vllm",
+        model_path=model.path,
+        tokenizer_path=model.tokenizer,
+        dtype=model.dtype,
+        trust_remote_code=model.trust_remote_code,
+        tensor_parallel_size=s.tensor_parallel_size,
+        gpu_memory_utilization=s.gpu_memory_utilization,
+        max_model_len=s.max_model_len or cfg.data.max_prompt_tokens + s.max_new_tokens,
+        seed=cfg.seed,
+        progress=progress,
+    )
+
+
+def _judge(cfg: SentConfig):
+    sem = cfg.semantic
+    if sem.judge == "embedding":
+        return get_judge("embedding", model=sem.embedding_model, threshold=sem.embedding_threshold)
+    if sem.judge == "math":
+        return get_judge("math", timeout=sem.judge_timeout)
+    return get_judge(sem.judge)
+
+
+def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_index: int, judge) -> pa.Table:
+    s = cfg.sampling
+    outs = sampler.generate(
+        [cfg.prompt.messages(p.problem) for p in problems],
+        n=s.n,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        max_new_tokens=s.max_new_tokens,
+        seed=cfg.seed * 1_000_003 + chunk_index,
+    )
+    rows = []
+    for p, completions in zip(problems, outs, strict=True):
+        if len(completions) != s.n:
+            raise CurationError(f"sampler returned {len(completions)} completions for {p.id}, expected {s.n}")
+        answers = [extract_answer(c.text) for c in completions]
+        ids = cluster(answers, judge, pool_missing=cfg.semantic.pool_missing)
+        for k, (c, a, cid) in enumerate(zip(completions, answers, ids, strict=True)):
+            rows.append(
+                {
+                    "index": p.index,
+                    "id": p.id,
+                    "sample": k,
+                    "text": c.text,
+                    "n_tokens": c.n_tokens,
+                    "logprob": c.logprob,
+                    "finish_reason": c.finish_reason,
+                    "answer": a,
+                    "correct": a is not None
+                    and is_equivalent(a, p.answer, timeout=cfg.semantic.judge_timeout),
+                    "class_id": cid,
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA)
+
+
+def _chunk_complete(path: Path, expected_rows: int) -> bool:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows == expected_rows
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# 3. scores and stages
+# --------------------------------------------------------------------------------------------
+
+
+def score_problems(cfg: SentConfig, problems: Sequence[Problem], samples: pa.Table) -> list[dict[str, Any]]:
+    cols = samples.to_pydict()
+    n = cfg.sampling.n
+    rows = []
+    for p in problems:
+        sl = slice(p.index * n, (p.index + 1) * n)
+        ids, lps, lens = cols["class_id"][sl], cols["logprob"][sl], cols["n_tokens"][sl]
+        if cols["index"][sl] != [p.index] * n:
+            raise ContractError(f"samples of problem {p.id} are not where expected")
+        finite = [lp for lp in lps if lp is not None and math.isfinite(lp)]
+        weighted = (
+            weighted_entropy(
+                ids, [lp if lp is not None else float("nan") for lp in lps], [max(1, t) for t in lens]
+            )
+            if len(finite) == n
+            else float("nan")
+        )
+        correct = cols["correct"][sl]
+        rows.append(
+            {
+                "index": p.index,
+                "id": p.id,
+                "data_source": p.data_source,
+                "problem": p.problem,
+                "answer": p.answer,
+                "semantic_entropy": discrete_entropy(ids),
+                "weighted_semantic_entropy": weighted,
+                "n_classes": len(set(ids)),
+                "pass_rate": sum(correct) / n,
+                "answered_rate": sum(a is not None for a in cols["answer"][sl]) / n,
+                "mean_tokens": float(np.mean(lens)),
+                "filtered": False,
+                "stage": None,
+            }
+        )
+    return rows
+
+
+def assign(cfg: SentConfig, scores: list[dict[str, Any]]) -> None:
+    """Fill ``stage`` (and ``filtered``) in place."""
+    c = cfg.curriculum
+    key = "semantic_entropy" if c.entropy == "discrete" else "weighted_semantic_entropy"
+    keep = [r for r in scores if not (c.drop_zero_signal and r["pass_rate"] in (0.0, 1.0))]
+    for r in scores:
+        r["filtered"] = True
+    if keep:
+        values = np.array([r[key] for r in keep], dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise CurationError(
+                f"curriculum.entropy={c.entropy!r} is not finite for every problem (missing log-probs?)"
+            )
+        stages = assign_stages(values, n_stages=c.n_stages, method=c.method, thresholds=c.thresholds)
+        for r, s in zip(keep, stages, strict=True):
+            r["filtered"], r["stage"] = False, int(s)
+
+
+def curriculum_rows(cfg: SentConfig, scores: list[dict[str, Any]], stage: int) -> list[dict[str, Any]]:
+    key = "semantic_entropy" if cfg.curriculum.entropy == "discrete" else "weighted_semantic_entropy"
+    rows = sorted((r for r in scores if r["stage"] == stage), key=lambda r: (r[key], r["index"]))
+    return [
+        {
+            "data_source": r["data_source"],
+            "prompt": cfg.prompt.messages(r["problem"]),
+            "ability": cfg.data.ability,
+            "reward_model": {"style": "rule", "ground_truth": r["answer"]},
+            "extra_info": {
+                "index": r["index"],
+                "id": r["id"],
+                "semantic_entropy": r["semantic_entropy"],
+                "weighted_semantic_entropy": r["weighted_semantic_entropy"],
+                "pass_rate": r["pass_rate"],
+                "n_classes": r["n_classes"],
+                "stage": stage,
+            },
+        }
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# the phase
+# --------------------------------------------------------------------------------------------
+
+
+def default_out_dir(cfg: SentConfig, limit: int | None) -> Path:
+    """``data/runs/curate-<config digest>``: the same configuration finds (and resumes) its run."""
+    suffix = "" if limit is None else f"-limit{limit}"
+    return Path("data/runs") / f"curate-{cfg.section_digest(*CONFIG_SECTIONS)[:12]}{suffix}"
+
+
+def _run_identity(cfg: SentConfig, limit: int | None) -> dict[str, Any]:
+    return {
+        "config_digest": cfg.section_digest(*CONFIG_SECTIONS),
+        "limit": limit,
+        "train_path": cfg.data.train_path,
+    }
+
+
+def curate(
+    cfg: SentConfig, *, out: str | Path | None = None, limit: int | None = None, sampler=None
+) -> CurationResult:
+    """Run the curation phase; see the module docstring."""
+    t_start = time.perf_counter()
+    out_dir = Path(out) if out is not None else default_out_dir(cfg, limit)
+    identity = _run_identity(cfg, limit)
+    if (out_dir / MANIFEST).exists():
+        manifest = load_manifest(out_dir)
+        if manifest.get("identity") == identity:
+            logger.info("curation already complete at %s; reusing it", out_dir)
+            return CurationResult(out_dir, manifest, reused=True)
+        raise CurationError(
+            f"{out_dir} holds a finished curation of another configuration; choose another --out"
+        )
+    state_path = out_dir / STATE
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state.get("identity") != identity:
+            raise CurationError(
+                f"{out_dir} holds an unfinished curation of another configuration; choose another --out"
+            )
+        logger.info("resuming the curation in %s", out_dir)
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise CurationError(f"{out_dir} exists and is not a curation directory; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json({"identity": identity, "config": cfg.model_dump(mode="json")}, state_path)
+
+    # 1. validation
+    model_cfg = cfg.semantic.scoring_model or cfg.model
+    from sent.models import load_tokenizer
+
+    tokenizer = load_tokenizer(
+        model_cfg.tokenizer or model_cfg.path, trust_remote_code=model_cfg.trust_remote_code
+    )
+    path = Path(cfg.data.train_path)
+    rows = list(read_rows(path, cfg.data.format, limit))
+    problems, rejected = validate(cfg, path, rows, tokenizer)
+    if len(problems) + len(rejected) != len(rows):
+        raise AssertionError("validation lost rows")  # counts in = accepted + rejected, always
+    write_rows([r.__dict__ for r in rejected], out_dir / "rejected.parquet", REJECTED_SCHEMA)
+    share = len(rejected) / max(1, len(rows))
+    if share > cfg.data.max_rejected_fraction or not problems:
+        first = "; ".join(f"row {r.row} {r.field!r}: {r.reason}" for r in rejected[:3])
+        raise CurationError(
+            f"{path}: {len(rejected)} of {len(rows)} rows rejected ({share:.1%} > data.max_rejected_fraction="
+            f"{cfg.data.max_rejected_fraction:.1%}); first: {first}; all in {out_dir / 'rejected.parquet'}"
+        )
+    logger.info("%s: %d rows, %d accepted, %d rejected", path, len(rows), len(problems), len(rejected))
+
+    # 2. sampling in resumable chunks
+    size, n = cfg.sampling.chunk_size, cfg.sampling.n
+    chunks = [problems[i : i + size] for i in range(0, len(problems), size)]
+    judge = _judge(cfg)
+    parts = []
+    t_sampling = 0.0
+    for ci, chunk in enumerate(chunks):
+        part = out_dir / "samples" / f"part-{ci:05d}.parquet"
+        if not _chunk_complete(part, len(chunk) * n):
+            if sampler is None:
+                sampler = build_sampler(cfg, model_cfg)
+            t0 = time.perf_counter()
+            table = sample_chunk(cfg, chunk, sampler, ci, judge)
+            t_sampling += time.perf_counter() - t0
+            write_table(table, part, SAMPLES_SCHEMA)
+            logger.info("sampled chunk %d/%d (%d problems)", ci + 1, len(chunks), len(chunk))
+        parts.append(part)
+    samples = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else SAMPLES_SCHEMA.empty_table()
+
+    # 3. scores and stages
+    scores = score_problems(cfg, problems, samples)
+    assign(cfg, scores)
+    write_rows(scores, out_dir / "scores.parquet", SCORES_SCHEMA)
+
+    # 4. shards, plots, manifest
+    k_stages, shard_rows = cfg.curriculum.n_stages, cfg.curriculum.shard_rows
+    for stage in range(1, k_stages + 1):
+        rows_k = curriculum_rows(cfg, scores, stage)
+        for j in range(0, len(rows_k), shard_rows):
+            write_rows(
+                rows_k[j : j + shard_rows],
+                out_dir / f"stage-{stage}" / f"part-{j // shard_rows:05d}.parquet",
+                CURRICULUM_SCHEMA,
+            )
+    from sent.plots import plot_curation
+
+    plot_curation(scores, out_dir)
+    kept = [r for r in scores if not r["filtered"]]
+    se = np.array([r["semantic_entropy"] for r in kept])
+    fail = np.array([1 - r["pass_rate"] for r in kept])
+    corr = (
+        float(np.corrcoef(se, fail)[0, 1])
+        if len(kept) > 1 and se.std() > 0 and fail.std() > 0
+        else float("nan")
+    )
+    listed = sorted(
+        [
+            p
+            for p in out_dir.rglob("*")
+            if p.is_file() and p.name not in (MANIFEST, STATE) and not p.name.startswith(".")
+        ]
+    )
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "sent_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "identity": identity,
+        "config": cfg.model_dump(mode="json"),
+        "counts": {
+            "input_rows": len(rows),
+            "accepted": len(problems),
+            "rejected": len(rejected),
+            "filtered": sum(r["filtered"] for r in scores),
+            "samples": samples.num_rows,
+        },
+        "curriculum": {
+            "n_stages": k_stages,
+            "method": cfg.curriculum.method,
+            "entropy": cfg.curriculum.entropy,
+            "stages": stage_summary(se, np.array([r["stage"] for r in kept]), k_stages),
+            "pearson_r_se_vs_1_minus_pass_rate": corr,
+            "mean_pass_rate": float(np.mean([r["pass_rate"] for r in scores])) if scores else float("nan"),
+        },
+        "timing_s": {"total": time.perf_counter() - t_start, "sampling": t_sampling},
+        "files": [file_entry(p, out_dir) for p in listed],
+    }
+    write_json(manifest, out_dir / MANIFEST)
+    state_path.unlink(missing_ok=True)
+    logger.info("curation written to %s", out_dir)
+    return CurationResult(out_dir, manifest, reused=False)

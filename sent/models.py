@@ -1,0 +1,69 @@
+"""Loading models and tokenizers, and the log-probability of given tokens.
+
+Models load from a local directory or a hub id (``trust_remote_code`` off unless asked).
+Tokenizers pad on the left, for batched generation; a tokenizer without a pad token pads with
+its EOS token. Forward passes over left-padded rows get ``position_ids = cumsum(mask) - 1``, so a
+row's positions do not depend on how much padding it got (TOY_NOTES.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise ValueError(f"tokenizer at {path} has no chat template; prompts are chat messages")
+    return tok
+
+
+def load_model(
+    path: str | Path, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
+):
+    from transformers import AutoModelForCausalLM
+
+    dev = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code
+    )
+    return model.to(dev).eval()
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def token_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int, *, chunk_rows: int = 16
+) -> torch.Tensor:
+    """``(rows, L - start)`` log-probabilities of ``input_ids[:, start:]`` under ``model``, each
+    given the tokens before it (0 where ``attention_mask`` is 0). Rows go through in chunks."""
+    out = []
+    for i in range(0, input_ids.shape[0], chunk_rows):
+        ids, mask = input_ids[i : i + chunk_rows], attention_mask[i : i + chunk_rows]
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask)).logits
+        logp = torch.log_softmax(logits[:, start - 1 : -1].float(), dim=-1)
+        picked = logp.gather(-1, ids[:, start:].unsqueeze(-1)).squeeze(-1)
+        out.append(picked * mask[:, start:])
+    return torch.cat(out)

@@ -1,0 +1,62 @@
+"""The sampler contract shared by the `hf` and `vllm` backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled response."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    """Generated token ids, the end-of-turn token included when generation stopped on it."""
+    logprob: float
+    """Sum of the model's log-probabilities of ``token_ids`` (the raw model distribution)."""
+    finish_reason: Literal["stop", "length"]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class Sampler(Protocol):
+    def generate(
+        self,
+        prompts: Sequence[Messages],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+    ) -> list[list[Completion]]:
+        """``n`` completions of each chat prompt, in prompt order. Deterministic in ``seed``."""
+        ...
+
+
+SAMPLERS: dict[str, Callable[..., Sampler]] = {}
+
+
+def register_sampler(name: str) -> Callable[[Callable[..., Sampler]], Callable[..., Sampler]]:
+    def decorator(factory: Callable[..., Sampler]) -> Callable[..., Sampler]:
+        SAMPLERS[name] = factory
+        return factory
+
+    return decorator
+
+
+def make_sampler(name: str, **options) -> Sampler:
+    # importing the backends registers them; vllm's module imports vllm only when used
+    from sent.sampling import hf, vllm  # noqa: F401
+
+    try:
+        factory = SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; registered: {sorted(SAMPLERS)}") from None
+    return factory(**options)
