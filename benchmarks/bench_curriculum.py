@@ -27,9 +27,7 @@ def main() -> None:
     for k in (2, 5):
         t = median_seconds(lambda k=k: assign_stages(x, n_stages=k), repeat=5, warmup=1)
         print(f"quantile, K = {k}, {N:,} problems: {t:.3f} s")
-    t = median_seconds(
-        lambda: assign_stages(x, n_stages=3, method="threshold", thresholds=[0.5, 1.2]), repeat=5
-    )
+    t = median_seconds(lambda: assign_stages(x, n_stages=3, method="threshold", thresholds=[0.5, 1.2]), repeat=5)
     print(f"threshold, K = 3, {N:,} problems: {t:.3f} s")
 
 

@@ -60,15 +60,11 @@ def main() -> None:
 
         return f
 
-    print(
-        f"shape (B, T) = ({B}, {T}), {int(mask.sum())} valid tokens, torch threads {torch.get_num_threads()}"
-    )
+    print(f"shape (B, T) = ({B}, {T}), {int(mask.sum())} valid tokens, torch threads {torch.get_num_threads()}")
     print("forward + backward; each ratio is the median over interleaved rounds against verl's kl_cov")
     for name in ("sent", "kl_cov", "ppo_clip", "clip_cov", "entropy_mask"):
         base, t, ratio = interleaved_ratio(run_verl, run(name))
-        print(
-            f"sent.losses {name:<13}{t * 1e3:7.2f} ms  verl kl_cov {base * 1e3:6.2f} ms  ratio {ratio:5.2f}x"
-        )
+        print(f"sent.losses {name:<13}{t * 1e3:7.2f} ms  verl kl_cov {base * 1e3:6.2f} ms  ratio {ratio:5.2f}x")
 
 
 if __name__ == "__main__":

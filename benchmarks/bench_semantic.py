@@ -41,9 +41,7 @@ def make_problem(rng: random.Random) -> list[str]:
         if rng.random() < 0.08:
             out.append("I tried several approaches but ran out of space and")  # truncated: no answer
         else:
-            out.append(
-                f"We compute step by step: {v} - 1 + 1 = {v}. So the answer is $\\boxed{{{rng.choice(pool)}}}$."
-            )
+            out.append(f"We compute step by step: {v} - 1 + 1 = {v}. So the answer is $\\boxed{{{rng.choice(pool)}}}$.")
     return out
 
 

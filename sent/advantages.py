@@ -31,9 +31,7 @@ def grpo_advantages(
         ``(B,)`` advantages, float.
     """
     if rewards.ndim != 1 or group_index.shape != rewards.shape:
-        raise ValueError(
-            f"rewards and group_index must both be (B,), got {rewards.shape}, {group_index.shape}"
-        )
+        raise ValueError(f"rewards and group_index must both be (B,), got {rewards.shape}, {group_index.shape}")
     r = rewards.to(torch.promote_types(rewards.dtype, torch.float32))
     _, inverse, counts = torch.unique(group_index, return_inverse=True, return_counts=True)
     n = counts.to(r.dtype)

@@ -13,9 +13,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
     from sent.rewards import compute_score
 
     response = sys.stdin.read() if args.response == "-" else args.response
-    result = compute_score(
-        None, response, args.answer, correct_score=1.0, incorrect_score=args.incorrect_score
-    )
+    result = compute_score(None, response, args.answer, correct_score=1.0, incorrect_score=args.incorrect_score)
     print(json.dumps(result))
     return 0 if result["acc"] else 1
 
@@ -53,8 +51,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     result = curate(_load(args), out=args.out, limit=args.limit)
     m = result.manifest
     stages = ", ".join(
-        f"stage {s['stage']}: {s['count']} problems, mean SE {s['se_mean']:.3f}"
-        for s in m["curriculum"]["stages"]
+        f"stage {s['stage']}: {s['count']} problems, mean SE {s['se_mean']:.3f}" for s in m["curriculum"]["stages"]
     )
     print(f"curriculum {'reused' if result.reused else 'written'}: {result.out_dir}")
     print(f"  {m['counts']['accepted']} accepted, {m['counts']['rejected']} rejected; {stages}")
@@ -92,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade = sub.add_parser("grade", help="grade one response against a reference answer (exit 0 iff correct)")
     grade.add_argument("--response", required=True, help="the response text, or - to read it from stdin")
     grade.add_argument("--answer", required=True, help="the reference answer")
-    grade.add_argument(
-        "--incorrect-score", type=float, default=-1.0, help="score of a wrong answer (-1 or 0)"
-    )
+    grade.add_argument("--incorrect-score", type=float, default=-1.0, help="score of a wrong answer (-1 or 0)")
     grade.set_defaults(func=_cmd_grade)
 
     se = sub.add_parser("se", help="semantic entropy of a list of final answers ('' = no answer)")

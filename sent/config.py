@@ -49,18 +49,14 @@ class FieldMap(_Section):
     problem: str = "problem"
     answer: str = "answer"
     id: str | None = Field("id", description="unique id column; None numbers the rows")
-    source: str | None = Field(
-        None, description="column with the data source name; None uses data.data_source"
-    )
+    source: str | None = Field(None, description="column with the data source name; None uses data.data_source")
 
 
 class DataConfig(_Section):
     train_path: str = Field(description="problems: a .jsonl or .parquet file, or a `datasets` directory")
     format: Literal["auto", "jsonl", "parquet", "datasets"] = "auto"
     fields: FieldMap = FieldMap()
-    data_source: str = Field(
-        "math", description="`data_source` of the curriculum rows (verl's reward routing)"
-    )
+    data_source: str = Field("math", description="`data_source` of the curriculum rows (verl's reward routing)")
     ability: str = "math"
     max_prompt_tokens: int = Field(1024, gt=0, description="longer chat prompts are rejected")
     max_rejected_fraction: float = Field(0.05, ge=0, le=1, description="fail when more rows are rejected")
@@ -86,9 +82,7 @@ class SamplingConfig(_Section):
     chunk_size: int = Field(256, gt=0, description="problems per resumable sampling checkpoint")
     tensor_parallel_size: int = Field(1, gt=0, description="vLLM")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM")
-    max_model_len: int | None = Field(
-        None, description="vLLM context length; default prompt + response budget"
-    )
+    max_model_len: int | None = Field(None, description="vLLM context length; default prompt + response budget")
 
 
 class SemanticConfig(_Section):
@@ -105,19 +99,13 @@ class CurriculumConfig(_Section):
     method: Literal["quantile", "threshold"] = "quantile"
     thresholds: list[float] | None = None
     entropy: Literal["discrete", "weighted"] = Field("discrete", description="which SE orders the curriculum")
-    drop_zero_signal: bool = Field(
-        False, description="drop problems whose N answers are all right or all wrong"
-    )
+    drop_zero_signal: bool = Field(False, description="drop problems whose N answers are all right or all wrong")
     shard_rows: int = Field(4096, gt=0, description="rows per Parquet shard")
 
     @model_validator(mode="after")
     def _thresholds_match(self) -> CurriculumConfig:
-        if self.method == "threshold" and (
-            self.thresholds is None or len(self.thresholds) != self.n_stages - 1
-        ):
-            raise ValueError(
-                f"method 'threshold' with n_stages={self.n_stages} needs {self.n_stages - 1} thresholds"
-            )
+        if self.method == "threshold" and (self.thresholds is None or len(self.thresholds) != self.n_stages - 1):
+            raise ValueError(f"method 'threshold' with n_stages={self.n_stages} needs {self.n_stages - 1} thresholds")
         return self
 
 
@@ -155,9 +143,7 @@ class TrainingConfig(_Section):
     shuffle: bool = Field(True, description="shuffle within a stage (False keeps SE order)")
     save_every: int = Field(50, gt=0)
     resume: Literal["auto", "never"] = "auto"
-    entropy_collapse_fraction: float = Field(
-        0.5, gt=0, lt=1, description="warn below this share of start entropy"
-    )
+    entropy_collapse_fraction: float = Field(0.5, gt=0, lt=1, description="warn below this share of start entropy")
     val_every: int = Field(10, gt=0, description="validation frequency (verl test_freq)")
 
     @model_validator(mode="after")
@@ -187,7 +173,7 @@ class ToyConfig(_Section):
     test_per_level: int = Field(200, gt=0)
     data_dir: str = Field("data/toy", description="train.jsonl and test.jsonl land here")
     model_dir: str = Field("data/models/toy", description="the bootstrap model (HF format) lands here")
-    vocab_size: int = Field(256, ge=128)
+    vocab_size: int = Field(384, ge=300, description="byte-level BPE: 256 bytes + 3 specials + merges")
     hidden_size: int = 128
     intermediate_size: int = 512
     num_layers: int = 4
@@ -200,9 +186,7 @@ class ToyConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    tracking_uri: str | None = Field(
-        None, description="MLflow URI; default MLFLOW_TRACKING_URI or data/mlflow.db"
-    )
+    tracking_uri: str | None = Field(None, description="MLflow URI; default MLFLOW_TRACKING_URI or data/mlflow.db")
     experiment: str = "sent"
 
 

@@ -108,9 +108,7 @@ def _detect_format(path: Path, fmt: str) -> str:
     raise CurationError(f"{path}: cannot tell the format from the name; set data.format")
 
 
-def read_rows(
-    path: str | Path, fmt: str = "auto", limit: int | None = None
-) -> Iterator[tuple[int, Any, str]]:
+def read_rows(path: str | Path, fmt: str = "auto", limit: int | None = None) -> Iterator[tuple[int, Any, str]]:
     """``(row number, parsed row or None, original text)`` for each input row (1-based rows;
     a JSONL line that is not JSON comes back as None with its text)."""
     path = Path(path)
@@ -233,9 +231,7 @@ def validate(
     # prompt budget, in tokens of the chat-formatted prompt (one batched tokenisation)
     if accepted and tokenizer is not None:
         texts = [
-            tokenizer.apply_chat_template(
-                cfg.prompt.messages(p.problem), tokenize=False, add_generation_prompt=True
-            )
+            tokenizer.apply_chat_template(cfg.prompt.messages(p.problem), tokenize=False, add_generation_prompt=True)
             for p in accepted
         ]
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -245,9 +241,7 @@ def validate(
         for p, n_tokens in zip(accepted, lengths, strict=True):
             if n_tokens > cfg.data.max_prompt_tokens:
                 number = row_of[p.id]
-                reason = (
-                    f"prompt has {n_tokens} tokens, over data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
-                )
+                reason = f"prompt has {n_tokens} tokens, over data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
                 rejected.append(Rejection(src, number, fields.problem, reason, originals[number]))
             else:
                 kept.append(p)
@@ -327,8 +321,7 @@ def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_in
                     "logprob": c.logprob,
                     "finish_reason": c.finish_reason,
                     "answer": a,
-                    "correct": a is not None
-                    and is_equivalent(a, p.answer, timeout=cfg.semantic.judge_timeout),
+                    "correct": a is not None and is_equivalent(a, p.answer, timeout=cfg.semantic.judge_timeout),
                     "class_id": cid,
                 }
             )
@@ -358,9 +351,7 @@ def score_problems(cfg: SentConfig, problems: Sequence[Problem], samples: pa.Tab
             raise ContractError(f"samples of problem {p.id} are not where expected")
         finite = [lp for lp in lps if lp is not None and math.isfinite(lp)]
         weighted = (
-            weighted_entropy(
-                ids, [lp if lp is not None else float("nan") for lp in lps], [max(1, t) for t in lens]
-            )
+            weighted_entropy(ids, [lp if lp is not None else float("nan") for lp in lps], [max(1, t) for t in lens])
             if len(finite) == n
             else float("nan")
         )
@@ -445,9 +436,7 @@ def _run_identity(cfg: SentConfig, limit: int | None) -> dict[str, Any]:
     }
 
 
-def curate(
-    cfg: SentConfig, *, out: str | Path | None = None, limit: int | None = None, sampler=None
-) -> CurationResult:
+def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None = None, sampler=None) -> CurationResult:
     """Run the curation phase; see the module docstring."""
     t_start = time.perf_counter()
     out_dir = Path(out) if out is not None else default_out_dir(cfg, limit)
@@ -457,9 +446,7 @@ def curate(
         if manifest.get("identity") == identity:
             logger.info("curation already complete at %s; reusing it", out_dir)
             return CurationResult(out_dir, manifest, reused=True)
-        raise CurationError(
-            f"{out_dir} holds a finished curation of another configuration; choose another --out"
-        )
+        raise CurationError(f"{out_dir} holds a finished curation of another configuration; choose another --out")
     state_path = out_dir / STATE
     if state_path.exists():
         state = json.loads(state_path.read_text())
@@ -477,9 +464,7 @@ def curate(
     model_cfg = cfg.semantic.scoring_model or cfg.model
     from sent.models import load_tokenizer
 
-    tokenizer = load_tokenizer(
-        model_cfg.tokenizer or model_cfg.path, trust_remote_code=model_cfg.trust_remote_code
-    )
+    tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
     path = Path(cfg.data.train_path)
     rows = list(read_rows(path, cfg.data.format, limit))
     problems, rejected = validate(cfg, path, rows, tokenizer)
@@ -535,11 +520,7 @@ def curate(
     kept = [r for r in scores if not r["filtered"]]
     se = np.array([r["semantic_entropy"] for r in kept])
     fail = np.array([1 - r["pass_rate"] for r in kept])
-    corr = (
-        float(np.corrcoef(se, fail)[0, 1])
-        if len(kept) > 1 and se.std() > 0 and fail.std() > 0
-        else float("nan")
-    )
+    corr = float(np.corrcoef(se, fail)[0, 1]) if len(kept) > 1 and se.std() > 0 and fail.std() > 0 else float("nan")
     listed = sorted(
         [
             p
@@ -571,7 +552,7 @@ def curate(
         "timing_s": {"total": time.perf_counter() - t_start, "sampling": t_sampling},
         "files": [file_entry(p, out_dir) for p in listed],
     }
-    write_json(manifest, out_dir / MANIFEST)
+    manifest = write_json(manifest, out_dir / MANIFEST)
     state_path.unlink(missing_ok=True)
     logger.info("curation written to %s", out_dir)
     return CurationResult(out_dir, manifest, reused=False)

@@ -4,12 +4,14 @@ The paper trains on D_1 ... D_K sorted by semantic entropy; its split rule is no
 Two rules, both pure functions of the values (never of the input order, so ties are never
 split across stages):
 
-- ``quantile`` (default): equal-count stages by rank. A problem whose entropy has ``r`` values
-  strictly below it (out of n) goes to stage ``1 + floor(K r / n)``. All copies of one value share
-  ``r``, so they share a stage; with heavy ties (SE takes few distinct values at N = 8) the
-  stages are as equal as the ties allow. All-equal input is all stage 1. With K > n, or fewer
-  distinct values than K, some stage ids stay empty: ids keep their quantile meaning rather
-  than being renumbered.
+- ``quantile`` (default): equal-count stages by rank. Each block of equal values goes, whole, to
+  the stage where its mid-rank falls: with ``b`` values strictly below it and ``c`` copies, to
+  stage ``1 + floor(K (b + (c - 1) / 2) / n)``; the lowest block always opens stage 1. For
+  distinct values that is the plain rank rule ``1 + floor(K r / n)``; with heavy ties (SE takes
+  few distinct values at N = 8, and a large block often sits at ln N) a block is placed where
+  most of it belongs instead of where it starts, so one big block cannot empty a stage by itself.
+  All-equal input is all stage 1. With K > n, or fewer distinct values than K, some stage ids
+  stay empty: ids keep their quantile meaning rather than being renumbered.
 - ``threshold``: K - 1 increasing thresholds; ``x < t_1`` is stage 1, ``t_1 <= x < t_2`` stage 2, ...
 """
 
@@ -53,8 +55,11 @@ def assign_stages(
         n = x.size
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        below = np.searchsorted(np.sort(x), x, side="left")  # values strictly below each x
-        return 1 + (below * n_stages) // n
+        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+        below = np.cumsum(counts) - counts  # values strictly below each distinct value
+        stage_of_value = 1 + np.floor(n_stages * (below + (counts - 1) / 2) / n).astype(np.int64)
+        stage_of_value[0] = 1  # the lowest block opens the curriculum
+        return stage_of_value[inverse]
     if method == "threshold":
         if thresholds is None or len(thresholds) != n_stages - 1:
             raise ValueError(f"method='threshold' with {n_stages} stages needs {n_stages - 1} thresholds")

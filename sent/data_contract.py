@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,13 +37,9 @@ MANIFEST = "manifest.json"
 CURRICULUM_SCHEMA = pa.schema(
     [
         pa.field("data_source", pa.string(), nullable=False),
-        pa.field(
-            "prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])), nullable=False
-        ),
+        pa.field("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])), nullable=False),
         pa.field("ability", pa.string(), nullable=False),
-        pa.field(
-            "reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())]), nullable=False
-        ),
+        pa.field("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())]), nullable=False),
         pa.field(
             "extra_info",
             pa.struct(
@@ -140,11 +137,27 @@ def write_rows(rows: Iterable[dict], path: Path, schema: pa.Schema) -> dict[str,
     return write_table(pa.Table.from_pylist(list(rows), schema=schema), path, schema)
 
 
-def write_json(obj: Any, path: Path) -> None:
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None (JSON has no NaN) and paths as strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(obj: Any, path: Path) -> Any:
+    """Write ``json_safe(obj)`` atomically and return what was written."""
+    safe = json_safe(obj)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str), encoding="utf-8")
+    tmp.write_text(json.dumps(safe, indent=2, allow_nan=False), encoding="utf-8")
     _atomic_replace(tmp, path)
+    return safe
 
 
 def file_entry(path: Path, root: Path) -> dict[str, Any]:
@@ -175,9 +188,7 @@ def load_manifest(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]
                 raise ContractError(f"{run_dir}: {entry['path']} is listed in the manifest but missing")
             if f.stat().st_size != entry["bytes"]:
                 size = f.stat().st_size
-                raise ContractError(
-                    f"{run_dir}: {entry['path']} has {size} bytes, the manifest says {entry['bytes']}"
-                )
+                raise ContractError(f"{run_dir}: {entry['path']} has {size} bytes, the manifest says {entry['bytes']}")
             if sha256_file(f) != entry["sha256"]:
                 raise ContractError(f"{run_dir}: {entry['path']} does not match its sha256 in the manifest")
     return manifest

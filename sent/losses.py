@@ -39,9 +39,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-LossAggMode = Literal[
-    "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
-]
+LossAggMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 Metrics = dict[str, torch.Tensor]
 
 
@@ -382,9 +380,7 @@ def ppo_clip_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=
     }
 
 
-def _low_entropy_cov_penalty(
-    *, log_prob, advantages, mask, n_valid, entropy, fraction, high_coef, low_coef, config
-):
+def _low_entropy_cov_penalty(*, log_prob, advantages, mask, n_valid, entropy, fraction, high_coef, low_coef, config):
     """Shared body of ``kl_cov`` (f=1, c_hi=1, c_lo=0) and ``sent``.
 
     L = the ``max(1, floor(f * n_valid))`` valid tokens of lowest entropy (all valid tokens when
@@ -397,9 +393,7 @@ def _low_entropy_cov_penalty(
         low, n_low = mask, n_valid
     else:
         if entropy is None:
-            raise ValueError(
-                "this loss needs the token entropy (entropy=...); see sent.entropy.token_entropy"
-            )
+            raise ValueError("this loss needs the token entropy (entropy=...); see sent.entropy.token_entropy")
         n_low = torch.minimum(_count_of(n_valid, fraction), n_valid.to(torch.float64))
         low = select_top(entropy, mask, n_low, largest=False)
     lp = log_prob.detach()
@@ -572,9 +566,7 @@ def entropy_mask_loss(*, log_prob, old_log_prob, advantages, response_mask, entr
 KlKind = Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl", "k1+", "k3+", "low_var_kl+"]
 
 
-def kl_penalty(
-    log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kind: KlKind = "low_var_kl"
-) -> torch.Tensor:
+def kl_penalty(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kind: KlKind = "low_var_kl") -> torch.Tensor:
     """Per-token KL estimate of pi to the reference (Schulman's k1/k2/k3), as verl's ``kl_penalty``.
 
     ``k3``/``low_var_kl``: ``exp(ref - lp) - (ref - lp) - 1``, log-ratio clamped to [-20, 20] and the

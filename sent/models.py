@@ -37,9 +37,7 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(
-    path: str | Path, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
-):
+def load_model(path: str | Path, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
     dev = resolve_device(device)

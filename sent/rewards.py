@@ -301,9 +301,7 @@ class _ExprParser:
             elif tok == "/":
                 self.take()
                 value /= self.factor()
-            elif tok is not None and (
-                tok[0].isdigit() or tok[0] == "." or tok in _PRODUCT_STARTS or tok in self.env
-            ):
+            elif tok is not None and (tok[0].isdigit() or tok[0] == "." or tok in _PRODUCT_STARTS or tok in self.env):
                 value *= self.factor()  # implicit product: 2\\sqrt{3}, 3x, 2(x+1)
             else:
                 return value
@@ -521,9 +519,7 @@ class _VerifierPool:
                     self._all.append(worker)
             result = worker.ask(a, b, timeout)
             if result is None:
-                logger.warning(
-                    "symbolic check of %r vs %r exceeded %.1fs; treated as not equivalent", a, b, timeout
-                )
+                logger.warning("symbolic check of %r vs %r exceeded %.1fs; treated as not equivalent", a, b, timeout)
                 worker.kill()
                 worker = None
             return result
@@ -620,10 +616,7 @@ def is_equivalent(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIME
             return by_value
         if (la is None) != (lb is None) and (_is_arithmetic(na) or _is_arithmetic(nb)):
             return False  # a tuple or interval is never a scalar expression
-        if (
-            max(len(na), len(nb)) > MAX_SYMBOLIC_CHARS
-            or max(_brace_depth(na), _brace_depth(nb)) > MAX_BRACE_DEPTH
-        ):
+        if max(len(na), len(nb)) > MAX_SYMBOLIC_CHARS or max(_brace_depth(na), _brace_depth(nb)) > MAX_BRACE_DEPTH:
             return False
         lo, hi = sorted((na, nb))
         return _symbolic_equivalent(lo, hi, float(timeout))
@@ -649,9 +642,7 @@ def grade(response: str, ground_truth: str | Sequence[str], *, timeout: float = 
 
 
 def _matches(pred: str | None, ground_truth: str | Sequence[str], timeout: float) -> bool:
-    return pred is not None and any(
-        is_equivalent(pred, gt, timeout=timeout) for gt in _ground_truths(ground_truth)
-    )
+    return pred is not None and any(is_equivalent(pred, gt, timeout=timeout) for gt in _ground_truths(ground_truth))
 
 
 def compute_score(

@@ -21,3 +21,34 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA} (the project's ../shared/data)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_toy(tmp_path_factory):
+    """A real toy world and a briefly trained toy model (about 15 s), shared by the tests.
+
+    Its accuracy is low on purpose-irrelevant grounds: tests exercise the machinery (chat
+    template, sampling, grading, clustering), not the model's skill."""
+    from sent.config import PromptConfig, ToyConfig
+    from sent.toy.bootstrap import bootstrap
+
+    root = tmp_path_factory.mktemp("toy")
+    cfg = ToyConfig(
+        train_per_level=300,
+        test_per_level=40,
+        data_dir=str(root / "data"),
+        model_dir=str(root / "model"),
+        sft_steps=40,
+        eval_per_level=10,
+    )
+    return bootstrap(cfg, PromptConfig())
+
+
+def toy_config(tiny_toy, *overrides: str):
+    """configs/toy.yaml pointed at the tiny model, with overrides."""
+    from sent.config import load_config
+
+    return load_config(
+        ROOT / "configs" / "toy.yaml",
+        [f"model.path={tiny_toy.model_dir}", f"data.train_path={tiny_toy.train_path}", *overrides],
+    )

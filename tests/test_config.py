@@ -118,9 +118,7 @@ def test_config_is_frozen(tmp_path):
 
 def test_threshold_curriculum_needs_thresholds(tmp_path):
     with pytest.raises(ConfigError, match="thresholds"):
-        load_config(
-            write(tmp_path, BASE + "curriculum: {method: threshold, n_stages: 3, thresholds: [0.5]}\n")
-        )
+        load_config(write(tmp_path, BASE + "curriculum: {method: threshold, n_stages: 3, thresholds: [0.5]}\n"))
 
 
 def test_prompt_messages_follow_the_paper():
@@ -129,7 +127,6 @@ def test_prompt_messages_follow_the_paper():
     assert msgs == [
         {
             "role": "user",
-            "content": "Compute 1+2.\nPlease reason step by step, and put your final "
-            "answer within \\boxed{}.",
+            "content": "Compute 1+2.\nPlease reason step by step, and put your final answer within \\boxed{}.",
         }
     ]

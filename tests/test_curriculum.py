@@ -19,11 +19,20 @@ def test_quantile_known_answer():
 
 
 def test_ties_stay_together():
-    # SE at N = 8 takes few values: 0 four times, then 0.69 and 1.0.
-    # "values strictly below": 0 for the zeros, 4 for 0.69, 5 for 1.0; K = 2, n = 6:
-    # 1 + floor(2 * 4 / 6) = 2 -> the tied zeros are all stage 1, never split.
+    # SE at N = 8 takes few values: 0 four times, then 0.69 and 1.0. K = 2, n = 6.
+    # zeros: the lowest block -> stage 1 (mid-rank 1.5 -> 1 + floor(2 * 1.5 / 6) = 1 anyway);
+    # 0.69: mid-rank 4 -> 1 + floor(8 / 6) = 2; 1.0: mid-rank 5 -> 2. The zeros are never split.
     x = np.array([0.0, 0.69, 0.0, 0.0, 1.0, 0.0])
     assert assign_stages(x).tolist() == [1, 2, 1, 1, 2, 1]
+
+
+def test_a_large_top_block_does_not_empty_the_last_stage():
+    # 25 distinct low values and 35 problems at ln 8 (all answers different), K = 2, n = 60.
+    # By "values below" alone the top block would start at rank 25 < 30 and join stage 1,
+    # leaving stage 2 empty; its mid-rank 25 + 17 = 42 puts it in stage 2.
+    x = np.concatenate([np.linspace(0.0, 1.5, 25), np.full(35, np.log(8))])
+    stages = assign_stages(x, n_stages=2)
+    assert (stages[:25] == 1).all() and (stages[25:] == 2).all()
 
 
 def test_all_equal_and_more_stages_than_problems():

@@ -59,9 +59,7 @@ def verl_grpo(rewards: torch.Tensor, index: np.ndarray, **kw) -> torch.Tensor:
     T = 4
     token_rewards = torch.zeros(len(rewards), T)
     token_rewards[:, -1] = rewards  # outcome reward on the last token, as verl places it
-    adv, _ = core_algos.compute_grpo_outcome_advantage(
-        token_rewards, torch.ones(len(rewards), T), index, **kw
-    )
+    adv, _ = core_algos.compute_grpo_outcome_advantage(token_rewards, torch.ones(len(rewards), T), index, **kw)
     return adv[:, 0]
 
 
@@ -74,9 +72,7 @@ def test_grpo_matches_verl(seed, norm):
     rewards = torch.tensor(rng.choice([-1.0, 1.0], size=40), dtype=torch.float32)
     ours = grpo_advantages(rewards, torch.as_tensor(groups), norm_by_std=norm)
     uids = np.array([f"uid-{g}" for g in groups], dtype=object)  # verl groups by uid strings
-    torch.testing.assert_close(
-        ours, verl_grpo(rewards, uids, norm_adv_by_std_in_grpo=norm), rtol=1e-5, atol=1e-6
-    )
+    torch.testing.assert_close(ours, verl_grpo(rewards, uids, norm_adv_by_std_in_grpo=norm), rtol=1e-5, atol=1e-6)
 
 
 def test_grpo_known_answer():
@@ -85,9 +81,7 @@ def test_grpo_known_answer():
     r = torch.tensor([1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0])
     g = torch.tensor([0, 0, 0, 0, 1, 1, 2])
     adv = grpo_advantages(r, g)  # eps = 1e-6 keeps the all-equal group at 0 / (0 + eps) = 0
-    torch.testing.assert_close(
-        adv, torch.tensor([1.5, -0.5, -0.5, -0.5, 0.0, 0.0, 1.0]), rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(adv, torch.tensor([1.5, -0.5, -0.5, -0.5, 0.0, 0.0, 1.0]), rtol=1e-5, atol=1e-5)
 
 
 def test_grpo_shape_errors():

@@ -224,9 +224,7 @@ def test_sent_known_answer():
     #   (1,1) 0.1*2*0.7 = 0.14, (0,4) 0.1*2*0.5 = 0.10, (0,3) 0.1*0.5*0.4 = 0.02, (1,0) 0.1*0.5*0.6 = 0.03
     # Base -A exp(-delta) summed over the 9 valid tokens:
     #   row 0: -(e^-.1 + e^-.2 + e^-.3 + e^-.4 + e^-.5); row 1: +(e^-.6 + e^-.7 + e^-.8 + e^-.9)
-    base = -sum(math.exp(-d) for d in (0.1, 0.2, 0.3, 0.4, 0.5)) + sum(
-        math.exp(-d) for d in (0.6, 0.7, 0.8, 0.9)
-    )
+    base = -sum(math.exp(-d) for d in (0.1, 0.2, 0.3, 0.4, 0.5)) + sum(math.exp(-d) for d in (0.6, 0.7, 0.8, 0.9))
     expected = (base + 0.14 + 0.10 + 0.02 + 0.03) / 9  # = -0.17222...
     loss, metrics = sent_2x6(kl_cov_ratio=0.3)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
@@ -258,9 +256,7 @@ def test_sent_gradient_flows_only_through_the_selected_penalties():
 def test_sent_default_ratio_penalises_one_token_each_way():
     # rho = 2e-4: k' = max(1, floor(7 * 2e-4)) = 1 -> (1,1) with c_hi, (0,3) with c_lo
     loss, metrics = sent_2x6()
-    base = -sum(math.exp(-d) for d in (0.1, 0.2, 0.3, 0.4, 0.5)) + sum(
-        math.exp(-d) for d in (0.6, 0.7, 0.8, 0.9)
-    )
+    base = -sum(math.exp(-d) for d in (0.1, 0.2, 0.3, 0.4, 0.5)) + sum(math.exp(-d) for d in (0.6, 0.7, 0.8, 0.9))
     assert loss.item() == pytest.approx((base + 0.1 * 2 * 0.7 + 0.1 * 0.5 * 0.4) / 9, rel=1e-6)
     assert metrics_to_floats(metrics)["n_penalised"] == 2
 

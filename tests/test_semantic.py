@@ -47,9 +47,7 @@ def test_discrete_entropy_known_values():
     assert discrete_entropy([0, 0, 0, 0]) == 0.0
     assert discrete_entropy([0, 1, 2, 3]) == pytest.approx(math.log(4))
     # classes of sizes 2, 2, 1: -(2 * 0.4 ln 0.4 + 0.2 ln 0.2) = 1.05492...
-    assert discrete_entropy([0, 0, 1, 2, 1]) == pytest.approx(
-        -(2 * 0.4 * math.log(0.4) + 0.2 * math.log(0.2))
-    )
+    assert discrete_entropy([0, 0, 1, 2, 1]) == pytest.approx(-(2 * 0.4 * math.log(0.4) + 0.2 * math.log(0.2)))
     with pytest.raises(ValueError):
         discrete_entropy([])
 
@@ -112,9 +110,7 @@ def test_entropy_bounds_and_zero_iff_one_class(answers, pool):
 def test_entropy_invariant_under_permutation(answers, rnd):
     shuffled = list(answers)
     rnd.shuffle(shuffled)
-    assert discrete_entropy(cluster(shuffled, mod3)) == pytest.approx(
-        discrete_entropy(cluster(answers, mod3))
-    )
+    assert discrete_entropy(cluster(shuffled, mod3)) == pytest.approx(discrete_entropy(cluster(answers, mod3)))
 
 
 @settings(max_examples=200, deadline=None)

@@ -48,16 +48,28 @@ def test_worked_solutions_are_right_and_graded_right():
                 assert eval(lhs) == int(rhs)
 
 
-def test_tokenizer_round_trip_and_chat_template():
+def test_tokenizer_round_trip_chat_template_and_reload(tmp_path):
+    from transformers import AutoTokenizer, Qwen2Config
+
     train, _ = generate_world(0, 100, 10)
-    tok = train_tokenizer([p.solution for p in train] + ["Please reason step by step"], vocab_size=160)
+    corpus = [
+        f"{p.problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}. {p.solution}"
+        for p in train
+    ]
+    tok = train_tokenizer(corpus, vocab_size=320)
     text = "Compute 37+62-45.\nPlease reason step by step, and put your final answer within \\boxed{}."
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text
-    assert all(len(tok.decode([i])) == 1 for i in tok("0123456789+-=", add_special_tokens=False)["input_ids"])
-    chat = tok.apply_chat_template(
-        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
-    )
+    assert len(ids) < 40  # the instruction's words merged
+    digits = tok("0123456789", add_special_tokens=False)["input_ids"]
+    assert [tok.decode([i]) for i in digits] == list("0123456789")  # digit by digit
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
-    assert tok.convert_tokens_to_ids("<|im_end|>") == tok.eos_token_id
+    # saved beside a qwen2 config and loaded as verl and vLLM load it: the same tokenizer
+    tok.save_pretrained(tmp_path)
+    Qwen2Config(vocab_size=len(tok)).save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    full = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    assert loaded(full, add_special_tokens=False)["input_ids"] == tok(full, add_special_tokens=False)["input_ids"]
+    assert loaded.eos_token_id == tok.eos_token_id

@@ -69,9 +69,7 @@ def test_adapter_reads_verl_config_and_uses_surprisal_entropy():
     assert metrics == {f"actor/{k}": v for k, v in metrics_to_floats(direct_metrics).items()}
     # an exact entropy, when given, replaces the surprisal
     exact = torch.rand(6, 20)
-    loss_exact, _ = make_verl_policy_loss("sent")(
-        old, lp, adv, mask.float(), "token-mean", cfg, entropy=exact
-    )
+    loss_exact, _ = make_verl_policy_loss("sent")(old, lp, adv, mask.float(), "token-mean", cfg, entropy=exact)
     direct_exact, _ = get_policy_loss("sent")(
         log_prob=lp,
         old_log_prob=old,

@@ -45,9 +45,7 @@ class HFSampler:
         self.batch_size, self.progress = batch_size, progress
 
     def prompt_texts(self, prompts: Sequence[Messages]) -> list[str]:
-        return [
-            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts
-        ]
+        return [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
 
     @torch.no_grad()
     def generate(
@@ -70,7 +68,7 @@ class HFSampler:
             top_p=top_p if temperature > 0 else None,
             top_k=0 if temperature > 0 else None,
             max_new_tokens=max_new_tokens,
-            num_return_sequences=n,
+            num_return_sequences=n if temperature > 0 else 1,  # greedy: decode once, replicate
             pad_token_id=tok.pad_token_id,
             eos_token_id=eos,
         )
@@ -91,6 +89,8 @@ class HFSampler:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed * 1_000_003 + b)
                 seqs = model.generate(**enc, generation_config=gen_cfg)
+            if temperature <= 0:
+                seqs = seqs.repeat_interleave(n, dim=0)
             prompt_len = enc["input_ids"].shape[1]
             gen = seqs[:, prompt_len:]
             # valid generated tokens: up to and including the first EOS (padding only follows it)
@@ -104,9 +104,7 @@ class HFSampler:
                 text = tok.decode(ids[:-1] if stopped else ids, skip_special_tokens=True)
                 if row % n == 0:
                     results.append([])
-                results[-1].append(
-                    Completion(text, tuple(ids), float(lps[row]), "stop" if stopped else "length")
-                )
+                results[-1].append(Completion(text, tuple(ids), float(lps[row]), "stop" if stopped else "length"))
         model.train(was_training)
         return results
 

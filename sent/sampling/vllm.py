@@ -84,9 +84,7 @@ class VLLMSampler:
                     Completion(
                         text=c.text,
                         token_ids=tuple(c.token_ids),
-                        logprob=float(
-                            c.cumulative_logprob if c.cumulative_logprob is not None else float("nan")
-                        ),
+                        logprob=float(c.cumulative_logprob if c.cumulative_logprob is not None else float("nan")),
                         finish_reason="stop" if c.finish_reason == "stop" else "length",
                     )
                     for c in completions

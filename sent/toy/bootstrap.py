@@ -32,7 +32,7 @@ from sent.toy.tokenizer import train_tokenizer
 from sent.toy.world import ToyProblem, generate_world, write_jsonl
 
 logger = logging.getLogger(__name__)
-BOOTSTRAP_FORMAT = 2
+BOOTSTRAP_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,7 @@ def build_model(tokenizer, cfg: ToyConfig):
     return Qwen2ForCausalLM(config)
 
 
-def _examples(
-    problems: list[ToyProblem], tokenizer, prompt: PromptConfig
-) -> list[tuple[list[int], list[int]]]:
+def _examples(problems: list[ToyProblem], tokenizer, prompt: PromptConfig) -> list[tuple[list[int], list[int]]]:
     prompts = [
         tokenizer.apply_chat_template(prompt.messages(p.problem), tokenize=False, add_generation_prompt=True)
         for p in problems
@@ -95,9 +93,7 @@ def _batch(examples, pad_id: int):
     return ids, mask, labels
 
 
-def supervised_finetune(
-    model, tokenizer, problems, prompt: PromptConfig, cfg: ToyConfig, *, log_every: int = 100
-):
+def supervised_finetune(model, tokenizer, problems, prompt: PromptConfig, cfg: ToyConfig, *, log_every: int = 100):
     """Response-only cross-entropy on worked solutions; returns the final loss."""
     examples = _examples(problems, tokenizer, prompt)
     by_level: dict[int, list] = {}
@@ -160,6 +156,18 @@ def accuracy_by_level(model, tokenizer, problems: list[ToyProblem], prompt: Prom
     return {f"L{k}": sum(v) / len(v) for k, v in sorted(by_level.items())}
 
 
+def _check_reload(tokenizer, path: Path, texts: list[str]) -> None:
+    """The saved tokenizer, loaded the way verl and vLLM load it, must tokenize as trained."""
+    from sent.models import load_tokenizer
+
+    loaded = load_tokenizer(path)
+    for text in texts:
+        ours = tokenizer(text, add_special_tokens=False)["input_ids"]
+        theirs = loaded(text, add_special_tokens=False)["input_ids"]
+        if ours != theirs:
+            raise RuntimeError(f"the saved toy tokenizer loads as {type(loaded).__name__} and tokenizes differently")
+
+
 def bootstrap(cfg: ToyConfig, prompt: PromptConfig, *, force: bool = False) -> BootstrapResult:
     """Build (or reuse) the toy world and model described by ``cfg``."""
     model_dir, data_dir = Path(cfg.model_dir), Path(cfg.data_dir)
@@ -207,6 +215,7 @@ def bootstrap(cfg: ToyConfig, prompt: PromptConfig, *, force: bool = False) -> B
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    _check_reload(tokenizer, tmp, corpus[:50])
     old = model_dir.with_name(model_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if model_dir.exists():

@@ -56,9 +56,7 @@ def _apply(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b
 
 
-def make_problem(
-    rng: random.Random, level: Level, level_no: int, index: int, split: str = "train"
-) -> ToyProblem:
+def make_problem(rng: random.Random, level: Level, level_no: int, index: int, split: str = "train") -> ToyProblem:
     lo = 0 if level.digits == 1 else 10 ** (level.digits - 1)
     nums = [rng.randint(lo, 10**level.digits - 1) for _ in range(level.operands)]
     ops = [rng.choice(level.operators) for _ in range(level.operands - 1)]
@@ -80,9 +78,7 @@ def make_problem(
         steps.append(f"{value}{op}{n}={new}")
         value = new
     solution = ", ".join(steps) + f". \\boxed{{{value}}}"
-    return ToyProblem(
-        f"toy-{split}-L{level_no}-{index:06d}", f"Compute {expr}.", str(value), solution, level_no
-    )
+    return ToyProblem(f"toy-{split}-L{level_no}-{index:06d}", f"Compute {expr}.", str(value), solution, level_no)
 
 
 def generate_split(
@@ -119,9 +115,7 @@ def generate_world(
     distinct problems (L1 has only 200), and train never repeats a test problem."""
     test_counts = [min(test_per_level, level_space(lv) // 4) for lv in levels]
     test = generate_split(seed * 2 + 1, test_counts, levels, split="test")
-    train_counts = [
-        min(train_per_level, level_space(lv) - t) for lv, t in zip(levels, test_counts, strict=True)
-    ]
+    train_counts = [min(train_per_level, level_space(lv) - t) for lv, t in zip(levels, test_counts, strict=True)]
     train = generate_split(seed * 2, train_counts, levels, exclude={p.problem for p in test}, split="train")
     return train, test
 

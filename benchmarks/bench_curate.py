@@ -1,0 +1,141 @@
+"""Curation costs (issue 3 targets): the per-problem overhead of curation excluding generation
+(>= 200 problems/s at N = 8), writing the curriculum shards of 1M scored problems (<= 10 s), and
+the `hf` sampler's tokens/s on the toy model (needs `sent toy bootstrap`).
+
+The overhead run replaces generation by canned completions (realistic texts: mostly the right
+answer in several spellings, wrong answers, missing answers) and times the whole `curate` call:
+reading, validation with prompt tokenisation, extraction, grading, clustering, entropies,
+stages, Parquet writes, plots and the manifest.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sent.config import load_config  # noqa: E402
+from sent.curate import curate, curriculum_rows  # noqa: E402
+from sent.data_contract import CURRICULUM_SCHEMA, write_rows  # noqa: E402
+from sent.sampling import Completion  # noqa: E402
+
+N = 8
+PROBLEMS = 2000
+SHARD_ROWS = 1_000_000
+
+
+class CannedSampler:
+    """Answers without a model: each completion boxes the right answer, a respelling of it, a
+    wrong number, or nothing."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.seconds = 0.0
+
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed):
+        t0 = time.perf_counter()
+        rng = random.Random(seed)
+        out = []
+        for messages in prompts:
+            problem = messages[-1]["content"].split("\n")[0]
+            answer = int(self.answers[problem])
+            choices = [
+                str(answer),
+                f"{answer}.0",
+                f"\\frac{{{2 * answer}}}{{2}}",
+                str(answer + rng.randint(1, 9)),
+            ]
+            completions = []
+            for _ in range(n):
+                if rng.random() < 0.1:
+                    text = "I am not sure how to finish this"
+                else:
+                    text = f"{problem.removeprefix('Compute ')} so the result is \\boxed{{{rng.choice(choices)}}}"
+                completions.append(Completion(text, tuple(range(20)), -rng.uniform(1, 20), "stop"))
+            out.append(completions)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def bench_overhead(tmp: Path) -> None:
+    from sent.toy.world import generate_world, write_jsonl
+
+    train, _ = generate_world(0, PROBLEMS // 5 + 1, 10)
+    train = train[:PROBLEMS]
+    path = write_jsonl(train, tmp / "problems.jsonl")
+    cfg = load_config(ROOT / "configs" / "toy.yaml", [f"data.train_path={path}", "sampling.chunk_size=500"])
+    if not Path(cfg.model.path).exists():
+        print(f"skipped overhead: run `sent toy bootstrap` first (needs the toy tokenizer at {cfg.model.path})")
+        return
+    sampler = CannedSampler({p.problem: p.answer for p in train})
+    t0 = time.perf_counter()
+    curate(cfg, out=tmp / "run", sampler=sampler)
+    total = time.perf_counter() - t0
+    overhead = total - sampler.seconds
+    print(
+        f"curation overhead excluding generation: {len(train) / overhead:8.0f} problems/s "
+        f"({len(train)} problems, N = {N}, {overhead:.2f} s)"
+    )
+
+
+def bench_shards(tmp: Path) -> None:
+    cfg = load_config(ROOT / "configs" / "toy.yaml")
+    rng = random.Random(0)
+    scores = [
+        {
+            "index": i,
+            "id": f"p{i}",
+            "data_source": "toy",
+            "problem": f"Compute {i}+1.",
+            "answer": str(i + 1),
+            "semantic_entropy": rng.random() * 2,
+            "weighted_semantic_entropy": rng.random() * 2,
+            "pass_rate": rng.random(),
+            "n_classes": rng.randint(1, 8),
+            "stage": 1 + (i % 2),
+        }
+        for i in range(SHARD_ROWS)
+    ]
+    t0 = time.perf_counter()
+    for stage in (1, 2):
+        rows = curriculum_rows(cfg, scores, stage)
+        for j in range(0, len(rows), cfg.curriculum.shard_rows * 64):
+            write_rows(rows[j : j + cfg.curriculum.shard_rows * 64], tmp / f"s{stage}-{j}.parquet", CURRICULUM_SCHEMA)
+    print(f"writing curriculum shards for {SHARD_ROWS:,} scored problems: {time.perf_counter() - t0:6.2f} s")
+
+
+def bench_sampler() -> None:
+    cfg = load_config(ROOT / "configs" / "toy.yaml")
+    if not Path(cfg.model.path).exists():
+        print("skipped hf sampler: run `sent toy bootstrap` first")
+        return
+    from sent.sampling.hf import HFSampler
+
+    sampler = HFSampler(model_path=cfg.model.path, device="cpu", dtype="float32", batch_size=128, progress=False)
+    prompts = [cfg.prompt.messages(f"Compute {a}+{b}-{a}.") for a in range(10, 26) for b in range(8)]
+    sampler.generate(prompts[:8], n=2, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0)  # warm-up
+    t0 = time.perf_counter()
+    out = sampler.generate(prompts, n=N, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=1)
+    seconds = time.perf_counter() - t0
+    tokens = sum(c.n_tokens for cs in out for c in cs)
+    print(
+        f"hf sampler, toy model, {len(prompts)} prompts x {N}: {tokens / seconds:8.0f} generated tokens/s, "
+        f"{len(prompts) * N / seconds:6.0f} responses/s"
+    )
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        bench_overhead(tmp)
+        bench_shards(tmp)
+        bench_sampler()
+
+
+if __name__ == "__main__":
+    main()

