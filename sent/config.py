@@ -60,6 +60,7 @@ class DataConfig(_Section):
     ability: str = "math"
     max_prompt_tokens: int = Field(1024, gt=0, description="longer chat prompts are rejected")
     max_rejected_fraction: float = Field(0.05, ge=0, le=1, description="fail when more rows are rejected")
+    limit: int | None = Field(None, gt=0, description="use only the first N input rows (the CLI's --limit wins)")
 
 
 class PromptConfig(_Section):

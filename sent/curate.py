@@ -439,6 +439,7 @@ def _run_identity(cfg: SentConfig, limit: int | None) -> dict[str, Any]:
 def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None = None, sampler=None) -> CurationResult:
     """Run the curation phase; see the module docstring."""
     t_start = time.perf_counter()
+    limit = limit if limit is not None else cfg.data.limit
     out_dir = Path(out) if out is not None else default_out_dir(cfg, limit)
     identity = _run_identity(cfg, limit)
     if (out_dir / MANIFEST).exists():

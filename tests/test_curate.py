@@ -229,3 +229,53 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tiny_toy, tmp_path):
         assert pq.read_table(killed / name).equals(pq.read_table(clean / name)), name
     for stage in (1, 2):
         assert load_curriculum(killed, stage).equals(load_curriculum(clean, stage))
+
+
+def test_parquet_and_datasets_inputs_with_a_field_map(tiny_toy, tmp_path):
+    import datasets
+    import pyarrow as pa
+
+    rows = [{"question": f"Compute {i}+1.", "final": str(i + 1), "uid": f"q{i}"} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    fields = ["data.fields.problem=question", "data.fields.answer=final", "data.fields.id=uid"]
+    tok = load_tokenizer(tiny_toy.model_dir)
+    for path in (tmp_path / "in.parquet", tmp_path / "ds"):
+        cfg = toy_config(tiny_toy, f"data.train_path={path}", *fields)
+        accepted, rejected = validate(cfg, path, list(read_rows(path)), tok)
+        assert [(p.id, p.problem, p.answer) for p in accepted] == [(r["uid"], r["question"], r["final"]) for r in rows]
+        assert not rejected
+    assert len(list(read_rows(tmp_path / "in.parquet", limit=2))) == 2
+
+
+def test_drop_zero_signal_filters_all_right_and_all_wrong(curated, tiny_toy, tmp_path):
+    from sent.curate import assign
+
+    cfg, result = curated
+    scores = pq.read_table(result.out_dir / "scores.parquet").to_pylist()
+    for r in scores:
+        r["stage"], r["filtered"] = None, False
+    cfg_drop = toy_config_from(cfg, "curriculum.drop_zero_signal=true")
+    assign(cfg_drop, scores)
+    for r in scores:
+        assert r["filtered"] == (r["pass_rate"] in (0.0, 1.0))
+        assert (r["stage"] is None) == r["filtered"]
+
+
+def test_cli_reports_errors_with_exit_code_2(tiny_toy, tmp_path, capsys):
+    from sent.cli import main
+
+    code = main(
+        [
+            "curate",
+            "--config",
+            str(ROOT / "configs" / "toy.yaml"),
+            f"data.train_path={tmp_path}/x.jsonl",
+            f"model.path={tiny_toy.model_dir}",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2 and "input not found" in capsys.readouterr().err
+    code = main(["curate", "--config", str(ROOT / "configs" / "toy.yaml"), "sampling.bogus=1"])
+    assert code == 2 and "sampling.bogus: unknown key" in capsys.readouterr().err

@@ -32,7 +32,7 @@ from sent.toy.tokenizer import train_tokenizer
 from sent.toy.world import ToyProblem, generate_world, write_jsonl
 
 logger = logging.getLogger(__name__)
-BOOTSTRAP_FORMAT = 3
+BOOTSTRAP_FORMAT = 4
 
 
 @dataclass(frozen=True)

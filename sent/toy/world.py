@@ -117,6 +117,9 @@ def generate_world(
     test = generate_split(seed * 2 + 1, test_counts, levels, split="test")
     train_counts = [min(train_per_level, level_space(lv) - t) for lv, t in zip(levels, test_counts, strict=True)]
     train = generate_split(seed * 2, train_counts, levels, exclude={p.problem for p in test}, split="train")
+    # levels interleaved, so that any prefix (`--limit`, data.limit) is a fair sample
+    random.Random(seed).shuffle(train)
+    random.Random(seed + 1).shuffle(test)
     return train, test
 
 
