@@ -20,8 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sent.config import load_config  # noqa: E402
-from sent.curate import curate, curriculum_rows  # noqa: E402
-from sent.data_contract import CURRICULUM_SCHEMA, write_rows  # noqa: E402
+from sent.curate import curate, write_stages  # noqa: E402
 from sent.sampling import Completion  # noqa: E402
 
 N = 8
@@ -84,29 +83,35 @@ def bench_overhead(tmp: Path) -> None:
 
 
 def bench_shards(tmp: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from sent.data_contract import SCORES_SCHEMA
+
     cfg = load_config(ROOT / "configs" / "toy.yaml")
-    rng = random.Random(0)
-    scores = [
+    rng = np.random.default_rng(0)
+    n = SHARD_ROWS
+    index = np.arange(n)
+    scores = pa.table(
         {
-            "index": i,
-            "id": f"p{i}",
-            "data_source": "toy",
-            "problem": f"Compute {i}+1.",
-            "answer": str(i + 1),
-            "semantic_entropy": rng.random() * 2,
-            "weighted_semantic_entropy": rng.random() * 2,
-            "pass_rate": rng.random(),
-            "n_classes": rng.randint(1, 8),
-            "stage": 1 + (i % 2),
+            "index": index,
+            "id": [f"p{i}" for i in index],
+            "data_source": ["toy"] * n,
+            "problem": [f"Compute {i}+1." for i in index],
+            "answer": [str(i + 1) for i in index],
+            "semantic_entropy": rng.random(n) * 2,
+            "weighted_semantic_entropy": rng.random(n) * 2,
+            "n_classes": rng.integers(1, 9, n).astype(np.int32),
+            "pass_rate": rng.random(n),
+            "answered_rate": rng.random(n),
+            "mean_tokens": rng.random(n) * 50,
+            "filtered": np.zeros(n, bool),
+            "stage": (1 + index % 2).astype(np.int32),
         }
-        for i in range(SHARD_ROWS)
-    ]
+    ).cast(SCORES_SCHEMA)
     t0 = time.perf_counter()
-    for stage in (1, 2):
-        rows = curriculum_rows(cfg, scores, stage)
-        for j in range(0, len(rows), cfg.curriculum.shard_rows * 64):
-            write_rows(rows[j : j + cfg.curriculum.shard_rows * 64], tmp / f"s{stage}-{j}.parquet", CURRICULUM_SCHEMA)
-    print(f"writing curriculum shards for {SHARD_ROWS:,} scored problems: {time.perf_counter() - t0:6.2f} s")
+    write_stages(cfg, scores, tmp / "stages")
+    print(f"writing curriculum shards for {n:,} scored problems: {time.perf_counter() - t0:6.2f} s")
 
 
 def bench_sampler() -> None:
