@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from sent import __version__
 
@@ -75,6 +76,44 @@ def _cmd_toy_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from sent.evaluation import evaluate_model, evaluate_responses, markdown_table, summarize, write_results
+
+    _setup_logging(args.verbose)
+    benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()] if args.benchmarks else None
+    if args.responses:
+        from sent.evaluation import read_responses
+
+        if not benchmarks:
+            raise SystemExit("--responses needs --benchmarks")
+        cfg = _load(args) if args.config else None
+        toy_dir = cfg.toy.data_dir if cfg is not None and cfg.toy is not None else args.toy_dir
+        ks = cfg.evaluation.k if cfg is not None else [1]
+        data_dir = args.data_dir or (cfg.evaluation.data_dir if cfg is not None else None)
+        per_benchmark, details = evaluate_responses(
+            read_responses(args.responses), benchmarks, data_dir=data_dir, toy_dir=toy_dir, ks=ks
+        )
+        out = Path(args.out or Path(args.responses).with_suffix(".eval"))
+        results = write_results(out, per_benchmark, details, {"responses": args.responses})
+    else:
+        if not args.config or not args.model:
+            raise SystemExit("sent eval needs --config and --model (or --responses)")
+        cfg = _load(args)
+        out = Path(args.out or Path("data/evals") / Path(args.model).name)
+        results = evaluate_model(
+            cfg,
+            model_path=args.model,
+            benchmarks=benchmarks,
+            n=args.n,
+            data_dir=args.data_dir,
+            out_dir=out,
+            limit=args.limit,
+        )
+    print(markdown_table(results["benchmarks"], summarize(results["benchmarks"])))
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'details.parquet'}")
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--config", default=default, required=default is None, help="YAML config (configs/...)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
@@ -103,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--limit", type=int, help="curate only the first N input rows (smoke runs)")
     cur.set_defaults(func=_cmd_curate)
 
+    ev = sub.add_parser("eval", help="score a model (or given responses) on benchmarks: pass@k, avg@n, maj@n")
+    ev.add_argument("--config", help="YAML config (sampling settings, benchmarks, data directory)")
+    ev.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    ev.add_argument("--model", help="model directory (or hub id) to sample from")
+    ev.add_argument("--responses", help="JSONL of {id, response} to score instead of sampling")
+    ev.add_argument("--benchmarks", help="comma-separated names: aime24,aime25,amc23,math500,olympiadbench,minerva,toy")
+    ev.add_argument("--data-dir", help="directory of <benchmark>.jsonl files")
+    ev.add_argument("--toy-dir", help="toy world directory (for --benchmarks toy without a config)")
+    ev.add_argument("--n", type=int, help="samples per problem (default evaluation.n)")
+    ev.add_argument("--limit", type=int, help="first N problems of each benchmark (smoke runs)")
+    ev.add_argument("--out", help="output directory")
+    ev.add_argument("-v", "--verbose", action="store_true")
+    ev.set_defaults(func=_cmd_eval)
+
     toy = sub.add_parser("toy", help="the toy world").add_subparsers(dest="toy_command", required=True)
     boot = toy.add_parser("bootstrap", help="generate the toy problems and warm-start the toy model (cached)")
     _add_config_args(boot, default="configs/toy.yaml")
@@ -115,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from sent.config import ConfigError
     from sent.curate import CurationError
     from sent.data_contract import ContractError
+    from sent.evaluation import EvaluationError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -126,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
-    except (ConfigError, CurationError, ContractError) as exc:
+    except (ConfigError, CurationError, ContractError, EvaluationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,280 @@
+"""Evaluation on the paper's benchmarks: pass@k, avg@n and maj@n (METHOD.md §5).
+
+Benchmarks by name: ``aime24, aime25, amc23, math500, olympiadbench, minerva`` are JSONL files
+``<data_dir>/<name>.jsonl`` with ``{id, problem, answer}`` rows; ``toy`` is the toy world's test
+split (``<toy.data_dir>/test.jsonl``). Each problem gets the paper's zero-shot prompt in the chat
+template and n samples; answers are graded with `sent.rewards`.
+
+Metrics per benchmark, and their unweighted mean over benchmarks:
+- ``pass@k``: the unbiased estimator of Chen et al. (2021), ``1 - C(n - c, k) / C(n, k)`` for a
+  problem with c correct of n samples, averaged over problems (k <= n);
+- ``avg@n``: mean accuracy over all samples;
+- ``maj@n``: the majority answer is right (answers clustered by equivalence; the largest class
+  wins, ties to the class seen first; responses without an answer do not vote).
+Outputs: ``results.json``, ``results.md`` (a Markdown table) and ``details.parquet`` (one row per
+sample: benchmark, problem id, sample, response, extracted answer, correct), like the seed's
+``--dump-eval-details``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sent.rewards import extract_answer, is_equivalent
+from sent.semantic import cluster
+
+logger = logging.getLogger(__name__)
+
+PAPER_BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "olympiadbench", "minerva")
+BENCHMARKS = (*PAPER_BENCHMARKS, "toy")
+
+DETAILS_SCHEMA = pa.schema(
+    [
+        ("benchmark", pa.string()),
+        ("id", pa.string()),
+        ("sample", pa.int32()),
+        ("response", pa.string()),
+        ("answer", pa.string()),
+        ("correct", pa.bool_()),
+    ]
+)
+
+
+class EvaluationError(ValueError):
+    """An unknown benchmark, or a benchmark or responses file that does not parse."""
+
+
+@dataclass(frozen=True)
+class BenchmarkProblem:
+    id: str
+    problem: str
+    answer: str
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): ``1 - C(n - c, k) / C(n, k)``, computed as a product
+    so that large n does not overflow."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def benchmark_path(name: str, data_dir: str | Path | None, toy_dir: str | Path | None = None) -> Path:
+    if name not in BENCHMARKS:
+        raise EvaluationError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    if name == "toy":
+        if toy_dir is None:
+            raise EvaluationError("benchmark 'toy' needs the toy world (a config with a toy section)")
+        return Path(toy_dir) / "test.jsonl"
+    if data_dir is None:
+        raise EvaluationError(f"benchmark {name!r} needs a data directory (--data-dir or evaluation.data_dir)")
+    return Path(data_dir) / f"{name}.jsonl"
+
+
+def load_benchmark(path: str | Path) -> list[BenchmarkProblem]:
+    """Rows ``{id, problem, answer}`` of a benchmark file; any malformed row is an error that names
+    the file, the line and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"benchmark file not found: {path}")
+    problems: list[BenchmarkProblem] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EvaluationError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise EvaluationError(f"{path}:{line_no}: a row must be an object")
+            values = {}
+            for key in ("id", "problem", "answer"):
+                value = row.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool) and key != "problem":
+                    value = str(value)
+                if not isinstance(value, str) or not value.strip():
+                    raise EvaluationError(f"{path}:{line_no}: field {key!r} is missing, empty or not a string")
+                values[key] = value
+            if values["id"] in seen:
+                raise EvaluationError(f"{path}:{line_no}: duplicate id {values['id']!r}")
+            seen.add(values["id"])
+            problems.append(BenchmarkProblem(**values))
+    if not problems:
+        raise EvaluationError(f"{path}: no problems")
+    return problems
+
+
+def load_benchmark_from_hub(repo_id: str, *, split: str = "test", fields: dict[str, str] | None = None):
+    """For users with hub access: a benchmark from a `datasets` repository, mapped to
+    ``{id, problem, answer}`` (``fields`` maps our names to the repository's columns)."""
+    import datasets
+
+    fields = {"id": "id", "problem": "problem", "answer": "answer", **(fields or {})}
+    ds = datasets.load_dataset(repo_id, split=split)
+    return [
+        BenchmarkProblem(str(row.get(fields["id"], i)), str(row[fields["problem"]]), str(row[fields["answer"]]))
+        for i, row in enumerate(ds)
+    ]
+
+
+def majority_correct(answers: Sequence[str | None], ground_truth: str) -> bool:
+    votes = [a for a in answers if a is not None and a.strip()]
+    if not votes:
+        return False
+    ids = cluster(votes)
+    counts = np.bincount(ids)
+    winner = votes[ids.index(int(np.argmax(counts)))]  # argmax: the first class among ties
+    return is_equivalent(winner, ground_truth)
+
+
+def score_benchmark(
+    name: str, problems: Sequence[BenchmarkProblem], responses: dict[str, list[str]], ks: Sequence[int]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """(metrics, per-sample details) of one benchmark. Every problem needs the same number n of
+    responses; pass@k is reported for each k <= n."""
+    missing = [p.id for p in problems if p.id not in responses]
+    if missing:
+        raise EvaluationError(f"{name}: no responses for {len(missing)} problems (first: {missing[0]!r})")
+    sizes = {len(responses[p.id]) for p in problems}
+    if len(sizes) != 1 or 0 in sizes:
+        raise EvaluationError(f"{name}: every problem needs the same number of responses, got {sorted(sizes)}")
+    n = sizes.pop()
+    details, correct_counts, majority = [], [], []
+    for p in problems:
+        answers = [extract_answer(r) for r in responses[p.id]]
+        correct = [a is not None and is_equivalent(a, p.answer) for a in answers]
+        correct_counts.append(sum(correct))
+        majority.append(majority_correct(answers, p.answer))
+        details += [
+            {"benchmark": name, "id": p.id, "sample": i, "response": r, "answer": a, "correct": c}
+            for i, (r, a, c) in enumerate(zip(responses[p.id], answers, correct, strict=True))
+        ]
+    metrics: dict[str, float] = {"problems": float(len(problems)), "n": float(n)}
+    for k in sorted(set(ks)):
+        if k <= n:
+            metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for c in correct_counts]))
+    metrics[f"avg@{n}"] = float(np.sum(correct_counts) / (n * len(problems)))
+    metrics[f"maj@{n}"] = float(np.mean(majority))
+    return metrics, details
+
+
+def summarize(per_benchmark: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Unweighted mean of each metric over the benchmarks that report it."""
+    keys = sorted({k for m in per_benchmark.values() for k in m if k not in ("problems", "n")})
+    return {k: float(np.mean([m[k] for m in per_benchmark.values() if k in m])) for k in keys}
+
+
+def markdown_table(per_benchmark: dict[str, dict[str, float]], mean: dict[str, float]) -> str:
+    keys = [k for k in mean if k.startswith("pass@")] + [k for k in mean if not k.startswith("pass@")]
+    lines = ["| benchmark | problems | " + " | ".join(keys) + " |", "| --- | --- |" + " --- |" * len(keys)]
+    for name, m in per_benchmark.items():
+        cells = [f"{100 * m[k]:.2f}" if k in m else "" for k in keys]
+        lines.append(f"| {name} | {int(m['problems'])} | " + " | ".join(cells) + " |")
+    lines.append("| **mean** | | " + " | ".join(f"**{100 * mean[k]:.2f}**" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: Path, per_benchmark: dict, details: list[dict[str, Any]], meta: dict[str, Any]) -> dict:
+    from sent.data_contract import write_json, write_rows
+
+    mean = summarize(per_benchmark)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_rows(details, out_dir / "details.parquet", DETAILS_SCHEMA)
+    (out_dir / "results.md").write_text(markdown_table(per_benchmark, mean), encoding="utf-8")
+    return write_json({**meta, "benchmarks": per_benchmark, "mean": mean}, out_dir / "results.json")
+
+
+def read_responses(path: str | Path) -> dict[str, list[str]]:
+    """JSONL of ``{id, response}`` (several rows per id = several samples, in file order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"responses file not found: {path}")
+    out: dict[str, list[str]] = {}
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pid, response = row["id"], row["response"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise EvaluationError(f'{path}:{line_no}: expected {{"id": ..., "response": ...}}') from None
+            if not isinstance(response, str):
+                raise EvaluationError(f"{path}:{line_no}: field 'response' is not a string")
+            out.setdefault(str(pid), []).append(response)
+    return out
+
+
+def evaluate_responses(
+    responses: dict[str, list[str]], benchmarks: Sequence[str], *, data_dir=None, toy_dir=None, ks=(1,)
+) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    per_benchmark, details = {}, []
+    for name in benchmarks:
+        problems = load_benchmark(benchmark_path(name, data_dir, toy_dir))
+        metrics, rows = score_benchmark(name, problems, responses, ks)
+        per_benchmark[name] = metrics
+        details += rows
+    return per_benchmark, details
+
+
+def evaluate_model(
+    cfg,
+    *,
+    model_path: str | Path,
+    benchmarks: Sequence[str] | None = None,
+    n: int | None = None,
+    data_dir: str | Path | None = None,
+    out_dir: str | Path,
+    sampler=None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Sample ``n`` responses per problem from the model at ``model_path`` and score them."""
+    from sent.config import ModelConfig
+    from sent.curate import build_sampler
+
+    ev = cfg.evaluation
+    benchmarks = list(benchmarks or ev.benchmarks)
+    n = n or ev.n
+    data_dir = data_dir or ev.data_dir
+    toy_dir = cfg.toy.data_dir if cfg.toy is not None else None
+    if sampler is None:
+        model = ModelConfig(**{**cfg.model.model_dump(), "path": str(model_path), "tokenizer": None})
+        eval_cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"backend": ev.backend})})
+        sampler = build_sampler(eval_cfg, model)
+    per_benchmark, details = {}, []
+    for name in benchmarks:
+        problems = load_benchmark(benchmark_path(name, data_dir, toy_dir))[:limit]
+        outs = sampler.generate(
+            [cfg.prompt.messages(p.problem) for p in problems],
+            n=n,
+            temperature=ev.temperature,
+            top_p=ev.top_p,
+            max_new_tokens=ev.max_new_tokens,
+            seed=cfg.seed,
+        )
+        responses = {p.id: [c.text for c in cs] for p, cs in zip(problems, outs, strict=True)}
+        metrics, rows = score_benchmark(name, problems, responses, ev.k)
+        per_benchmark[name] = metrics
+        details += rows
+        logger.info("%s: %s", name, {k: round(v, 4) for k, v in metrics.items()})
+    meta = {
+        "model": str(model_path),
+        "n": n,
+        "temperature": ev.temperature,
+        "top_p": ev.top_p,
+        "max_new_tokens": ev.max_new_tokens,
+        "seed": cfg.seed,
+    }
+    return write_results(Path(out_dir), per_benchmark, details, meta)

@@ -1,0 +1,156 @@
+"""Evaluation: pass@k known answers, scoring real reference solutions, errors, the CLI, a model."""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import combinations
+
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sent.evaluation import (
+    EvaluationError,
+    benchmark_path,
+    evaluate_model,
+    evaluate_responses,
+    load_benchmark,
+    majority_correct,
+    pass_at_k,
+    score_benchmark,
+)
+from tests.conftest import read_jsonl, toy_config
+
+
+def test_pass_at_k_known_answers():
+    # c correct of n: 1 - C(n-c, k) / C(n, k)
+    assert pass_at_k(16, 0, 8) == 0.0
+    assert pass_at_k(16, 16, 1) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(4, 2))  # 0.5
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))  # 11/12
+    assert pass_at_k(5, 4, 2) == 1.0  # fewer than k wrong samples: any k contain a right one
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 5)
+
+
+@given(st.integers(1, 12), st.data())
+def test_pass_at_k_is_the_share_of_k_subsets_with_a_right_answer(n, data):
+    c = data.draw(st.integers(0, n))
+    k = data.draw(st.integers(1, n))
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(combinations(range(n), k))
+    brute = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+    assert pass_at_k(n, c, k) == pytest.approx(brute)
+
+
+def test_scoring_with_known_answers(tmp_path):
+    bench = tmp_path / "toy.jsonl"
+    rows = [{"id": "a", "problem": "p1", "answer": "1/2"}, {"id": "b", "problem": "p2", "answer": "3"}]
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    responses = {
+        "a": ["\\boxed{0.5}", "\\boxed{2}", "no idea", "\\boxed{\\frac{1}{2}}"],  # 2 of 4 right
+        "b": ["\\boxed{4}", "\\boxed{4}", "\\boxed{3}", "\\boxed{5}"],  # 1 of 4; majority 4 is wrong
+    }
+    metrics, details = score_benchmark("toy", load_benchmark(bench), responses, ks=[1, 2, 4, 8])
+    assert metrics["avg@4"] == pytest.approx(3 / 8)
+    assert metrics["pass@1"] == pytest.approx((0.5 + 0.25) / 2)
+    assert metrics["pass@2"] == pytest.approx(((1 - 1 / 6) + (1 - 3 / 6)) / 2)
+    assert metrics["pass@4"] == 1.0 and "pass@8" not in metrics  # k > n is not reported
+    assert metrics["maj@4"] == 0.5  # a: 0.5 and \frac12 form the largest class; b: 4 wins
+    assert len(details) == 8 and details[2] == {
+        "benchmark": "toy",
+        "id": "a",
+        "sample": 2,
+        "response": "no idea",
+        "answer": None,
+        "correct": False,
+    }
+
+
+def test_majority_vote_ties_go_to_the_first_class():
+    assert majority_correct(["1", "2", None, None], "1")
+    assert not majority_correct(["2", "1"], "1")
+    assert not majority_correct([None, None], "1")
+
+
+def test_math500_reference_solutions_score_about_100(shared_data):
+    # the reference solutions as "responses": every metric must be (almost) perfect
+    solutions = read_jsonl(shared_data / "train" / "math500_solutions.jsonl")
+    responses = {r["id"]: [r["solution"]] for r in solutions}
+    per, _ = evaluate_responses(responses, ["math500"], data_dir=shared_data / "benchmarks", ks=[1])
+    print(f"MATH500 reference solutions: avg@1 {per['math500']['avg@1']:.4f}")
+    assert per["math500"]["avg@1"] >= 0.98 and per["math500"]["problems"] == 500
+
+
+def test_all_paper_benchmarks_load(shared_data):
+    sizes = {
+        name: len(load_benchmark(benchmark_path(name, shared_data / "benchmarks")))
+        for name in ("aime24", "aime25", "amc23", "math500", "olympiadbench", "minerva")
+    }
+    assert sizes == {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "olympiadbench": 674, "minerva": 272}
+
+
+def test_bad_benchmarks_are_clear_errors(tmp_path):
+    with pytest.raises(EvaluationError, match="unknown benchmark 'gsm9k'"):
+        benchmark_path("gsm9k", tmp_path)
+    with pytest.raises(EvaluationError, match="not found"):
+        load_benchmark(tmp_path / "nope.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "problem": "p", "answer": "1"}\n{"id": "y", "problem": "", "answer": "2"}\n')
+    with pytest.raises(EvaluationError, match=r"bad\.jsonl:2: field 'problem'"):
+        load_benchmark(bad)
+    bad.write_text('{"id": "x", "problem": "p", "answer": "1"}\nnot json\n')
+    with pytest.raises(EvaluationError, match=r"bad\.jsonl:2: not valid JSON"):
+        load_benchmark(bad)
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": "x", "problem": "p", "answer": "1"}\n')
+    with pytest.raises(EvaluationError, match="no responses"):
+        score_benchmark("good", load_benchmark(good), {}, [1])
+    with pytest.raises(EvaluationError, match="same number"):
+        good.write_text('{"id": "x", "problem": "p", "answer": "1"}\n{"id": "z", "problem": "q", "answer": "2"}\n')
+        score_benchmark("good", load_benchmark(good), {"x": ["a"], "z": ["a", "b"]}, [1])
+
+
+def test_cli_scores_responses_from_a_file(shared_data, tmp_path, capsys):
+    from sent.cli import main
+
+    rows = read_jsonl(shared_data / "benchmarks" / "amc23.jsonl")
+    responses = tmp_path / "responses.jsonl"
+    with responses.open("w") as f:
+        for r in rows:  # two samples per problem: one right, one wrong
+            f.write(json.dumps({"id": r["id"], "response": f"\\boxed{{{r['answer']}}}"}) + "\n")
+            f.write(json.dumps({"id": r["id"], "response": "\\boxed{-12345}"}) + "\n")
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "eval",
+            "--responses",
+            str(responses),
+            "--benchmarks",
+            "amc23",
+            "--data-dir",
+            str(shared_data / "benchmarks"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["benchmarks"]["amc23"]["avg@2"] == 0.5 and results["benchmarks"]["amc23"]["pass@1"] == 0.5
+    assert pq.read_table(out / "details.parquet").num_rows == 80
+    assert "| amc23 | 40 |" in (out / "results.md").read_text() and "| amc23 | 40 |" in capsys.readouterr().out
+    assert main(["eval", "--responses", str(responses), "--benchmarks", "nope", "--out", str(out)]) == 2
+
+
+def test_evaluate_the_tiny_model_on_the_toy_benchmark(tiny_toy, tmp_path):
+    cfg = toy_config(tiny_toy, f"toy.data_dir={tiny_toy.test_path.parent}")
+    results = evaluate_model(cfg, model_path=tiny_toy.model_dir, benchmarks=["toy"], n=4, out_dir=tmp_path, limit=20)
+    toy = results["benchmarks"]["toy"]
+    assert toy["problems"] == 20 and toy["n"] == 4
+    assert 0 <= toy["avg@4"] <= toy["pass@4"] <= 1 and set(results["mean"]) >= {"pass@1", "pass@4", "avg@4", "maj@4"}
+    assert pq.read_table(tmp_path / "details.parquet").num_rows == 80
