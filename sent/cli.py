@@ -72,7 +72,27 @@ def _cmd_toy_bootstrap(args: argparse.Namespace) -> int:
     state = "up to date" if result.cached else f"built in {result.seconds:.0f}s"
     print(f"toy model {state}: {result.model_dir} ({result.n_parameters:,} parameters)")
     print(f"  greedy accuracy by level: {accuracy}")
-    print(f"  problems: {result.train_path}, {result.test_path}")
+    print(f"  problems: {result.train_path} (SFT), {result.rl_path} (RL), {result.test_path} (held out)")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sent.curate import default_out_dir
+    from sent.engines.local import train_stage
+
+    _setup_logging(args.verbose)
+    cfg = _load(args)
+    if cfg.training.engine != "local":
+        raise SystemExit(f"training.engine={cfg.training.engine!r}: only the local engine runs here so far")
+    curriculum = Path(args.curriculum or default_out_dir(cfg, cfg.data.limit))
+    run_dir = Path(args.out or Path("data/runs") / f"train-{curriculum.name}-{cfg.training.loss}")
+    result = train_stage(
+        cfg, stage=args.stage, curriculum_dir=curriculum, run_dir=run_dir, max_steps=args.max_steps, fresh=args.fresh
+    )
+    last = result.history[-1] if result.history else {}
+    print(f"stage {result.stage}: {result.steps} steps from {result.start_model}; final weights: {result.final_dir}")
+    if last:
+        print(f"  last step: accuracy {last['accuracy']:.3f}, policy entropy {last['policy_entropy']:.4f}")
     return 0
 
 
@@ -142,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--limit", type=int, help="curate only the first N input rows (smoke runs)")
     cur.set_defaults(func=_cmd_curate)
 
+    tr = sub.add_parser("train", help="train one curriculum stage with GRPO and the configured policy loss")
+    _add_config_args(tr)
+    tr.add_argument("--stage", type=int, required=True, help="curriculum stage K (K > 1 starts from stage K-1)")
+    tr.add_argument("--curriculum", help="curation directory (default: this config's curation run)")
+    tr.add_argument("--out", help="run directory; stages land in <out>/stage-K (default data/runs/train-...)")
+    tr.add_argument("--max-steps", type=int, help="stop the stage after N steps")
+    tr.add_argument("--fresh", action="store_true", help="retrain a finished stage (the old run is kept)")
+    tr.set_defaults(func=_cmd_train)
+
     ev = sub.add_parser("eval", help="score a model (or given responses) on benchmarks: pass@k, avg@n, maj@n")
     ev.add_argument("--config", help="YAML config (sampling settings, benchmarks, data directory)")
     ev.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
@@ -168,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from sent.config import ConfigError
     from sent.curate import CurationError
     from sent.data_contract import ContractError
+    from sent.engines.local import TrainingError
     from sent.evaluation import EvaluationError
 
     parser = build_parser()
@@ -180,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
-    except (ConfigError, CurationError, ContractError, EvaluationError) as exc:
+    except (ConfigError, CurationError, ContractError, EvaluationError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -141,6 +141,11 @@ class TrainingConfig(_Section):
     ref_kl_kind: Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl"] = "low_var_kl"
     entropy_coeff: float = Field(0.0, ge=0)
     norm_adv_by_std: bool = True
+    filter_groups: bool = Field(
+        False, description="leave groups whose G rewards are all equal out of the update (they carry no signal)"
+    )
+    correct_score: float = Field(1.0, description="reward of a right final answer")
+    incorrect_score: float = Field(-1.0, description="reward of a wrong or missing answer (paper: -1)")
     shuffle: bool = Field(True, description="shuffle within a stage (False keeps SE order)")
     save_every: int = Field(50, gt=0)
     resume: Literal["auto", "never"] = "auto"
@@ -172,7 +177,10 @@ class ToyConfig(_Section):
     seed: int = 0
     train_per_level: int = Field(3000, gt=0)
     test_per_level: int = Field(200, gt=0)
-    data_dir: str = Field("data/toy", description="train.jsonl and test.jsonl land here")
+    data_dir: str = Field("data/toy", description="train.jsonl, test.jsonl and rl.jsonl land here")
+    rl_levels: list[int] = Field(
+        [1, 2, 3], description="levels of the RL problems (rl.jsonl): where the bootstrap model has headroom"
+    )
     model_dir: str = Field("data/models/toy", description="the bootstrap model (HF format) lands here")
     vocab_size: int = Field(384, ge=300, description="byte-level BPE: 256 bytes + 3 specials + merges")
     hidden_size: int = 128

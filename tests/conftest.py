@@ -38,7 +38,7 @@ def tiny_toy(tmp_path_factory):
         test_per_level=40,
         data_dir=str(root / "data"),
         model_dir=str(root / "model"),
-        sft_steps=40,
+        sft_steps=150,
         eval_per_level=10,
     )
     return bootstrap(cfg, PromptConfig())

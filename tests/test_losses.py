@@ -520,3 +520,23 @@ def test_two_pivot_selection_is_exact(n, seed, kind):
         a[rng.random(n) < 0.5] = np.inf
     kk = int(rng.integers(1, n + 1))
     assert _kth_smallest_cpu(a, kk) == np.partition(a, kk - 1)[kk - 1]
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_micro_batches_with_global_counts_add_up_to_the_mini_batch_loss(mode):
+    # the local engine splits a mini-batch into micro-batches and passes the mini-batch's token /
+    # sequence counts, as verl does across ranks: the micro losses must sum to the full loss
+    log_prob, old, adv, mask, ent = random_batch(11, B=8, T=20)
+    full, _ = ours("ppo_clip", (log_prob, old, adv, mask, ent), loss_agg_mode=mode)
+    counts = {"global_batch_num_tokens": int(mask.sum()), "global_batch_size": int(mask.any(-1).sum())}
+    parts = [
+        get_policy_loss("ppo_clip")(
+            log_prob=log_prob[i : i + 3],
+            old_log_prob=old[i : i + 3],
+            advantages=adv[i : i + 3],
+            response_mask=mask[i : i + 3],
+            config=PolicyLossConfig(loss_agg_mode=mode, **counts),
+        )[0]
+        for i in range(0, 8, 3)
+    ]
+    torch.testing.assert_close(sum(parts), full)

@@ -40,6 +40,7 @@ class BootstrapResult:
     model_dir: Path
     train_path: Path
     test_path: Path
+    rl_path: Path
     accuracy_by_level: dict[str, float]
     seconds: float
     n_parameters: int
@@ -47,7 +48,9 @@ class BootstrapResult:
 
 
 def _digest(cfg: ToyConfig, prompt: PromptConfig) -> str:
-    payload = {"toy": cfg.model_dump(), "prompt": prompt.model_dump(), "format": BOOTSTRAP_FORMAT}
+    # rl_levels only selects problems for RL (rl.jsonl); the model does not depend on it
+    toy = cfg.model_dump(exclude={"rl_levels"})
+    payload = {"toy": toy, "prompt": prompt.model_dump(), "format": BOOTSTRAP_FORMAT}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -156,6 +159,15 @@ def accuracy_by_level(model, tokenizer, problems: list[ToyProblem], prompt: Prom
     return {f"L{k}": sum(v) / len(v) for k, v in sorted(by_level.items())}
 
 
+def _write_rl_split(train_path: Path, rl_path: Path, levels: list[int]) -> None:
+    """The training problems of the RL levels, in the (shuffled) order of train.jsonl."""
+    keep = set(levels)
+    lines = [ln for ln in train_path.read_text(encoding="utf-8").splitlines() if json.loads(ln)["level"] in keep]
+    tmp = rl_path.with_name(rl_path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    tmp.replace(rl_path)
+
+
 def _check_reload(tokenizer, path: Path, texts: list[str]) -> None:
     """The saved tokenizer, loaded the way verl and vLLM load it, must tokenize as trained."""
     from sent.models import load_tokenizer
@@ -172,16 +184,19 @@ def bootstrap(cfg: ToyConfig, prompt: PromptConfig, *, force: bool = False) -> B
     """Build (or reuse) the toy world and model described by ``cfg``."""
     model_dir, data_dir = Path(cfg.model_dir), Path(cfg.data_dir)
     train_path, test_path = data_dir / "train.jsonl", data_dir / "test.jsonl"
+    rl_path = data_dir / "rl.jsonl"
     marker = model_dir / "bootstrap.json"
     digest = _digest(cfg, prompt)
     if marker.is_file() and not force:
         info = json.loads(marker.read_text())
         if info.get("digest") == digest and train_path.is_file() and test_path.is_file():
             logger.info("toy model up to date at %s", model_dir)
+            _write_rl_split(train_path, rl_path, cfg.rl_levels)
             return BootstrapResult(
                 model_dir,
                 train_path,
                 test_path,
+                rl_path,
                 info["accuracy_by_level"],
                 info["seconds"],
                 info["n_parameters"],
@@ -193,6 +208,7 @@ def bootstrap(cfg: ToyConfig, prompt: PromptConfig, *, force: bool = False) -> B
     train, test = generate_world(cfg.seed, cfg.train_per_level, cfg.test_per_level)
     write_jsonl(train, train_path)
     write_jsonl(test, test_path)
+    _write_rl_split(train_path, rl_path, cfg.rl_levels)
     corpus = [
         f"<|im_start|>user\n{prompt.template.format(problem=p.problem)}<|im_end|>\n<|im_start|>assistant\n{p.solution}"
         for p in train
@@ -233,4 +249,4 @@ def bootstrap(cfg: ToyConfig, prompt: PromptConfig, *, force: bool = False) -> B
     }
     marker.write_text(json.dumps(info, indent=2))
     logger.info("toy model ready at %s in %.0fs; greedy accuracy %s", model_dir, seconds, accuracy)
-    return BootstrapResult(model_dir, train_path, test_path, accuracy, seconds, n_params, cached=False)
+    return BootstrapResult(model_dir, train_path, test_path, rl_path, accuracy, seconds, n_params, cached=False)

@@ -1,0 +1,445 @@
+"""The local GRPO engine: staged training on one machine (CPU or one GPU), with any registered
+policy loss. It uses the same losses (`sent.losses`), advantages (`sent.advantages`), rewards
+(`sent.rewards.compute_score`) and curriculum shards (`sent.data_contract`) as the verl engine.
+
+One step, in the order of the GRPO algorithm:
+
+1. the next ``train_batch_size`` prompts of the stage (shuffled per epoch with the run seed, or
+   in SE order; the whole order is fixed up front, so a resumed run needs only the step number);
+2. G responses per prompt from the current weights (the ``hf`` sampler, seeded by the step);
+3. rewards by `compute_score`; GRPO advantages per group (optionally dropping groups whose
+   rewards are all equal: they carry no signal but dilute the token mean);
+4. old log-probabilities (and the reference model's, when the reference KL loss is on);
+5. for each PPO epoch and mini-batch: log-probabilities and exact token entropy of the current
+   policy, the configured policy loss plus reference KL and entropy bonus, gradient
+   accumulation over micro-batches (each micro-batch normalised by the mini-batch's token or
+   sequence count, as verl does across ranks), gradient clipping, an AdamW step.
+
+SENT's token selection therefore happens per micro-batch, as in verl; set
+``micro_batch_size`` to the mini-batch's sequence count for mini-batch scope.
+
+Stages: stage 1 starts from ``model.path``, stage K+1 from stage K's final weights; the
+reference model is the stage's starting model; the optimiser restarts (METHOD.md §2).
+Checkpoints (every ``save_every`` steps and at the end) hold Hugging Face weights and tokenizer,
+optimiser, scheduler, RNG states, step and metrics, written to a temporary directory and
+renamed; ``resume: auto`` continues from the newest one and gives the same metrics as an
+uninterrupted run. Retraining a finished stage is an explicit choice (``fresh=True``).
+The engine reports metrics to a callback and never imports MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sent.advantages import grpo_advantages
+from sent.config import SentConfig, loss_config
+from sent.data_contract import load_curriculum
+from sent.entropy import token_entropy
+from sent.losses import (
+    PolicyLossConfig,
+    entropy_bonus,
+    get_policy_loss,
+    metrics_to_floats,
+    reference_kl_loss,
+)
+from sent.models import load_model, load_tokenizer, position_ids_for, token_logprobs
+from sent.rewards import compute_score
+from sent.sampling.hf import HFSampler
+
+logger = logging.getLogger(__name__)
+MetricsCallback = Callable[[int, dict[str, float]], None]
+_COUNTS = frozenset({"n_low_entropy", "n_penalised", "n_selected", "n_valid_tokens"})
+FINAL, CHECKPOINTS = "final", "checkpoints"
+
+
+class TrainingError(RuntimeError):
+    """A stage that cannot start or continue; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: int
+    final_dir: Path
+    steps: int
+    history: list[dict[str, float]]
+    start_model: str
+
+
+def stage_dir(run_dir: Path, stage: int) -> Path:
+    return Path(run_dir) / f"stage-{stage}"
+
+
+def start_model_for(cfg: SentConfig, run_dir: Path, stage: int) -> str:
+    """Stage 1 starts from the configured model, stage K+1 from stage K's final weights."""
+    if stage == 1:
+        return cfg.model.path
+    previous = stage_dir(run_dir, stage - 1) / FINAL
+    if not (previous / "stage.json").is_file():
+        raise TrainingError(
+            f"stage {stage} starts from stage {stage - 1}'s final weights, but {previous} does not exist; "
+            f"train stage {stage - 1} first"
+        )
+    return str(previous)
+
+
+def _batch_order(n_rows: int, cfg: SentConfig) -> tuple[np.ndarray, int]:
+    """Row indices for every step of the stage, and the number of steps."""
+    t = cfg.training
+    steps = max(1, math.floor(t.epochs_per_stage * n_rows / t.train_batch_size))
+    epochs = math.ceil(steps * t.train_batch_size / n_rows) + 1
+    rng = np.random.default_rng(cfg.seed)
+    order = [rng.permutation(n_rows) if t.shuffle else np.arange(n_rows) for _ in range(epochs)]
+    return np.concatenate(order), steps
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class LocalEngine:
+    """Train one curriculum stage; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: SentConfig,
+        *,
+        stage: int,
+        curriculum_dir: str | Path,
+        run_dir: str | Path,
+        max_steps: int | None = None,
+        callback: MetricsCallback | None = None,
+        fresh: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.stage = cfg, stage
+        self.t = cfg.training
+        self.run_dir = Path(run_dir)
+        self.out = stage_dir(self.run_dir, stage)
+        self.callback, self.progress = callback, progress
+        if (self.out / FINAL / "stage.json").is_file():
+            if not fresh:
+                raise TrainingError(
+                    f"stage {stage} already finished at {self.out / FINAL}; retrain it explicitly with fresh=True "
+                    "(--fresh), which keeps the old run beside it"
+                )
+            backup = self.out.with_name(f"{self.out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.out.rename(backup)
+            logger.warning("stage %d: previous run moved to %s", stage, backup)
+        self.start_model = start_model_for(cfg, self.run_dir, stage)
+        table = load_curriculum(curriculum_dir, stage)
+        if table.num_rows == 0:
+            raise TrainingError(f"curriculum stage {stage} in {curriculum_dir} has no problems")
+        self.rows = table.to_pylist()
+        self.order, self.total_steps = _batch_order(len(self.rows), cfg)
+        if max_steps is not None:
+            self.total_steps = min(self.total_steps, max_steps)
+        self.loss_fn = get_policy_loss(self.t.loss)
+        self.loss_cfg = loss_config(cfg)
+
+    # ---------------------------------------------------------------- model, optimiser, state
+
+    def _build(self) -> None:
+        m = self.cfg.model
+        self.tokenizer = load_tokenizer(self.start_model, trust_remote_code=m.trust_remote_code)
+        self.policy = load_model(
+            self.start_model, device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code
+        )
+        self.device = next(self.policy.parameters()).device
+        self.reference = None
+        if self.t.ref_kl_coef > 0:
+            self.reference = load_model(
+                self.start_model, device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code
+            )
+            self.reference.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=self.t.lr, betas=self.t.betas, weight_decay=self.t.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # constant (paper)
+        self.sampler = HFSampler(self.policy, self.tokenizer, batch_size=self.cfg.sampling.batch_size, progress=False)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.start_entropy: float | None = None
+        self.collapse_warned = False
+
+    def _checkpoints(self) -> list[Path]:
+        root = self.out / CHECKPOINTS
+        return sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file()) if root.is_dir() else []
+
+    def _resume(self) -> None:
+        if self.t.resume != "auto" or not self._checkpoints():
+            return
+        ckpt = self._checkpoints()[-1]
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        from transformers import AutoModelForCausalLM
+
+        weights = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=next(self.policy.parameters()).dtype)
+        self.policy.load_state_dict(weights.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step, self.history = state["step"], state["history"]
+        self.start_entropy, self.collapse_warned = state["start_entropy"], state["collapse_warned"]
+        logger.info("stage %d: resumed from %s (step %d)", self.stage, ckpt, self.step)
+
+    def _write_history(self) -> None:
+        """``metrics.jsonl``: one line per step so far (rewritten atomically, so that after a
+        resume it holds exactly the steps of the resumed history)."""
+        from sent.data_contract import json_safe
+
+        path = self.out / "metrics.jsonl"
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp.write_text("".join(json.dumps(json_safe(m)) + "\n" for m in self.history))
+        tmp.replace(path)
+
+    def _save(self, final: bool = False) -> Path:
+        name = FINAL if final else f"{CHECKPOINTS}/step-{self.step:06d}"
+        target = self.out / name
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.policy.save_pretrained(str(tmp))
+        self.tokenizer.save_pretrained(str(tmp))
+        if final:
+            summary = {
+                "stage": self.stage,
+                "steps": self.step,
+                "start_model": self.start_model,
+                "loss": self.t.loss,
+                "last_metrics": self.history[-1] if self.history else {},
+            }
+            (tmp / "stage.json").write_text(json.dumps(summary, indent=2))
+        else:
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": _rng_state(),
+                    "step": self.step,
+                    "history": self.history,
+                    "start_entropy": self.start_entropy,
+                    "collapse_warned": self.collapse_warned,
+                },
+                tmp / "state.pt",
+            )
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return target
+
+    # ---------------------------------------------------------------- one step
+
+    def _rollout(self, rows: list[dict]) -> dict[str, Any]:
+        t, G = self.t, self.t.group_size
+        prompts = [[dict(m) for m in r["prompt"]] for r in rows]
+        outs = self.sampler.generate(
+            prompts,
+            n=G,
+            temperature=t.temperature,
+            top_p=t.top_p,
+            max_new_tokens=t.max_response_tokens,
+            seed=self.cfg.seed * 1_000_003 + self.step,
+        )
+        tok = self.tokenizer
+        texts = self.sampler.prompt_texts(prompts)
+        prompt_ids = tok(texts, add_special_tokens=False)["input_ids"]
+        seqs, rewards, accs, groups = [], [], [], []
+        for g, (row, completions) in enumerate(zip(rows, outs, strict=True)):
+            for c in completions:
+                s = compute_score(
+                    row["data_source"],
+                    c.text,
+                    row["reward_model"]["ground_truth"],
+                    row["extra_info"],
+                    correct_score=t.correct_score,
+                    incorrect_score=t.incorrect_score,
+                )
+                seqs.append((prompt_ids[g], list(c.token_ids)))
+                rewards.append(s["score"])
+                accs.append(float(s["acc"]))
+                groups.append(g)
+        P = max(len(p) for p, _ in seqs)
+        R = max(1, max(len(r) for _, r in seqs))
+        N = len(seqs)
+        input_ids = torch.full((N, P + R), tok.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((N, P + R), dtype=torch.long)
+        for i, (p, r) in enumerate(seqs):  # [left-padded prompt | right-padded response]
+            input_ids[i, P - len(p) : P] = torch.tensor(p)
+            input_ids[i, P : P + len(r)] = torch.tensor(r, dtype=torch.long)
+            attention[i, P - len(p) : P + len(r)] = 1
+        rewards_t, groups_t = torch.tensor(rewards), torch.tensor(groups)
+        adv = grpo_advantages(rewards_t, groups_t, norm_by_std=t.norm_adv_by_std)
+        group_rewards = rewards_t.view(-1, G)
+        signal = group_rewards.max(1).values != group_rewards.min(1).values
+        keep = signal[groups_t] if t.filter_groups else torch.ones(N, dtype=torch.bool)
+        return {
+            "input_ids": input_ids.to(self.device),
+            "attention": attention.to(self.device),
+            "P": P,
+            "advantages": adv,
+            "rewards": rewards_t,
+            "acc": torch.tensor(accs),
+            "signal": signal,
+            "keep": keep,
+            "groups": groups_t,
+        }
+
+    def _forward(self, model, ids, mask, P: int, with_entropy: bool):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask)).logits[:, P - 1 : -1]
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, P:].unsqueeze(-1)).squeeze(-1)
+        return logp, (token_entropy(logits) if with_entropy else None)
+
+    def _train_step(self, rows: list[dict]) -> dict[str, float]:
+        t, G = self.t, self.t.group_size
+        t0 = time.perf_counter()
+        batch = self._rollout(rows)
+        t_sample = time.perf_counter() - t0
+        ids, mask, P = batch["input_ids"], batch["attention"], batch["P"]
+        response_mask = mask[:, P:].bool()
+        with torch.no_grad():
+            old_logp = token_logprobs(self.policy, ids, mask, P, chunk_rows=t.micro_batch_size)
+            ref_logp = (
+                token_logprobs(self.reference, ids, mask, P, chunk_rows=t.micro_batch_size)
+                if self.reference is not None
+                else None
+            )
+        adv_tokens = batch["advantages"].to(self.device)[:, None].expand_as(old_logp)
+        train_mask = response_mask & batch["keep"].to(self.device)[:, None]
+        prompts_per_mini = t.mini_batch_size
+        sums: dict[str, list[float]] = {}
+        grad_norms: list[float] = []
+        entropy_sum, entropy_tokens = 0.0, 0
+        self.policy.train()
+        for _epoch in range(t.ppo_epochs):
+            for m0 in range(0, len(rows), prompts_per_mini):
+                seq = torch.arange(m0 * G, min(len(rows), m0 + prompts_per_mini) * G)
+                mini_mask = train_mask[seq]
+                n_tokens, n_seqs = int(mini_mask.sum()), int(mini_mask.any(-1).sum())
+                if n_tokens == 0:
+                    continue
+                cfg = PolicyLossConfig(
+                    **{**self.loss_cfg.__dict__, "global_batch_num_tokens": n_tokens, "global_batch_size": n_seqs}
+                )
+                self.optimizer.zero_grad(set_to_none=True)
+                for u0 in range(0, len(seq), t.micro_batch_size):
+                    idx = seq[u0 : u0 + t.micro_batch_size]
+                    logp, ent = self._forward(self.policy, ids[idx], mask[idx], P, with_entropy=True)
+                    m = train_mask[idx]
+                    loss, metrics = self.loss_fn(
+                        log_prob=logp,
+                        old_log_prob=old_logp[idx],
+                        advantages=adv_tokens[idx],
+                        response_mask=m,
+                        entropy=ent.detach(),
+                        config=cfg,
+                    )
+                    metrics["pg_loss"] = loss.detach()
+                    scale = m.sum() / max(n_tokens, 1)  # share of the mini-batch in this micro-batch
+                    if ref_logp is not None:
+                        kl_loss, kl_m = reference_kl_loss(
+                            logp, ref_logp[idx], m, coef=t.ref_kl_coef, kind=t.ref_kl_kind
+                        )
+                        loss = loss + kl_loss * scale
+                        metrics.update(kl_m)
+                    if t.entropy_coeff > 0:
+                        bonus, _ = entropy_bonus(ent, m, coef=t.entropy_coeff)
+                        loss = loss + bonus * scale
+                    loss.backward()
+                    for k, v in metrics_to_floats(metrics).items():
+                        sums.setdefault(k, []).append(v)
+                    valid = response_mask[idx]
+                    entropy_sum += float((ent.detach() * valid).sum())
+                    entropy_tokens += int(valid.sum())
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.grad_clip)))
+                self.optimizer.step()
+                self.scheduler.step()
+        self.policy.eval()
+        seconds = time.perf_counter() - t0
+        n_resp_tokens = int(response_mask.sum())
+        signal = batch["signal"]
+        acc_groups = batch["acc"].view(-1, G).mean(1)
+        out = {
+            "reward_mean": batch["rewards"].mean().item(),
+            "accuracy": batch["acc"].mean().item(),
+            "groups_with_signal": signal.float().mean().item(),
+            "accuracy_groups_with_signal": acc_groups[signal].mean().item() if signal.any() else float("nan"),
+            "policy_entropy": entropy_sum / entropy_tokens if entropy_tokens else float("nan"),
+            "response_length": response_mask.sum(1).float().mean().item(),
+            "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+            "step_time": seconds,
+            "sampling_time": t_sample,
+            "tokens_per_s": n_resp_tokens / seconds,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        for k, v in sums.items():  # token counts add up over micro-batches; the rest is averaged
+            out[k] = float(np.sum(v)) if k in _COUNTS else float(np.mean(v))
+        if "pg_clipfrac" in out:
+            out["clip_fraction"] = out.pop("pg_clipfrac")
+        return out
+
+    def _watch_entropy(self, metrics: dict[str, float]) -> None:
+        h = metrics["policy_entropy"]
+        if self.start_entropy is None:
+            self.start_entropy = h
+        collapsed = h < self.t.entropy_collapse_fraction * self.start_entropy
+        metrics["entropy_collapse"] = float(collapsed)
+        if collapsed and not self.collapse_warned:
+            self.collapse_warned = True
+            logger.warning(
+                "stage %d step %d: policy entropy %.4f fell below %.0f%% of its start value %.4f (entropy collapse)",
+                self.stage,
+                self.step,
+                h,
+                100 * self.t.entropy_collapse_fraction,
+                self.start_entropy,
+            )
+
+    # ---------------------------------------------------------------- the stage
+
+    def run(self) -> StageResult:
+        from tqdm.auto import tqdm
+
+        self._build()
+        self._resume()
+        B = self.t.train_batch_size
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"stage {self.stage}", disable=not self.progress)
+        while self.step < self.total_steps:
+            rows = [self.rows[i] for i in self.order[self.step * B : (self.step + 1) * B]]
+            metrics = self._train_step(rows)
+            self.step += 1
+            self._watch_entropy(metrics)
+            metrics["step"] = float(self.step)
+            self.history.append(metrics)
+            self._write_history()
+            if self.callback is not None:
+                self.callback(self.step, metrics)
+            bar.update(1)
+            bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", H=f"{metrics['policy_entropy']:.3f}")
+            if self.step % self.t.save_every == 0 and self.step < self.total_steps:
+                self._save()
+        bar.close()
+        final = self._save(final=True)
+        shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
+        logger.info("stage %d finished after %d steps: %s", self.stage, self.step, final)
+        return StageResult(self.stage, final, self.step, self.history, self.start_model)
+
+
+def train_stage(cfg: SentConfig, **kwargs) -> StageResult:
+    return LocalEngine(cfg, **kwargs).run()
