@@ -81,14 +81,10 @@ def benchmark_path(name: str, data_dir: str | Path | None, toy_dir: str | Path |
     return Path(data_dir) / f"{name}.jsonl"
 
 
-def load_benchmark(path: str | Path) -> list[BenchmarkProblem]:
-    """Rows ``{id, problem, answer}`` of a benchmark file; any malformed row is an error that names
-    the file, the line and the field."""
-    path = Path(path)
+def _jsonl_objects(path: Path, what: str):
+    """``(line number, object)`` for each non-blank line; errors name the file and the line."""
     if not path.is_file():
-        raise EvaluationError(f"benchmark file not found: {path}")
-    problems: list[BenchmarkProblem] = []
-    seen: set[str] = set()
+        raise EvaluationError(f"{what} file not found: {path}")
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -99,18 +95,28 @@ def load_benchmark(path: str | Path) -> list[BenchmarkProblem]:
                 raise EvaluationError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise EvaluationError(f"{path}:{line_no}: a row must be an object")
-            values = {}
-            for key in ("id", "problem", "answer"):
-                value = row.get(key)
-                if isinstance(value, int | float) and not isinstance(value, bool) and key != "problem":
-                    value = str(value)
-                if not isinstance(value, str) or not value.strip():
-                    raise EvaluationError(f"{path}:{line_no}: field {key!r} is missing, empty or not a string")
-                values[key] = value
-            if values["id"] in seen:
-                raise EvaluationError(f"{path}:{line_no}: duplicate id {values['id']!r}")
-            seen.add(values["id"])
-            problems.append(BenchmarkProblem(**values))
+            yield line_no, row
+
+
+def load_benchmark(path: str | Path) -> list[BenchmarkProblem]:
+    """Rows ``{id, problem, answer}`` of a benchmark file; any malformed row is an error that names
+    the file, the line and the field."""
+    path = Path(path)
+    problems: list[BenchmarkProblem] = []
+    seen: set[str] = set()
+    for line_no, row in _jsonl_objects(path, "benchmark"):
+        values = {}
+        for key in ("id", "problem", "answer"):
+            value = row.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and key != "problem":
+                value = str(value)
+            if not isinstance(value, str) or not value.strip():
+                raise EvaluationError(f"{path}:{line_no}: field {key!r} is missing, empty or not a string")
+            values[key] = value
+        if values["id"] in seen:
+            raise EvaluationError(f"{path}:{line_no}: duplicate id {values['id']!r}")
+        seen.add(values["id"])
+        problems.append(BenchmarkProblem(**values))
     if not problems:
         raise EvaluationError(f"{path}: no problems")
     return problems
@@ -199,21 +205,14 @@ def write_results(out_dir: Path, per_benchmark: dict, details: list[dict[str, An
 def read_responses(path: str | Path) -> dict[str, list[str]]:
     """JSONL of ``{id, response}`` (several rows per id = several samples, in file order)."""
     path = Path(path)
-    if not path.is_file():
-        raise EvaluationError(f"responses file not found: {path}")
     out: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                pid, response = row["id"], row["response"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise EvaluationError(f'{path}:{line_no}: expected {{"id": ..., "response": ...}}') from None
-            if not isinstance(response, str):
-                raise EvaluationError(f"{path}:{line_no}: field 'response' is not a string")
-            out.setdefault(str(pid), []).append(response)
+    for line_no, row in _jsonl_objects(path, "responses"):
+        if "id" not in row or "response" not in row:
+            raise EvaluationError(f'{path}:{line_no}: expected {{"id": ..., "response": ...}}')
+        pid, response = row["id"], row["response"]
+        if not isinstance(response, str):
+            raise EvaluationError(f"{path}:{line_no}: field 'response' is not a string")
+        out.setdefault(str(pid), []).append(response)
     return out
 
 
