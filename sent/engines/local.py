@@ -338,6 +338,9 @@ class LocalEngine:
                     **{**self.loss_cfg.__dict__, "global_batch_num_tokens": n_tokens, "global_batch_size": n_seqs}
                 )
                 self.optimizer.zero_grad(set_to_none=True)
+                mini_pg_loss = torch.zeros(
+                    (), device=self.device
+                )  # micro-batch losses are shares of the mini-batch loss: they add up
                 for u0 in range(0, len(seq), t.micro_batch_size):
                     idx = seq[u0 : u0 + t.micro_batch_size]
                     logp, ent = self._forward(self.policy, ids[idx], mask[idx], P, with_entropy=True)
@@ -350,7 +353,7 @@ class LocalEngine:
                         entropy=ent.detach(),
                         config=cfg,
                     )
-                    metrics["pg_loss"] = loss.detach()
+                    mini_pg_loss = mini_pg_loss + loss.detach()
                     scale = m.sum() / max(n_tokens, 1)  # share of the mini-batch in this micro-batch
                     if ref_logp is not None:
                         kl_loss, kl_m = reference_kl_loss(
@@ -367,6 +370,7 @@ class LocalEngine:
                     valid = response_mask[idx]
                     entropy_sum += float((ent.detach() * valid).sum())
                     entropy_tokens += int(valid.sum())
+                sums.setdefault("pg_loss", []).append(float(mini_pg_loss))
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.grad_clip)))
                 self.optimizer.step()
                 self.scheduler.step()
