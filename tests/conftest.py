@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+from sent_testing import SHARED_DATA
 
 
 @pytest.fixture(scope="session")
@@ -42,13 +35,3 @@ def tiny_toy(tmp_path_factory):
         eval_per_level=10,
     )
     return bootstrap(cfg, PromptConfig())
-
-
-def toy_config(tiny_toy, *overrides: str):
-    """configs/toy.yaml pointed at the tiny model, with overrides."""
-    from sent.config import load_config
-
-    return load_config(
-        ROOT / "configs" / "toy.yaml",
-        [f"model.path={tiny_toy.model_dir}", f"data.train_path={tiny_toy.train_path}", *overrides],
-    )

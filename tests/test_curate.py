@@ -23,7 +23,8 @@ from sent.data_contract import (
     stage_files,
 )
 from sent.models import load_tokenizer
-from tests.conftest import ROOT, toy_config
+
+from sent_testing import ROOT, toy_config
 
 BAD_ROWS = [
     {"id": "a", "problem": "Compute 1+1.", "answer": "2"},

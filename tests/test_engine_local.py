@@ -16,7 +16,8 @@ import torch
 
 from sent.curate import curate
 from sent.engines.local import LocalEngine, TrainingError, train_stage
-from tests.conftest import ROOT, toy_config
+
+from sent_testing import ROOT, toy_config
 
 SMALL = [
     "training.train_batch_size=8",

@@ -21,7 +21,8 @@ from sent.evaluation import (
     pass_at_k,
     score_benchmark,
 )
-from tests.conftest import read_jsonl, toy_config
+
+from sent_testing import read_jsonl, toy_config
 
 
 def test_pass_at_k_known_answers():

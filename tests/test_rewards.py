@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sent.rewards import compute_score, extract_answer, grade, is_equivalent, normalize_answer
-from tests.conftest import read_jsonl
+
+from sent_testing import read_jsonl
 
 # ---------------------------------------------------------------------------------------------
 # extraction
