@@ -539,7 +539,8 @@ def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None 
 
     plot_curation(scores, out_dir)
     kept = [r for r in scores if not r["filtered"]]
-    se = np.array([r["semantic_entropy"] for r in kept])
+    key = "semantic_entropy" if cfg.curriculum.entropy == "discrete" else "weighted_semantic_entropy"
+    se = np.array([r[key] for r in kept])  # the entropy that ordered the curriculum
     fail = np.array([1 - r["pass_rate"] for r in kept])
     corr = float(np.corrcoef(se, fail)[0, 1]) if len(kept) > 1 and se.std() > 0 and fail.std() > 0 else float("nan")
     listed = sorted(
