@@ -51,6 +51,17 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def response_logits_and_logprobs(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(rows, L - start, V)`` predicting ``input_ids[:, start:]``, and those tokens'
+    log-probabilities ``(rows, L - start)``, each given the tokens before it (differentiable)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask))
+    logits = logits.logits[:, start - 1 : -1]
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, start:].unsqueeze(-1)).squeeze(-1)
+    return logits, logp
+
+
 @torch.no_grad()
 def token_logprobs(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int, *, chunk_rows: int = 16
@@ -60,8 +71,6 @@ def token_logprobs(
     out = []
     for i in range(0, input_ids.shape[0], chunk_rows):
         ids, mask = input_ids[i : i + chunk_rows], attention_mask[i : i + chunk_rows]
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask)).logits
-        logp = torch.log_softmax(logits[:, start - 1 : -1].float(), dim=-1)
-        picked = logp.gather(-1, ids[:, start:].unsqueeze(-1)).squeeze(-1)
-        out.append(picked * mask[:, start:])
+        _, logp = response_logits_and_logprobs(model, ids, mask, start)
+        out.append(logp * mask[:, start:])
     return torch.cat(out)

@@ -633,7 +633,8 @@ def _ground_truths(ground_truth: Any) -> list[str]:
     else:
         values = [str(ground_truth)]
     # a ground truth written as a full solution or "\boxed{x}" counts by its final answer
-    return [extract_answer(g) or g if "\\boxed" in g or "\\fbox" in g else g for g in values]
+    boxed = ("\\boxed", "\\fbox")
+    return [(extract_answer(g) or g) if any(b in g for b in boxed) else g for g in values]
 
 
 def grade(response: str, ground_truth: str | Sequence[str], *, timeout: float = DEFAULT_TIMEOUT_S) -> bool:

@@ -54,7 +54,7 @@ from sent.losses import (
     metrics_to_floats,
     reference_kl_loss,
 )
-from sent.models import load_model, load_tokenizer, position_ids_for, token_logprobs
+from sent.models import load_model, load_tokenizer, response_logits_and_logprobs, token_logprobs
 from sent.rewards import compute_score
 from sent.sampling.hf import HFSampler
 
@@ -301,11 +301,6 @@ class LocalEngine:
             "groups": groups_t,
         }
 
-    def _forward(self, model, ids, mask, P: int, with_entropy: bool):
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask)).logits[:, P - 1 : -1]
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, P:].unsqueeze(-1)).squeeze(-1)
-        return logp, (token_entropy(logits) if with_entropy else None)
-
     def _train_step(self, rows: list[dict]) -> dict[str, float]:
         t, G = self.t, self.t.group_size
         t0 = time.perf_counter()
@@ -343,7 +338,8 @@ class LocalEngine:
                 )  # micro-batch losses are shares of the mini-batch loss: they add up
                 for u0 in range(0, len(seq), t.micro_batch_size):
                     idx = seq[u0 : u0 + t.micro_batch_size]
-                    logp, ent = self._forward(self.policy, ids[idx], mask[idx], P, with_entropy=True)
+                    logits, logp = response_logits_and_logprobs(self.policy, ids[idx], mask[idx], P)
+                    ent = token_entropy(logits)
                     m = train_mask[idx]
                     loss, metrics = self.loss_fn(
                         log_prob=logp,
