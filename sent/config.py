@@ -169,6 +169,7 @@ class EvaluationConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(8000, gt=0)
     backend: Literal["hf", "vllm"] = "hf"
+    limit: int | None = Field(None, gt=0, description="first N problems of each benchmark (smoke runs)")
 
 
 class ToyConfig(_Section):
@@ -195,8 +196,17 @@ class ToyConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    tracking_uri: str | None = Field(None, description="MLflow URI; default MLFLOW_TRACKING_URI or data/mlflow.db")
+    """MLflow lineage (`sent.tracking`)."""
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<abs>/data/mlflow.db"
+    )
     experiment: str = "sent"
+    artifact_root: str = Field(
+        "data/mlartifacts", description="artifact location of experiments this project creates (local stores)"
+    )
+    ui_url: str = Field("http://127.0.0.1:5000", description="where the MLflow UI is served (links only)")
+    log_checkpoints: bool = Field(False, description="also copy each stage's final weights into MLflow")
 
 
 class SentConfig(_Section):

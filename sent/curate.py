@@ -23,6 +23,7 @@ reused as it is; any other existing directory is an error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -449,15 +450,20 @@ def write_stages(cfg: SentConfig, scores: pa.Table, out_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def curation_digest(cfg: SentConfig) -> str:
+    """Digest of everything that decides a curation's output: its config sections and the seed."""
+    return hashlib.sha256(f"{cfg.section_digest(*CONFIG_SECTIONS)}:seed={cfg.seed}".encode()).hexdigest()
+
+
 def default_out_dir(cfg: SentConfig, limit: int | None) -> Path:
     """``data/runs/curate-<config digest>``: the same configuration finds (and resumes) its run."""
     suffix = "" if limit is None else f"-limit{limit}"
-    return Path("data/runs") / f"curate-{cfg.section_digest(*CONFIG_SECTIONS)[:12]}{suffix}"
+    return Path("data/runs") / f"curate-{curation_digest(cfg)[:12]}{suffix}"
 
 
 def _run_identity(cfg: SentConfig, limit: int | None) -> dict[str, Any]:
     return {
-        "config_digest": cfg.section_digest(*CONFIG_SECTIONS),
+        "config_digest": curation_digest(cfg),
         "limit": limit,
         "train_path": cfg.data.train_path,
     }

@@ -246,6 +246,7 @@ def evaluate_model(
     ev = cfg.evaluation
     benchmarks = list(benchmarks or ev.benchmarks)
     n = n or ev.n
+    limit = limit if limit is not None else ev.limit
     data_dir = data_dir or ev.data_dir
     toy_dir = cfg.toy.data_dir if cfg.toy is not None else None
     if sampler is None:

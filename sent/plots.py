@@ -1,4 +1,4 @@
-"""Plots of a curation run (matplotlib, Agg backend, PNG files)."""
+"""Plots of a pipeline run: curation, training curves across stages, evaluation (matplotlib Agg, PNG)."""
 
 from __future__ import annotations
 
@@ -55,3 +55,48 @@ def plot_curation(scores: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
     return paths
+
+
+def plot_training(histories: dict[int, list[dict[str, float]]], path: Path) -> Path:
+    """Reward, accuracy and policy entropy per step, stages laid end to end (dashed lines between them)."""
+    plt = _pyplot()
+    panels = [("reward_mean", "reward"), ("accuracy", "accuracy"), ("policy_entropy", "policy entropy (nats)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
+    offset = 0
+    for stage in sorted(histories):
+        rows = histories[stage]
+        steps = [offset + i + 1 for i in range(len(rows))]
+        for ax, (key, _) in zip(axes, panels, strict=True):
+            ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=f"stage {stage}")
+            if offset:
+                ax.axvline(offset + 0.5, color="grey", linestyle="--", linewidth=0.8)
+        offset += len(rows)
+    for ax, (_, label) in zip(axes, panels, strict=True):
+        ax.set_xlabel("step (all stages)")
+        ax.set_title(label)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_evaluation(results: dict[str, dict[str, dict[str, float]]], metric: str, path: Path) -> Path:
+    """Bars of one metric per benchmark, one bar per evaluated model (``results[model][benchmark]``)."""
+    plt = _pyplot()
+    models = list(results)
+    benchmarks = sorted({b for per in results.values() for b in per})
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(benchmarks))
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(benchmarks) + 2), 3.6))
+    for i, model in enumerate(models):
+        values = [100 * results[model].get(b, {}).get(metric, float("nan")) for b in benchmarks]
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=model)
+    ax.set_xticks(x, benchmarks)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{metric} by benchmark")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -128,6 +128,7 @@ class LocalEngine:
         callback: MetricsCallback | None = None,
         fresh: bool = False,
         progress: bool = True,
+        start_model: str | Path | None = None,
     ) -> None:
         self.cfg, self.stage = cfg, stage
         self.t = cfg.training
@@ -143,7 +144,8 @@ class LocalEngine:
             backup = self.out.with_name(f"{self.out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             self.out.rename(backup)
             logger.warning("stage %d: previous run moved to %s", stage, backup)
-        self.start_model = start_model_for(cfg, self.run_dir, stage)
+        # an explicit start (a stage K-1 trained elsewhere, e.g. a reused pipeline run) wins over the run's own
+        self.start_model = str(start_model) if start_model is not None else start_model_for(cfg, self.run_dir, stage)
         table = load_curriculum(curriculum_dir, stage)
         if table.num_rows == 0:
             raise TrainingError(f"curriculum stage {stage} in {curriculum_dir} has no problems")

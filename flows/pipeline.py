@@ -1,0 +1,87 @@
+"""The whole SENT pipeline as one Prefect flow: bootstrap (toy) -> curate -> train stage 1 ... K
+-> evaluate, each step a task from `tasks/`, every run tracked in MLflow (see `tasks/run.py`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.common import Artefact, RunContext
+from tasks.curate import curate_step
+from tasks.evaluate import evaluate_step
+from tasks.run import close_run, last_trained, open_run, record_step
+from tasks.toy import base_model, bootstrap_toy
+from tasks.train import train_step
+
+
+def compose(ctx: RunContext, *, refresh_cache: bool = False) -> dict[str, Artefact]:
+    """Run ``ctx.steps`` in order, each fed the artefacts of the steps before it (or of the reused run)."""
+
+    def fresh(t):
+        return t.with_options(refresh_cache=True) if refresh_cache else t
+
+    artefacts: dict[str, Artefact] = dict(ctx.reused)
+    for step in ctx.steps:
+        if step == "bootstrap":
+            made = fresh(bootstrap_toy)(ctx)
+        elif step == "curate":
+            made = fresh(curate_step)(ctx, artefacts.get("bootstrap"))
+        elif step.startswith("train:"):
+            k = int(step.split(":")[1])
+            if k == 1:
+                start, offset = base_model(ctx), 0
+            else:
+                start = artefacts[f"train:{k - 1}"]
+                offset = start.meta.get("global_step_end", 0)
+            made = fresh(train_step)(ctx, k, artefacts["curate"], start, offset)
+        elif step == "eval:base":
+            made = fresh(evaluate_step)(ctx, base_model(ctx), "eval:base")
+        else:  # eval: the last trained stage
+            made = fresh(evaluate_step)(ctx, artefacts[last_trained(artefacts)], "eval")
+        record_step(ctx, made)
+        artefacts[step] = made
+    return artefacts
+
+
+def run_steps(
+    config: str,
+    overrides: list[str] | None,
+    steps: list[str] | None,
+    run_dir: str | None,
+    reuse: str | None,
+    refresh_cache: bool,
+) -> dict[str, Any]:
+    """Open the run, compose the steps, close the run (failed, with the step's error, if one raises)."""
+    ctx = open_run(config, overrides, steps, run_dir, reuse)
+    try:
+        compose(ctx, refresh_cache=refresh_cache)
+    except BaseException as exc:
+        close_run(ctx, error=f"{type(exc).__name__}: {exc}")
+        raise
+    return close_run(ctx)
+
+
+@flow(name="sent-pipeline", log_prints=True)
+def sent_pipeline(
+    config: str = "configs/toy.yaml",
+    overrides: list[str] | None = None,
+    steps: list[str] | None = None,
+    reuse: str | None = None,
+    run_dir: str | None = None,
+    refresh_cache: bool = False,
+) -> dict[str, Any]:
+    """SENT end to end: curate a semantic-entropy curriculum, train it stage by stage, evaluate.
+
+    Args:
+        config: YAML config, relative to the project directory (configs/toy.yaml, configs/paper/...).
+        overrides: key.path=value config overrides, e.g. ["training.lr=2e-6", "sampling.n=16"].
+        steps: what to run, in order; default everything: bootstrap (toy configs), curate,
+            train:1 ... train:K, eval:base, eval. E.g. ["train:2", "eval"] with reuse.
+        reuse: a previous run directory (data/runs/pipeline-...) whose curriculum and stage weights
+            feed the steps not run here; nothing upstream is recomputed.
+        run_dir: write into this run directory (default data/runs/pipeline-<date>-<flow run id>);
+            an existing one is continued, e.g. to rerun a failed stage.
+        refresh_cache: recompute cached steps even when their inputs are unchanged.
+    """
+    return run_steps(config, overrides, steps, run_dir, reuse, refresh_cache)

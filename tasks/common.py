@@ -1,0 +1,242 @@
+"""What every pipeline task shares: the run context, artefacts passed by path and digest, the
+content-addressed cache policy, retries on I/O only, and the ``gpu`` concurrency slot.
+
+Artefacts travel between tasks as `Artefact` records (a path plus a content digest), never as
+data. An expensive deterministic task is cached on a key built from its inputs' digests, the
+config sections it reads and the code version (`ArtefactCache`); a cached result whose files
+have since been removed or changed is not reused (the key moves on to a new generation), so a
+retried flow run skips finished work and a cleaned data directory is rebuilt.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import CachePolicy
+from pydantic import BaseModel, Field
+
+from sent.config import SentConfig, load_config
+from sent.lineage import path_digest
+
+logger = logging.getLogger(__name__)
+IO_RETRIES = 2
+IO_RETRY_DELAYS = [2, 10]  # seconds: exponential-ish backoff
+_TRANSIENT_ERRNOS = {
+    errno.EIO,
+    errno.EAGAIN,
+    errno.EBUSY,
+    errno.EINTR,
+    errno.ETIMEDOUT,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    errno.ESTALE,
+}
+
+
+class StepError(RuntimeError):
+    """A pipeline step that cannot run as asked (the message says what to run or pass instead)."""
+
+
+class Artefact(BaseModel):
+    """A file or directory produced (or used) by a pipeline step, identified by its content digest."""
+
+    kind: str = Field(description="model | curriculum | evaluation")
+    step: str = Field(description="the step that produced it: bootstrap, curate, train:K, eval, eval:base, base")
+    path: str
+    digest: str
+    mlflow_run_id: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, kind: str, step: str, path: str | Path, **kwargs: Any) -> Artefact:
+        p = Path(path)
+        return cls(kind=kind, step=step, path=str(p.resolve() if p.exists() else path), digest=path_digest(p), **kwargs)
+
+    def problem(self) -> str | None:
+        """Why this artefact can no longer be used (None when it is intact)."""
+        p = Path(self.path)
+        if self.digest.startswith("name:"):
+            return None  # a hub id: nothing local to check
+        if not p.exists():
+            return f"{self.step} {self.kind} {self.path} no longer exists"
+        if path_digest(p) != self.digest:
+            return f"{self.step} {self.kind} {self.path} changed since it was recorded"
+        return None
+
+    def verified(self) -> Artefact:
+        reason = self.problem()
+        if reason is not None:
+            raise StepError(f"{reason}; rerun the step that produces it")
+        return self
+
+
+class RunContext(BaseModel):
+    """One pipeline run: where it writes, what it runs, where it is tracked."""
+
+    config: str
+    overrides: list[str] = Field(default_factory=list)
+    root: str = Field(description="the project directory; relative config paths resolve against it")
+    run_dir: str
+    steps: list[str]
+    tracking_uri: str
+    experiment: str
+    mlflow_run_id: str
+    reuse: str | None = None
+    reused: dict[str, Artefact] = Field(default_factory=dict)
+    flow_run_id: str | None = None
+
+    def load(self) -> SentConfig:
+        return load_config(self.config, self.overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# caching
+# --------------------------------------------------------------------------------------------
+
+
+def _outputs_intact(result: Any) -> bool:
+    if isinstance(result, Artefact):
+        return result.problem() is None
+    if isinstance(result, list | tuple):
+        return all(_outputs_intact(r) for r in result)
+    return True
+
+
+@dataclass
+class ArtefactCache(CachePolicy):
+    """Cache key = ``key_fn(task parameters)`` (a digest of input digests, config sections and code
+    version), plus a generation: a stored result whose artefacts are gone or changed is skipped,
+    and the next free generation makes the task run again. ``key_fn`` returning None disables
+    caching for that call."""
+
+    key_fn: Callable[[dict[str, Any]], str | None] | None = None
+    max_generations: int = 1000
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any):
+        if self.key_fn is None:
+            return None
+        base = self.key_fn(inputs)
+        if base is None:
+            return None
+        store = getattr(task_ctx, "result_store", None)
+        name = task_ctx.task.name if task_ctx is not None else "task"
+        for generation in range(self.max_generations):
+            key = f"sent-{name}-{base[:40]}-g{generation}"
+            if store is None or not store.exists(key):
+                return key
+            try:
+                result = store.read(key).result
+            except Exception:  # unreadable record (another Prefect version, a torn write): skip it
+                continue
+            if _outputs_intact(result):
+                return key
+            logger.info("cached %s result under %s points at missing or changed files; recomputing", name, key)
+        return None
+
+
+def cache_on(key_fn: Callable[[dict[str, Any]], str | None]) -> ArtefactCache:
+    return ArtefactCache(key_fn=key_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# retries and the GPU slot
+# --------------------------------------------------------------------------------------------
+
+
+def is_transient_io(exc: BaseException) -> bool:
+    """Connection and timeout errors, and OS errors with a transient errno (EIO, EAGAIN, ...).
+    Missing files, bad data and configuration errors are not retried: they fail the same way again."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+
+
+def retry_on_io(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry only transient I/O failures."""
+    try:
+        state.result()
+    except BaseException as exc:  # classified, never swallowed: the state stays failed
+        return is_transient_io(exc)
+    return False
+
+
+IO_RETRY_OPTIONS: dict[str, Any] = {
+    "retries": IO_RETRIES,
+    "retry_delay_seconds": IO_RETRY_DELAYS,
+    "retry_condition_fn": retry_on_io,
+}
+
+
+def uses_gpu(cfg: SentConfig, phase: str) -> bool:
+    """Whether a phase of this config runs on an accelerator."""
+    on_device = not cfg.model.device.startswith("cpu")
+    if phase == "train":
+        return on_device or cfg.training.engine == "verl"
+    if phase == "curate":
+        return on_device or cfg.sampling.backend == "vllm"
+    if phase == "eval":
+        return on_device or cfg.evaluation.backend == "vllm"
+    return on_device
+
+
+def server_configured() -> bool:
+    """True when flows report to a Prefect server (``PREFECT_API_URL``), not an ephemeral one."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+GPU_LIMIT = "gpu"
+
+
+@contextmanager
+def gpu_slot(cfg: SentConfig, phase: str, *, strict: bool | None = None) -> Iterator[bool]:
+    """Hold one slot of the Prefect global concurrency limit ``gpu`` while a phase uses a GPU.
+    Strict (a missing limit is an error) when a server is configured; CPU work takes no slot.
+    Yields whether a slot is held."""
+    if not uses_gpu(cfg, phase):
+        yield False
+        return
+    from prefect.concurrency.sync import concurrency
+
+    strict = server_configured() if strict is None else strict
+    with concurrency(GPU_LIMIT, occupy=1, strict=strict):
+        yield True
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow child runs
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def child_run(ctx: RunContext, step: str, params: dict[str, Any] | None = None):
+    """A nested MLflow run for one step of the pipeline run ``ctx``; FAILED (with the error as a
+    tag) when the step raises. Yields ``(tracker, run_id)``."""
+    from prefect.runtime import task_run
+
+    from sent.tracking import Tracker
+
+    tracker = Tracker(ctx.tracking_uri, ctx.experiment)
+    tags = {"sent.step": step, "sent.run_dir": ctx.run_dir}
+    if ctx.flow_run_id:
+        tags["sent.prefect_flow_run_id"] = ctx.flow_run_id
+    if task_run.id:
+        tags["sent.prefect_task_run_id"] = str(task_run.id)
+    run_id = tracker.start_run(step, parent_id=ctx.mlflow_run_id, tags=tags, params=params)
+    try:
+        yield tracker, run_id
+    except BaseException as exc:
+        tracker.set_tags(run_id, {"sent.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        tracker.end_run(run_id, failed=True)
+        raise
+    tracker.end_run(run_id)

@@ -1,0 +1,110 @@
+"""The offline phase as a pipeline step: `sent.curate.curate` with lineage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from sent.lineage import code_version, digest_of, path_digest
+from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, child_run, gpu_slot
+
+
+def _out_dir(ctx: RunContext) -> Path:
+    from sent.curate import default_out_dir
+
+    cfg = ctx.load()
+    return Path(ctx.root) / default_out_dir(cfg, cfg.data.limit)
+
+
+def _key(inputs: dict) -> str:
+    from sent.curate import curation_digest
+
+    ctx = inputs["ctx"]
+    cfg = ctx.load()
+    scoring = cfg.semantic.scoring_model or cfg.model
+    return digest_of(
+        "curate",
+        curation_digest(cfg),
+        path_digest(cfg.data.train_path),
+        path_digest(scoring.path),
+        cfg.data.limit,
+        _out_dir(ctx),
+        code_version(),
+    )
+
+
+@task(name="curate", cache_policy=cache_on(_key), persist_result=True, **IO_RETRY_OPTIONS)
+def curate_step(ctx: RunContext, model: Artefact | None = None) -> Artefact:
+    """Sample, grade, cluster and stage the training problems (``model``: the bootstrap artefact
+    when the toy world made the model, for lineage)."""
+    from sent.curate import CONFIG_SECTIONS, curate
+    from sent.data_contract import stage_files
+
+    cfg = ctx.load()
+    params = {s: getattr(cfg, s).model_dump(mode="json") for s in CONFIG_SECTIONS}
+    with child_run(ctx, "curate", {**params, "seed": cfg.seed}) as (tracker, run_id), gpu_slot(cfg, "curate"):
+        result = curate(cfg, out=_out_dir(ctx))
+        m = result.manifest
+        out = result.out_dir
+        tracker.log_dataset(
+            run_id,
+            name=Path(cfg.data.train_path).name,
+            digest=path_digest(cfg.data.train_path),
+            source=str(Path(cfg.data.train_path).resolve()),
+            context="curation-input",
+            profile=m["counts"],
+        )
+        summary = m["curriculum"]
+        for s in summary["stages"]:
+            files = stage_files(out, s["stage"], m)
+            digest = digest_of(*(e["sha256"] for e in m["files"] if (out / e["path"]) in files))
+            tracker.log_dataset(
+                run_id,
+                name=f"curriculum-stage-{s['stage']}",
+                digest=digest,
+                source=str(out / f"stage-{s['stage']}"),
+                context="curriculum",
+                schema={"format": "parquet", "files": [f.name for f in files]},
+                profile=s,
+                tags={"stage": str(s["stage"])},
+            )
+        metrics = {**{f"counts.{k}": v for k, v in m["counts"].items()}, **summary_metrics(summary)}
+        metrics.update({f"timing_s.{k}": v for k, v in m.get("timing_s", {}).items()})
+        tracker.log_metrics(run_id, metrics)
+        for name in ("manifest.json", "se_histogram.png", "se_vs_pass_rate.png", "rejected.parquet"):
+            if (out / name).is_file():
+                tracker.log_artifact(run_id, out / name)
+        create_table_artifact(
+            key="curriculum-summary",
+            table=[
+                {
+                    "stage": s["stage"],
+                    "problems": s["count"],
+                    "SE mean": round(s["se_mean"], 4),
+                    "SE min": round(s["se_min"], 4),
+                    "SE max": round(s["se_max"], 4),
+                }
+                for s in summary["stages"]
+            ],
+            description=(
+                f"Curriculum {out.name}: {m['counts']['accepted']} problems accepted, {m['counts']['rejected']} "
+                f"rejected; Pearson r(SE, 1 - pass rate) = {summary['pearson_r_se_vs_1_minus_pass_rate']:.3f}"
+            ),
+        )
+    return Artefact.of(
+        "curriculum",
+        "curate",
+        out,
+        mlflow_run_id=run_id,
+        meta={"reused": result.reused, "counts": m["counts"], "stages": summary["stages"]},
+    )
+
+
+def summary_metrics(summary: dict) -> dict[str, float]:
+    out = {"pearson_r_se_vs_1_minus_pass_rate": summary["pearson_r_se_vs_1_minus_pass_rate"]}
+    out["mean_pass_rate"] = summary["mean_pass_rate"]
+    for s in summary["stages"]:
+        out.update({f"stage_{s['stage']}.{k}": v for k, v in s.items() if k != "stage"})
+    return out

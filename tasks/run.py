@@ -1,0 +1,292 @@
+"""Opening, recording and closing a pipeline run.
+
+A pipeline run owns a directory (``data/runs/pipeline-<date>-<flow run id>`` unless given) with
+``run.json``, its lineage record: the config and overrides, the steps asked for, the MLflow
+parent run, the Prefect flow run, and every artefact the run produced or reused (path, digest,
+the MLflow run that produced it). A later run can reuse those artefacts (``reuse``), or continue
+in the same directory (``run_dir``), e.g. to rerun one failed stage.
+
+Steps, in order: ``bootstrap`` (toy configs only), ``curate``, ``train:1`` ... ``train:K``,
+``eval:base`` (the starting model) and ``eval`` (the last trained stage).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_link_artifact
+
+from sent.config import SentConfig, load_config
+from sent.data_contract import json_safe, write_json
+from sent.lineage import code_version
+from sent.tracking import Tracker, lineage_tags, resolve_tracking_uri
+from tasks.common import Artefact, RunContext, StepError
+
+logger = logging.getLogger(__name__)
+RECORD = "run.json"
+_STEP = re.compile(r"^(bootstrap|curate|train:(\d+)|eval:base|eval)$")
+
+
+def default_steps(cfg: SentConfig) -> list[str]:
+    steps = ["bootstrap"] if cfg.toy is not None else []
+    return [*steps, "curate", *(f"train:{k}" for k in range(1, cfg.curriculum.n_stages + 1)), "eval:base", "eval"]
+
+
+def _order(step: str) -> tuple[int, int]:
+    m = _STEP.match(step)
+    assert m is not None
+    rank = {"bootstrap": 0, "curate": 1, "eval:base": 3, "eval": 4}
+    return (2, int(m.group(2))) if m.group(2) else (rank[step], 0)
+
+
+def plan_steps(cfg: SentConfig, steps: list[str] | None, reused: dict[str, Artefact]) -> list[str]:
+    """Validate and order the steps; every input a step needs must come from an earlier step of this
+    run or from the reused artefacts, so a run never fails halfway for a missing input."""
+    if not steps:
+        return default_steps(cfg)
+    bad = [s for s in steps if not _STEP.match(s.strip())]
+    if bad:
+        raise StepError(f"unknown steps {bad}: use bootstrap, curate, train:K, eval:base, eval")
+    ordered = sorted({s.strip() for s in steps}, key=_order)
+    k_max = cfg.curriculum.n_stages
+    available = set(reused)
+    for step in ordered:
+        m = _STEP.match(step)
+        if step == "bootstrap" and cfg.toy is None:
+            raise StepError(f"bootstrap needs a toy section in {cfg.source}")
+        if m.group(2):
+            k = int(m.group(2))
+            if not 1 <= k <= k_max:
+                raise StepError(f"{step}: the curriculum has stages 1..{k_max} (curriculum.n_stages)")
+            if "curate" not in available:
+                raise StepError(f"{step} needs a curriculum: add the curate step, or reuse a run that has one")
+            if k > 1 and f"train:{k - 1}" not in available:
+                raise StepError(
+                    f"{step} starts from stage {k - 1}'s weights: add train:{k - 1}, or reuse a run that trained it"
+                )
+        if step == "eval" and not any(a.startswith("train:") for a in available):
+            raise StepError("eval evaluates the last trained stage: add a train step, or reuse a run that trained one")
+        available.add(step)
+    return ordered
+
+
+def reused_inputs(planned: list[str], reused: dict[str, Artefact]) -> list[str]:
+    """The reused artefacts that the planned steps read."""
+    needed = set()
+    trains = sorted(int(s.split(":")[1]) for s in planned if s.startswith("train:"))
+    if trains and "curate" not in planned:
+        needed.add("curate")
+    for k in trains:
+        if k > 1 and f"train:{k - 1}" not in planned:
+            needed.add(f"train:{k - 1}")
+    if "eval" in planned and not trains:
+        needed.add(last_trained(reused))
+    return sorted(needed & set(reused))
+
+
+def last_trained(artefacts: dict[str, Artefact]) -> str:
+    """The step name of the highest trained stage among ``artefacts``."""
+    return max((s for s in artefacts if s.startswith("train:")), key=lambda s: int(s.split(":")[1]))
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any]:
+    import json
+
+    path = Path(run_dir) / RECORD
+    if not path.is_file():
+        raise StepError(f"{run_dir} is not a pipeline run (no {RECORD})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StepError(f"{path}: not valid JSON ({exc})") from None
+
+
+def recorded_artefacts(run_dir: str | Path) -> dict[str, Artefact]:
+    return {k: Artefact.model_validate(v) for k, v in read_record(run_dir).get("artefacts", {}).items()}
+
+
+def _write_record(ctx: RunContext, **updates: Any) -> dict[str, Any]:
+    path = Path(ctx.run_dir) / RECORD
+    record = read_record(ctx.run_dir) if path.is_file() else {}
+    record.update(updates)
+    record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return write_json(record, path)
+
+
+def _default_run_dir(root: Path) -> Path:
+    from prefect.runtime import flow_run
+
+    flow_id = flow_run.id
+    if flow_id:  # stable across retries of the same flow run
+        started = flow_run.scheduled_start_time
+        stamp = started.strftime("%Y%m%d-%H%M%S") if started is not None else time.strftime("%Y%m%d-%H%M%S")
+        return root / "data" / "runs" / f"pipeline-{stamp}-{str(flow_id)[:8]}"
+    return root / "data" / "runs" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@task(name="open-run")
+def open_run(
+    config: str,
+    overrides: list[str] | None = None,
+    steps: list[str] | None = None,
+    run_dir: str | None = None,
+    reuse: str | None = None,
+) -> RunContext:
+    """Validate the config and the step plan, create (or continue) the run directory and its
+    MLflow parent run, and link the two."""
+    from prefect.runtime import flow_run
+
+    root = Path.cwd()
+    overrides = list(overrides or [])
+    config_path = Path(config).resolve()
+    cfg = load_config(config_path, overrides)
+    reused: dict[str, Artefact] = {}
+    if reuse:
+        reused.update(recorded_artefacts(reuse))
+    out = Path(run_dir).resolve() if run_dir else _default_run_dir(root)
+    previous = read_record(out) if (out / RECORD).is_file() else None
+    if previous is not None:
+        reused.update(recorded_artefacts(out))  # continuing a run: its own artefacts come first
+    planned = plan_steps(cfg, steps, reused)
+    for step in reused_inputs(planned, reused):  # fail now, not after hours of upstream work
+        reused[step].verified()
+
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, root)
+    tracker = Tracker(uri, cfg.tracking.experiment, root / cfg.tracking.artifact_root)
+    flow_id = str(flow_run.id) if flow_run.id else None
+    if previous is not None and flow_id and previous.get("prefect_flow_run_id") == flow_id:
+        parent = previous["mlflow"]["run_id"]  # a retry of the same flow run keeps its MLflow run
+        tracker.client.update_run(parent, status="RUNNING")
+    else:
+        tags = lineage_tags(
+            root,
+            prefect_flow_run_id=flow_id,
+            seed=cfg.seed,
+            config=config_path,
+            run_dir=out,
+            steps=",".join(planned),
+            reuse=reuse,
+            continues=previous["mlflow"]["run_id"] if previous else None,
+            code_version=code_version(),
+        )
+        parent = tracker.start_run(out.name, tags=tags, params=cfg.model_dump(mode="json"))
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(
+        config=str(config_path),
+        overrides=overrides,
+        root=str(root),
+        run_dir=str(out),
+        steps=planned,
+        tracking_uri=uri,
+        experiment=cfg.tracking.experiment,
+        mlflow_run_id=parent,
+        reuse=str(Path(reuse).resolve()) if reuse else None,
+        reused=reused,
+        flow_run_id=flow_id,
+    )
+    record = {
+        "run_dir": ctx.run_dir,
+        "config": ctx.config,
+        "overrides": overrides,
+        "resolved_config": cfg.model_dump(mode="json"),
+        "steps": planned,
+        "reuse": ctx.reuse,
+        "code_version": code_version(),
+        "mlflow": {"tracking_uri": uri, "experiment_id": tracker.experiment_id, "run_id": parent},
+        "prefect_flow_run_id": flow_id,
+        "status": "running",
+        "error": None,
+        "artefacts": {k: v.model_dump() for k, v in reused.items()},
+    }
+    if previous is None:
+        record["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write_record(ctx, **record)
+    link = tracker.ui_link(parent, cfg.tracking.ui_url)
+    create_link_artifact(key="mlflow-run", link=link, description=f"MLflow parent run of {out.name} ({uri})")
+    logger.info("pipeline run %s: steps %s; MLflow run %s (%s)", out, planned, parent, uri)
+    return ctx
+
+
+@task(name="record-step")
+def record_step(ctx: RunContext, artefact: Artefact) -> None:
+    """Add a step's artefact to ``run.json`` (cached steps too: their result comes from the cache)."""
+    record = read_record(ctx.run_dir)
+    artefacts = record.get("artefacts", {})
+    artefacts[artefact.step] = artefact.model_dump()
+    _write_record(ctx, artefacts=artefacts)
+
+
+@task(name="close-run")
+def close_run(ctx: RunContext, error: str | None = None) -> dict[str, Any]:
+    """Plots and summaries of the whole run into the run directory and the MLflow parent run;
+    the run's status in both."""
+    tracker = Tracker(ctx.tracking_uri, ctx.experiment)
+    record = read_record(ctx.run_dir)
+    artefacts = {k: Artefact.model_validate(v) for k, v in record.get("artefacts", {}).items()}
+    out = Path(ctx.run_dir)
+    reports = _reports(artefacts, out)
+    for path in reports:
+        tracker.log_artifact(ctx.mlflow_run_id, path, "reports")
+    summary = _eval_summary(artefacts)
+    for name, metrics in summary.items():
+        tracker.log_metrics(ctx.mlflow_run_id, {f"{name}.{k}": v for k, v in metrics.items()})
+    record = _write_record(ctx, status="failed" if error else "finished", error=error)
+    tracker.log_artifact(ctx.mlflow_run_id, out / RECORD)
+    tracker.end_run(ctx.mlflow_run_id, failed=error is not None)
+    return json_safe(record)
+
+
+def _eval_summary(artefacts: dict[str, Artefact]) -> dict[str, dict[str, float]]:
+    """``{"eval": {"mean.avg@8": ..}, "eval:base": ..}`` from the evaluation artefacts' results."""
+    import json
+
+    out = {}
+    for step, a in artefacts.items():
+        if a.kind == "evaluation" and Path(a.path).is_file():
+            results = json.loads(Path(a.path).read_text())
+            flat = {f"mean.{k}": v for k, v in results["mean"].items()}
+            for bench, metrics in results["benchmarks"].items():
+                flat.update({f"{bench}.{k}": v for k, v in metrics.items() if k not in ("problems", "n")})
+            out[step] = flat
+    return out
+
+
+def _reports(artefacts: dict[str, Artefact], out: Path) -> list[Path]:
+    """``training_curves.png`` (stages end to end) and ``evaluation_<metric>.png`` in ``out``."""
+    import json
+
+    from sent.plots import plot_evaluation, plot_training
+
+    paths = []
+    histories = {}
+    for step, a in sorted(artefacts.items()):
+        if step.startswith("train:"):
+            metrics = Path(a.path).parent / "metrics.jsonl"
+            if metrics.is_file():
+                lines = metrics.read_text().splitlines()
+                histories[int(step.split(":")[1])] = [json.loads(x) for x in lines if x.strip()]
+    if histories:
+        paths.append(plot_training(histories, out / "training_curves.png"))
+    evals = {
+        step: json.loads(Path(a.path).read_text())["benchmarks"]
+        for step, a in artefacts.items()
+        if a.kind == "evaluation" and Path(a.path).is_file()
+    }
+    if evals:
+        first = next(iter(next(iter(evals.values())).values()))  # one benchmark's metrics
+        metric = next((k for k in first if k.startswith("avg@")), None)
+        if metric is not None:
+            names = {"eval:base": "base model", "eval": "trained"}
+            paths.append(
+                plot_evaluation(
+                    {names.get(k, k): v for k, v in sorted(evals.items(), reverse=True)},
+                    metric,
+                    out / f"evaluation_{metric.replace('@', '_at_')}.png",
+                )
+            )
+    return paths

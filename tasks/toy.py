@@ -1,0 +1,39 @@
+"""The toy world's bootstrap as a pipeline step (configs with a ``toy`` section)."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from sent.lineage import code_version, digest_of
+from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on
+
+
+def _key(inputs: dict) -> str:
+    cfg = inputs["ctx"].load()
+    return digest_of("bootstrap", cfg.section_digest("toy", "prompt"), code_version())
+
+
+@task(name="bootstrap", cache_policy=cache_on(_key), persist_result=True, **IO_RETRY_OPTIONS)
+def bootstrap_toy(ctx: RunContext) -> Artefact:
+    """Generate the toy problems and warm-start the toy model (reused when up to date)."""
+    from sent.toy.bootstrap import bootstrap
+
+    cfg = ctx.load()
+    result = bootstrap(cfg.toy, cfg.prompt)
+    return Artefact.of(
+        "model",
+        "bootstrap",
+        result.model_dir,
+        meta={
+            "n_parameters": result.n_parameters,
+            "accuracy_by_level": result.accuracy_by_level,
+            "rl_path": str(result.rl_path),
+            "test_path": str(result.test_path),
+        },
+    )
+
+
+@task(name="base-model")
+def base_model(ctx: RunContext) -> Artefact:
+    """The configured starting model (``model.path``) as an artefact: stage 1's start, ``eval:base``."""
+    return Artefact.of("model", "base", ctx.load().model.path).verified()

@@ -1,0 +1,128 @@
+"""One curriculum stage of GRPO training as a pipeline step, with its curves in MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from prefect import task
+
+from sent.lineage import code_version, digest_of
+from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, StepError, cache_on, child_run, gpu_slot
+
+logger = logging.getLogger(__name__)
+
+
+def _key(inputs: dict) -> str:
+    ctx: RunContext = inputs["ctx"]
+    cfg = ctx.load()
+    return digest_of(
+        "train",
+        inputs["stage"],
+        ctx.run_dir,
+        inputs["curriculum"].digest,
+        inputs["start"].digest,
+        cfg.section_digest("training", "model", "prompt"),
+        cfg.seed,
+        code_version(),
+    )
+
+
+def _finished(final: Path, start: Artefact) -> dict | None:
+    """The summary of a stage already finished in this run from the same start, else None."""
+    summary = final / "stage.json"
+    if not summary.is_file():
+        return None
+    info = json.loads(summary.read_text())
+    return info if str(Path(info.get("start_model", "")).resolve()) == str(Path(start.path).resolve()) else None
+
+
+@task(
+    name="train-stage",
+    task_run_name="train:{stage}",
+    cache_policy=cache_on(_key),
+    persist_result=True,
+    **IO_RETRY_OPTIONS,
+)
+def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefact, global_step: int = 0) -> Artefact:
+    """Train curriculum stage ``stage`` from ``start`` into ``<run_dir>/stage-<stage>``.
+
+    Per-step metrics go to the stage's child run (step = the stage's step) and, prefixed
+    ``train/``, to the parent run at ``global_step + step``, so the parent shows all stages end to end."""
+    from sent.data_contract import load_manifest, stage_files
+    from sent.engines.local import FINAL, stage_dir, train_stage
+
+    cfg = ctx.load()
+    curriculum.verified()
+    start.verified()
+    if cfg.training.engine != "local":
+        raise StepError(f"training.engine={cfg.training.engine!r} is not available in the pipeline yet; use local")
+    out = stage_dir(Path(ctx.run_dir), stage)
+    params = {
+        "training": cfg.training.model_dump(mode="json"),
+        "stage": stage,
+        "start_model": start.path,
+        "start_model_digest": start.digest,
+        "curriculum": curriculum.path,
+        "seed": cfg.seed,
+    }
+    with child_run(ctx, f"train:{stage}", params) as (tracker, run_id), gpu_slot(cfg, "train"):
+        manifest = load_manifest(curriculum.path)
+        files = stage_files(curriculum.path, stage, manifest)
+        shas = [e["sha256"] for e in manifest["files"] if Path(curriculum.path) / e["path"] in files]
+        tracker.log_dataset(
+            run_id,
+            name=f"curriculum-stage-{stage}",
+            digest=digest_of(*shas),
+            source=str(Path(curriculum.path) / f"stage-{stage}"),
+            context="training",
+            schema={"format": "parquet", "files": [f.name for f in files]},
+            profile=manifest["curriculum"]["stages"][stage - 1],
+            tags={"stage": str(stage)},
+        )
+        reported: set[int] = set()
+
+        def report(step: int, metrics: dict[str, float]) -> None:
+            tracker.log_metrics(run_id, metrics, step)
+            tracker.log_metrics(ctx.mlflow_run_id, {f"train/{k}": v for k, v in metrics.items()}, global_step + step)
+            reported.add(step)
+
+        done = _finished(out / FINAL, start)
+        if done is not None:
+            logger.info("stage %d already finished in %s; reusing it", stage, out / FINAL)
+            history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            steps, final_dir = done["steps"], out / FINAL
+        else:
+            result = train_stage(
+                cfg,
+                stage=stage,
+                curriculum_dir=curriculum.path,
+                run_dir=ctx.run_dir,
+                start_model=start.path,
+                callback=report,
+                progress=sys.stderr.isatty(),
+            )
+            history, steps, final_dir = result.history, result.steps, result.final_dir
+        for i, metrics in enumerate(history, start=1):  # steps restored from a checkpoint were not reported
+            if i not in reported:
+                report(i, metrics)
+        tracker.log_artifact(run_id, out / "metrics.jsonl")
+        tracker.log_artifact(run_id, final_dir / "stage.json")
+        if cfg.tracking.log_checkpoints:
+            tracker.log_artifact(run_id, final_dir, "final")
+    last = history[-1] if history else {}
+    return Artefact.of(
+        "model",
+        f"train:{stage}",
+        final_dir,
+        mlflow_run_id=run_id,
+        meta={
+            "steps": steps,
+            "global_step_end": global_step + steps,
+            "start_model": start.path,
+            "accuracy_last": last.get("accuracy"),
+            "policy_entropy_last": last.get("policy_entropy"),
+        },
+    )
