@@ -1,4 +1,4 @@
-"""The ``sent`` command line. Phases (curate, train, eval) join as their issues land."""
+"""The ``sent`` command line: each phase alone (curate, train, eval) or the whole pipeline as a Prefect flow."""
 
 from __future__ import annotations
 
@@ -134,6 +134,57 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def prefect_environment() -> None:
+    """Defaults for Prefect in our processes (set before Prefect is imported; the user's values win):
+    our loggers reach the Prefect UI, and no telemetry (the ephemeral server's sqlite locks on it)."""
+    import os
+
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sent,tasks,flows")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    prefect_environment()
+    from flows.pipeline import sent_pipeline
+    from tasks.common import StepError
+
+    _setup_logging(args.verbose)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
+    try:
+        record = sent_pipeline(
+            config=args.config,
+            overrides=args.overrides,
+            steps=steps,
+            reuse=args.reuse,
+            run_dir=args.run_dir,
+            refresh_cache=args.refresh_cache,
+        )
+    except StepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(pipeline_report(record))
+    return 0
+
+
+def pipeline_report(record: dict) -> str:
+    """Where a finished pipeline run's results are, and how to look at them."""
+    run_dir = Path(record["run_dir"])
+    lines = [f"\npipeline run {record['status']}: {run_dir}"]
+    for step, a in record["artefacts"].items():
+        lines.append(f"  {step:10s} {a['path']}")
+    for name, title in (("eval-base", "starting model"), ("eval-final", "trained model")):
+        table = run_dir / name / "results.md"
+        if table.is_file():
+            lines += [f"\n{title} ({table}):", table.read_text(encoding="utf-8").rstrip()]
+    ml = record["mlflow"]
+    lines += [
+        f"\nMLflow: parent run {ml['run_id']} in {ml['tracking_uri']}",
+        f"  open the UI: .venv/bin/mlflow ui --backend-store-uri {ml['tracking_uri']}  (then http://127.0.0.1:5000)",
+        "Prefect: .venv/bin/prefect server start  (then http://127.0.0.1:4200; local flow runs are listed there)",
+    ]
+    return "\n".join(lines)
+
+
 def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--config", default=default, required=default is None, help="YAML config (configs/...)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
@@ -185,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("-v", "--verbose", action="store_true")
     ev.set_defaults(func=_cmd_eval)
 
+    pipe = sub.add_parser("pipeline", help="the whole pipeline as a Prefect flow, tracked in MLflow")
+    _add_config_args(pipe, default="configs/toy.yaml")
+    pipe.add_argument("--steps", help="comma-separated: bootstrap,curate,train:K,eval:base,eval (default all)")
+    pipe.add_argument("--reuse", help="a previous run directory whose artefacts feed the steps not run")
+    pipe.add_argument("--run-dir", help="run directory (default data/runs/pipeline-<date>-<id>); existing = continue")
+    pipe.add_argument("--refresh-cache", action="store_true", help="recompute cached steps")
+    pipe.set_defaults(func=_cmd_pipeline)
+
     toy = sub.add_parser("toy", help="the toy world").add_subparsers(dest="toy_command", required=True)
     boot = toy.add_parser("bootstrap", help="generate the toy problems and warm-start the toy model (cached)")
     _add_config_args(boot, default="configs/toy.yaml")
@@ -199,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from sent.data_contract import ContractError
     from sent.engines.local import TrainingError
     from sent.evaluation import EvaluationError
+    from sent.tracking import TrackingError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -210,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
-    except (ConfigError, CurationError, ContractError, EvaluationError, TrainingError) as exc:
+    except (ConfigError, CurationError, ContractError, EvaluationError, TrainingError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

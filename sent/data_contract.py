@@ -167,8 +167,9 @@ def file_entry(path: Path, root: Path) -> dict[str, Any]:
     return {"path": str(path.relative_to(root)), **entry}
 
 
-def load_manifest(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]:
-    """The manifest of a curation directory, after checking every listed file's size and sha256."""
+def load_manifest(run_dir: str | Path, *, verify: bool = True, only: str | None = None) -> dict[str, Any]:
+    """The manifest of a curation directory, after checking every listed file's size and sha256
+    (with ``only``, the files under that relative prefix, e.g. ``"stage-2/"``)."""
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST
     if not path.is_file():
@@ -183,6 +184,8 @@ def load_manifest(run_dir: str | Path, *, verify: bool = True) -> dict[str, Any]
         )
     if verify:
         for entry in manifest["files"]:
+            if only is not None and not entry["path"].startswith(only):
+                continue
             f = run_dir / entry["path"]
             if not f.is_file():
                 raise ContractError(f"{run_dir}: {entry['path']} is listed in the manifest but missing")
@@ -206,8 +209,8 @@ def stage_files(run_dir: str | Path, stage: int, manifest: dict | None = None) -
 
 
 def load_curriculum(run_dir: str | Path, stage: int) -> pa.Table:
-    """All rows of one stage (verified against the manifest), in curriculum order."""
-    manifest = load_manifest(run_dir)
+    """All rows of one stage (its shards verified against the manifest), in curriculum order."""
+    manifest = load_manifest(run_dir, only=f"stage-{stage}/")
     files = stage_files(run_dir, stage, manifest)
     if not files:
         return CURRICULUM_SCHEMA.empty_table()

@@ -178,7 +178,9 @@ IO_RETRY_OPTIONS: dict[str, Any] = {
 
 def uses_gpu(cfg: SentConfig, phase: str) -> bool:
     """Whether a phase of this config runs on an accelerator."""
-    on_device = not cfg.model.device.startswith("cpu")
+    from sent.models import resolve_device
+
+    on_device = resolve_device(cfg.model.device).type != "cpu"
     if phase == "train":
         return on_device or cfg.training.engine == "verl"
     if phase == "curate":

@@ -35,7 +35,7 @@ def _key(inputs: dict) -> str:
     )
 
 
-@task(name="curate", cache_policy=cache_on(_key), persist_result=True, **IO_RETRY_OPTIONS)
+@task(name="curate", task_run_name="curate", cache_policy=cache_on(_key), persist_result=True, **IO_RETRY_OPTIONS)
 def curate_step(ctx: RunContext, model: Artefact | None = None) -> Artefact:
     """Sample, grade, cluster and stage the training problems (``model``: the bootstrap artefact
     when the toy world made the model, for lineage)."""

@@ -75,6 +75,20 @@ def plan_steps(cfg: SentConfig, steps: list[str] | None, reused: dict[str, Artef
     return ordered
 
 
+def depends_on(step: str, upstream: str) -> bool:
+    """Whether ``step``'s artefact is derived from ``upstream``'s (so rerunning ``upstream`` outdates it)."""
+    if step == upstream:
+        return True
+    if upstream == "bootstrap":
+        return True
+    if upstream == "curate":
+        return step.startswith("train:") or step == "eval"
+    if upstream.startswith("train:"):
+        k = int(upstream.split(":")[1])
+        return step == "eval" or (step.startswith("train:") and int(step.split(":")[1]) > k)
+    return False
+
+
 def reused_inputs(planned: list[str], reused: dict[str, Artefact]) -> list[str]:
     """The reused artefacts that the planned steps read."""
     needed = set()
@@ -129,7 +143,7 @@ def _default_run_dir(root: Path) -> Path:
     return root / "data" / "runs" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-@task(name="open-run")
+@task(name="open-run", task_run_name="open-run")
 def open_run(
     config: str,
     overrides: list[str] | None = None,
@@ -153,6 +167,8 @@ def open_run(
     if previous is not None:
         reused.update(recorded_artefacts(out))  # continuing a run: its own artefacts come first
     planned = plan_steps(cfg, steps, reused)
+    # what the planned steps recompute outdates everything derived from it
+    reused = {k: v for k, v in reused.items() if not any(depends_on(k, p) for p in planned)}
     for step in reused_inputs(planned, reused):  # fail now, not after hours of upstream work
         reused[step].verified()
 
@@ -212,7 +228,7 @@ def open_run(
     return ctx
 
 
-@task(name="record-step")
+@task(name="record-step", task_run_name="record-step")
 def record_step(ctx: RunContext, artefact: Artefact) -> None:
     """Add a step's artefact to ``run.json`` (cached steps too: their result comes from the cache)."""
     record = read_record(ctx.run_dir)
@@ -221,7 +237,7 @@ def record_step(ctx: RunContext, artefact: Artefact) -> None:
     _write_record(ctx, artefacts=artefacts)
 
 
-@task(name="close-run")
+@task(name="close-run", task_run_name="close-run")
 def close_run(ctx: RunContext, error: str | None = None) -> dict[str, Any]:
     """Plots and summaries of the whole run into the run directory and the MLflow parent run;
     the run's status in both."""

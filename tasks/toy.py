@@ -13,7 +13,7 @@ def _key(inputs: dict) -> str:
     return digest_of("bootstrap", cfg.section_digest("toy", "prompt"), code_version())
 
 
-@task(name="bootstrap", cache_policy=cache_on(_key), persist_result=True, **IO_RETRY_OPTIONS)
+@task(name="bootstrap", task_run_name="bootstrap", cache_policy=cache_on(_key), persist_result=True, **IO_RETRY_OPTIONS)
 def bootstrap_toy(ctx: RunContext) -> Artefact:
     """Generate the toy problems and warm-start the toy model (reused when up to date)."""
     from sent.toy.bootstrap import bootstrap
@@ -33,7 +33,7 @@ def bootstrap_toy(ctx: RunContext) -> Artefact:
     )
 
 
-@task(name="base-model")
+@task(name="base-model", task_run_name="base-model")
 def base_model(ctx: RunContext) -> Artefact:
     """The configured starting model (``model.path``) as an artefact: stage 1's start, ``eval:base``."""
     return Artefact.of("model", "base", ctx.load().model.path).verified()

@@ -69,7 +69,7 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
         "seed": cfg.seed,
     }
     with child_run(ctx, f"train:{stage}", params) as (tracker, run_id), gpu_slot(cfg, "train"):
-        manifest = load_manifest(curriculum.path)
+        manifest = load_manifest(curriculum.path, only=f"stage-{stage}/")
         files = stage_files(curriculum.path, stage, manifest)
         shas = [e["sha256"] for e in manifest["files"] if Path(curriculum.path) / e["path"] in files]
         tracker.log_dataset(

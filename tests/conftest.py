@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from sent_testing import SHARED_DATA
+
+# before Prefect is imported: no telemetry from test servers, our loggers in flow-run logs
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sent,tasks,flows")
 
 
 @pytest.fixture(scope="session")
