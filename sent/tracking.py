@@ -32,6 +32,7 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
 
 logger = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
+_CUT = "...[truncated]"
 _PACKAGES = ("sent", "torch", "transformers", "verl", "vllm", "prefect", "mlflow")
 
 
@@ -163,7 +164,7 @@ class Tracker:
         items = []
         for key, value in sorted(flat.items()):
             if len(value) > MAX_PARAM_VAL_LENGTH:
-                value = value[: MAX_PARAM_VAL_LENGTH - 20] + "...[truncated]"
+                value = value[: MAX_PARAM_VAL_LENGTH - len(_CUT)] + _CUT
             items.append(Param(key, value))
         for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])

@@ -82,15 +82,15 @@ def curate_step(ctx: RunContext, model: Artefact | None = None) -> Artefact:
                 {
                     "stage": s["stage"],
                     "problems": s["count"],
-                    "SE mean": round(s["se_mean"], 4),
-                    "SE min": round(s["se_min"], 4),
-                    "SE max": round(s["se_max"], 4),
+                    "SE mean": _rounded(s["se_mean"]),
+                    "SE min": _rounded(s["se_min"]),
+                    "SE max": _rounded(s["se_max"]),
                 }
                 for s in summary["stages"]
             ],
             description=(
                 f"Curriculum {out.name}: {m['counts']['accepted']} problems accepted, {m['counts']['rejected']} "
-                f"rejected; Pearson r(SE, 1 - pass rate) = {summary['pearson_r_se_vs_1_minus_pass_rate']:.3f}"
+                f"rejected; Pearson r(SE, 1 - pass rate) = {_rounded(summary['pearson_r_se_vs_1_minus_pass_rate'], 3)}"
             ),
         )
     return Artefact.of(
@@ -100,6 +100,11 @@ def curate_step(ctx: RunContext, model: Artefact | None = None) -> Artefact:
         mlflow_run_id=run_id,
         meta={"reused": result.reused, "counts": m["counts"], "stages": summary["stages"]},
     )
+
+
+def _rounded(x: float | None, digits: int = 4) -> float | None:
+    """Manifests store NaN (an empty stage's mean, an undefined correlation) as null."""
+    return None if x is None or x != x else round(x, digits)
 
 
 def summary_metrics(summary: dict) -> dict[str, float]:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sent_testing import pipeline_config
+
 pytestmark = pytest.mark.slow
 
 
@@ -20,35 +22,6 @@ def harness(tmp_path_factory):
     results = tmp_path_factory.mktemp("prefect-results")
     with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(results)}), prefect_test_harness():
         yield
-
-
-def pipeline_config(tiny_toy, **sections) -> dict:
-    """A toy config small enough for a test: 48 problems, N = 4, two stages of 3 steps."""
-    toy = json.loads((Path(tiny_toy.model_dir) / "bootstrap.json").read_text())["toy"]  # bootstrap up to date
-    cfg = {
-        "seed": 0,
-        "model": {"path": str(tiny_toy.model_dir)},
-        "data": {"train_path": str(tiny_toy.rl_path), "data_source": "toy", "max_prompt_tokens": 128, "limit": 48},
-        "sampling": {"n": 4, "max_new_tokens": 32, "batch_size": 64, "chunk_size": 24},
-        "curriculum": {"n_stages": 2, "shard_rows": 8},
-        "training": {
-            "group_size": 4,
-            "train_batch_size": 8,
-            "mini_batch_size": 8,
-            "micro_batch_size": 32,
-            "epochs_per_stage": 1,
-            "lr": 1e-4,
-            "max_prompt_tokens": 128,
-            "max_response_tokens": 32,
-            "ref_kl_coef": 0.0,
-            "save_every": 1,
-        },
-        "evaluation": {"benchmarks": ["toy"], "n": 2, "k": [1, 2], "max_new_tokens": 32, "limit": 12},
-        "toy": toy,
-    }
-    for name, values in sections.items():
-        cfg[name].update(values)
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,173 @@
+"""The pipeline's building blocks: step planning, artefacts and their digests, retries on I/O only,
+the GPU concurrency slot (the real Prefect engine where Prefect is involved)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from sent_testing import ROOT
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    from sent.config import load_config
+
+    return load_config(ROOT / "configs" / "toy.yaml")
+
+
+def art(step, path="/nonexistent", kind="model"):
+    from tasks.common import Artefact
+
+    return Artefact(kind=kind, step=step, path=path, digest="name:x")
+
+
+def test_default_steps_and_ordering(cfg):
+    from tasks.run import default_steps, plan_steps
+
+    assert default_steps(cfg) == ["bootstrap", "curate", "train:1", "train:2", "eval:base", "eval"]
+    assert plan_steps(cfg, None, {}) == default_steps(cfg)
+    assert plan_steps(cfg, ["eval", " train:1", "curate", "curate"], {}) == ["curate", "train:1", "eval"]
+    reused = {"curate": art("curate"), "train:1": art("train:1")}
+    assert plan_steps(cfg, ["eval", "train:2"], reused) == ["train:2", "eval"]
+
+
+def test_what_a_recomputed_step_outdates():
+    from tasks.run import depends_on
+
+    assert depends_on("train:2", "curate") and depends_on("eval", "curate") and not depends_on("eval:base", "curate")
+    assert depends_on("train:3", "train:2") and not depends_on("train:1", "train:2")
+    assert depends_on("eval", "train:1") and not depends_on("curate", "train:1")
+    assert all(depends_on(s, "bootstrap") for s in ("curate", "train:1", "eval:base", "eval"))
+    assert not depends_on("train:1", "eval")
+
+
+def test_reused_inputs_are_only_what_the_planned_steps_read():
+    from tasks.run import last_trained, reused_inputs
+
+    reused = {s: art(s) for s in ("curate", "train:1", "train:2", "train:10", "eval")}
+    assert reused_inputs(["train:2", "eval"], reused) == ["curate", "train:1"]
+    assert reused_inputs(["eval"], reused) == ["train:10"]  # numeric, not lexical order
+    assert last_trained(reused) == "train:10"
+    assert reused_inputs(["curate", "train:1"], reused) == []
+
+
+def test_artefacts_know_when_their_files_changed(tmp_path):
+    from tasks.common import Artefact, StepError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"\x00" * 100)
+    a = Artefact.of("model", "train:1", model)
+    assert a.problem() is None and a.verified() is a
+    (model / "weights.bin").write_bytes(b"\x01" * 100)  # same size, other content
+    assert "changed since it was recorded" in a.problem()
+    (model / "weights.bin").unlink()
+    model.rmdir()
+    with pytest.raises(StepError, match=r"train:1 model .*model no longer exists; rerun the step"):
+        a.verified()
+    hub = Artefact.of("model", "base", "Qwen/Qwen2.5-7B")
+    assert hub.digest.startswith("name:") and hub.problem() is None
+
+
+def test_directory_digests_hash_small_files_and_fingerprint_large_ones(tmp_path):
+    from sent.lineage import path_digest
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "small.json").write_text("{}")
+    (d / "big.bin").write_bytes(b"\x00" * 2048)
+    first = path_digest(d, full_hash_bytes=1024)
+    (d / "big.bin").write_bytes(b"\x01" * 2048)  # same size; only its mtime tells
+    os.utime(d / "big.bin", ns=(1, 1))
+    assert path_digest(d, full_hash_bytes=1024) != first
+    assert path_digest(d, full_hash_bytes=1024) == path_digest(d, full_hash_bytes=1024)
+    before = path_digest(d)
+    (d / "small.json").write_text("[]")  # same size, other content: small files are hashed
+    os.utime(d / "small.json", ns=(1, 1))
+    assert path_digest(d) != before
+    manifest_dir = tmp_path / "cur"
+    manifest_dir.mkdir()
+    (manifest_dir / "manifest.json").write_text('{"a": 1}')
+    assert path_digest(manifest_dir) == path_digest(manifest_dir / "manifest.json")
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (ConnectionResetError(), True),
+        (TimeoutError(), True),
+        (OSError(errno.EIO, "I/O error"), True),
+        (OSError(errno.ESTALE, "stale NFS handle"), True),
+        (FileNotFoundError(errno.ENOENT, "missing"), False),
+        (PermissionError(errno.EACCES, "denied"), False),
+        (ValueError("bad data"), False),
+    ],
+)
+def test_only_transient_io_is_retried(exc, transient):
+    from tasks.common import is_transient_io
+
+    assert is_transient_io(exc) is transient
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+def test_prefect_retries_io_failures_and_not_the_others(harness):
+    from prefect import flow, task
+
+    from tasks.common import IO_RETRY_OPTIONS
+
+    calls = {"io": 0, "bad": 0}
+
+    @task(**{**IO_RETRY_OPTIONS, "retry_delay_seconds": 0})
+    def flaky_io():
+        calls["io"] += 1
+        if calls["io"] < 3:
+            raise ConnectionResetError("peer reset")
+        return "ok"
+
+    @task(**{**IO_RETRY_OPTIONS, "retry_delay_seconds": 0})
+    def bad_input():
+        calls["bad"] += 1
+        raise ValueError("row 3 'answer': empty")
+
+    @flow
+    def both():
+        return flaky_io(), bad_input(return_state=True)
+
+    value, bad_state = both()
+    assert value == "ok" and calls["io"] == 3  # two retries
+    assert bad_state.is_failed() and calls["bad"] == 1  # not retried
+
+
+def test_gpu_work_holds_a_slot_of_the_gpu_limit(harness, cfg):
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from tasks.common import GPU_LIMIT, gpu_slot, uses_gpu
+
+    with gpu_slot(cfg, "train") as held:
+        assert held is False  # the toy config is CPU work: no slot taken, no limit needed
+    gpu_cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"engine": "verl"})})
+    assert uses_gpu(gpu_cfg, "train") and not uses_gpu(gpu_cfg, "eval")
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+    with (
+        pytest.raises(ConcurrencySlotAcquisitionError, match="must be created"),
+        gpu_slot(gpu_cfg, "train", strict=True),
+    ):
+        pass
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=1))
+        with gpu_slot(gpu_cfg, "train", strict=True) as held:
+            assert held is True
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 1
+        assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0

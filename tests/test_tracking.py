@@ -1,0 +1,82 @@
+"""sent.tracking against a real MLflow sqlite store in a temporary directory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sent.tracking import Tracker, TrackingError, flatten, metric_name, resolve_tracking_uri
+
+
+def test_the_tracking_uri_comes_from_config_then_environment_then_the_project(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/data/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert resolve_tracking_uri(None, tmp_path) == "http://mlflow:5000"
+    assert resolve_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
+    # a relative sqlite path would differ per working directory: pinned to the project
+    assert resolve_tracking_uri("sqlite:///rel/m.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/rel/m.db"
+    assert (tmp_path / "rel").is_dir()
+
+
+@pytest.mark.parametrize("uri", ["./mlruns", "mlruns", "file:///tmp/mlruns"])
+def test_the_file_store_is_refused_with_the_way_out(uri, tmp_path):
+    with pytest.raises(TrackingError, match=r"file store, which MLflow 3\.13\+ rejects; use a database"):
+        resolve_tracking_uri(uri, tmp_path)
+
+
+def test_flatten_and_metric_names():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": None, "f": {}}) == {
+        "a.b": "1",
+        "a.c": "[1, 2]",
+        "d": "x",
+        "e": "null",
+        "f": "{}",
+    }
+    assert metric_name("avg@8") == "avg_at_8" and metric_name("train/acc:1 x") == "train/acc:1 x"
+    assert metric_name("a*b") == "a_b"
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    return Tracker(f"sqlite:///{tmp_path / 'm.db'}", "exp", tmp_path / "artifacts")
+
+
+def test_runs_nest_and_log_everything_with_explicit_ids(tracker, tmp_path):
+    parent = tracker.start_run("pipeline", tags={"sent.seed": "0"})
+    # 230 params need three batches (MLflow takes 100 per call); a long value is cut with a marker
+    params = {f"p{i:03d}": i for i in range(229)} | {"long": "x" * 7000}
+    child = tracker.start_run("train:1", parent_id=parent, params=params)
+    for step in (1, 2, 3):
+        tracker.log_metrics(child, {"loss": 1.0 / step, "nan": math.nan, "flag": True, "avg@8": 0.5}, step)
+    (tmp_path / "f.txt").write_text("hello")
+    tracker.log_artifact(child, tmp_path / "f.txt")
+    tracker.log_dataset(
+        child, name="stage-1", digest="d" * 64, source=str(tmp_path), context="training", profile={"rows": 3}
+    )
+    tracker.end_run(child)
+    tracker.end_run(parent, failed=True)
+
+    (found,) = tracker.children(parent)
+    assert found.info.run_id == child and found.info.status == "FINISHED"
+    assert tracker.client.get_run(parent).info.status == "FAILED"
+    run = tracker.client.get_run(child)
+    assert len(run.data.params) == 230 and run.data.params["p007"] == "7"
+    assert run.data.params["long"].endswith("...[truncated]") and len(run.data.params["long"]) == 6000
+    history = tracker.client.get_metric_history(child, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert set(run.data.metrics) == {"loss", "avg_at_8"}  # NaN and booleans are not metrics
+    assert [a.path for a in tracker.client.list_artifacts(child)] == ["f.txt"]
+    assert run.info.artifact_uri.startswith((tmp_path / "artifacts").resolve().as_uri())
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "stage-1" and dataset.dataset.digest == "d" * 36
+    assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
+    assert tracker.ui_link(child, "http://127.0.0.1:5000").endswith(
+        f"/#/experiments/{tracker.experiment_id}/runs/{child}"
+    )
+
+
+def test_a_second_tracker_finds_the_experiment(tracker, tmp_path):
+    again = Tracker(tracker.tracking_uri, "exp", tmp_path / "elsewhere")
+    assert again.experiment_id == tracker.experiment_id
