@@ -22,26 +22,18 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint --failure-threshold info docker/*.Dockerfile
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-# The main job on the embedded default (toy world, CPU): bootstrap -> curate -> train stages 1-2 -> evaluate.
-# Bootstrap and curation are cached; every demo run trains into a new run directory.
-# (The Prefect pipeline will take this over; until then the phases run through the CLI.)
-# expanded once (:=), so that every step of one demo uses the same directory
-ifndef DEMO_RUN
-DEMO_RUN := data/runs/demo-$(shell date +%Y%m%d-%H%M%S)
-endif
+# The main job on the embedded default (toy world, CPU), as the Prefect pipeline flow with MLflow
+# tracking: bootstrap -> curate -> train stages 1-2 -> evaluate (starting model and final stage).
+# An ephemeral Prefect server unless PREFECT_API_URL is set; MLflow in data/mlflow.db unless
+# MLFLOW_TRACKING_URI is set. Bootstrap and curation are cached; every demo trains a new run.
 demo: $(STAMP)
-	$(BIN)/sent toy bootstrap
-	$(BIN)/sent curate --config configs/toy.yaml
-	$(BIN)/sent train --config configs/toy.yaml --stage 1 --out $(DEMO_RUN)
-	$(BIN)/sent train --config configs/toy.yaml --stage 2 --out $(DEMO_RUN)
-	$(BIN)/sent eval --config configs/toy.yaml --model data/models/toy --benchmarks toy --out $(DEMO_RUN)/eval-bootstrap
-	$(BIN)/sent eval --config configs/toy.yaml --model $(DEMO_RUN)/stage-2/final --benchmarks toy --out $(DEMO_RUN)/eval-final
-	@echo "demo done: curriculum under data/runs/curate-*, stages and evaluations in $(DEMO_RUN)"
+	$(BIN)/sent pipeline --config configs/toy.yaml
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -176,6 +176,12 @@ def pipeline_report(record: dict) -> str:
         table = run_dir / name / "results.md"
         if table.is_file():
             lines += [f"\n{title} ({table}):", table.read_text(encoding="utf-8").rstrip()]
+    timing = record.get("timing")
+    if timing:
+        lines.append(
+            f"\ntime: {timing['wall_s']:.0f} s in the flow, of which {timing['compute_s']:.0f} s in the steps' "
+            f"own work and {timing['orchestration_and_tracking_s']:.0f} s in orchestration and tracking"
+        )
     ml = record["mlflow"]
     lines += [
         f"\nMLflow: parent run {ml['run_id']} in {ml['tracking_uri']}",

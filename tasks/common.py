@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ class Artefact(BaseModel):
         return self
 
 
+def produced(ctx: RunContext, compute_s: float) -> dict[str, Any]:
+    """Artefact metadata: which flow run made it and how long the library work took (the rest of a
+    run's wall time is orchestration and tracking)."""
+    return {"flow_run_id": ctx.flow_run_id, "compute_s": round(compute_s, 3)}
+
+
 class RunContext(BaseModel):
     """One pipeline run: where it writes, what it runs, where it is tracked."""
 
@@ -93,6 +100,7 @@ class RunContext(BaseModel):
     reuse: str | None = None
     reused: dict[str, Artefact] = Field(default_factory=dict)
     flow_run_id: str | None = None
+    started: float = Field(default_factory=time.time, description="when the run was opened (epoch seconds)")
 
     def load(self) -> SentConfig:
         return load_config(self.config, self.overrides)

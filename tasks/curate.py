@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from sent.lineage import code_version, digest_of, path_digest
-from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, child_run, gpu_slot
+from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, child_run, gpu_slot, produced
 
 
 def _out_dir(ctx: RunContext) -> Path:
@@ -45,7 +46,9 @@ def curate_step(ctx: RunContext, model: Artefact | None = None) -> Artefact:
     cfg = ctx.load()
     params = {s: getattr(cfg, s).model_dump(mode="json") for s in CONFIG_SECTIONS}
     with child_run(ctx, "curate", {**params, "seed": cfg.seed}) as (tracker, run_id), gpu_slot(cfg, "curate"):
+        t0 = time.perf_counter()
         result = curate(cfg, out=_out_dir(ctx))
+        compute_s = time.perf_counter() - t0
         m = result.manifest
         out = result.out_dir
         tracker.log_dataset(
@@ -98,7 +101,7 @@ def curate_step(ctx: RunContext, model: Artefact | None = None) -> Artefact:
         "curate",
         out,
         mlflow_run_id=run_id,
-        meta={"reused": result.reused, "counts": m["counts"], "stages": summary["stages"]},
+        meta={"reused": result.reused, "counts": m["counts"], "stages": summary["stages"], **produced(ctx, compute_s)},
     )
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from sent.lineage import code_version, digest_of, path_digest
-from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, child_run, gpu_slot
+from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, child_run, gpu_slot, produced
 
 
 def _out_dir(ctx: RunContext, name: str) -> Path:
@@ -53,7 +54,9 @@ def evaluate_step(ctx: RunContext, model: Artefact, name: str = "eval") -> Artef
             tracker.log_dataset(
                 run_id, name=path.stem, digest=path_digest(path), source=str(path.resolve()), context="evaluation"
             )
+        t0 = time.perf_counter()
         results = evaluate_model(cfg, model_path=model.path, out_dir=out)
+        compute_s = time.perf_counter() - t0
         metrics = {f"mean.{k}": v for k, v in results["mean"].items()}
         for bench, values in results["benchmarks"].items():
             metrics.update({f"{bench}.{k}": v for k, v in values.items()})
@@ -69,5 +72,9 @@ def evaluate_step(ctx: RunContext, model: Artefact, name: str = "eval") -> Artef
             description=f"{name}: {model.path} (percent)\n\n" + markdown_table(results["benchmarks"], results["mean"]),
         )
     return Artefact.of(
-        "evaluation", name, out / "results.json", mlflow_run_id=run_id, meta={"model": model.path, **results["mean"]}
+        "evaluation",
+        name,
+        out / "results.json",
+        mlflow_run_id=run_id,
+        meta={"model": model.path, **results["mean"], **produced(ctx, compute_s)},
     )

@@ -251,7 +251,17 @@ def close_run(ctx: RunContext, error: str | None = None) -> dict[str, Any]:
     summary = _eval_summary(artefacts)
     for name, metrics in summary.items():
         tracker.log_metrics(ctx.mlflow_run_id, {f"{name}.{k}": v for k, v in metrics.items()})
-    record = _write_record(ctx, status="failed" if error else "finished", error=error)
+    mine = [a for a in artefacts.values() if ctx.flow_run_id and a.meta.get("flow_run_id") == ctx.flow_run_id]
+    wall = time.time() - ctx.started
+    compute = sum(a.meta.get("compute_s", 0.0) for a in mine)
+    timing = {
+        "wall_s": round(wall, 1),
+        "compute_s": round(compute, 1),
+        "orchestration_and_tracking_s": round(wall - compute, 1),
+        "by_step_s": {a.step: a.meta.get("compute_s") for a in mine},
+    }
+    tracker.log_metrics(ctx.mlflow_run_id, {f"timing.{k}": v for k, v in timing.items() if k != "by_step_s"})
+    record = _write_record(ctx, status="failed" if error else "finished", error=error, timing=timing)
     tracker.log_artifact(ctx.mlflow_run_id, out / RECORD)
     tracker.end_run(ctx.mlflow_run_id, failed=error is not None)
     return json_safe(record)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import task
 
 from sent.lineage import code_version, digest_of
-from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on
+from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, produced
 
 
 def _key(inputs: dict) -> str:
@@ -19,7 +21,9 @@ def bootstrap_toy(ctx: RunContext) -> Artefact:
     from sent.toy.bootstrap import bootstrap
 
     cfg = ctx.load()
+    t0 = time.perf_counter()
     result = bootstrap(cfg.toy, cfg.prompt)
+    compute_s = time.perf_counter() - t0
     return Artefact.of(
         "model",
         "bootstrap",
@@ -29,6 +33,7 @@ def bootstrap_toy(ctx: RunContext) -> Artefact:
             "accuracy_by_level": result.accuracy_by_level,
             "rl_path": str(result.rl_path),
             "test_path": str(result.test_path),
+            **produced(ctx, compute_s),
         },
     )
 

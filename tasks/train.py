@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from prefect import task
 
 from sent.lineage import code_version, digest_of
-from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, StepError, cache_on, child_run, gpu_slot
+from tasks.common import (
+    IO_RETRY_OPTIONS,
+    Artefact,
+    RunContext,
+    StepError,
+    cache_on,
+    child_run,
+    gpu_slot,
+    produced,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +104,9 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
             logger.info("stage %d already finished in %s; reusing it", stage, out / FINAL)
             history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
             steps, final_dir = done["steps"], out / FINAL
+            compute_s = 0.0
         else:
+            t0 = time.perf_counter()
             result = train_stage(
                 cfg,
                 stage=stage,
@@ -105,6 +117,7 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
                 progress=sys.stderr.isatty(),
             )
             history, steps, final_dir = result.history, result.steps, result.final_dir
+            compute_s = time.perf_counter() - t0
         for i, metrics in enumerate(history, start=1):  # steps restored from a checkpoint were not reported
             if i not in reported:
                 report(i, metrics)
@@ -124,5 +137,6 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
             "start_model": start.path,
             "accuracy_last": last.get("accuracy"),
             "policy_entropy_last": last.get("policy_entropy"),
+            **produced(ctx, compute_s),
         },
     )
