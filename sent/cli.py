@@ -78,14 +78,18 @@ def _cmd_toy_bootstrap(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from sent.curate import default_out_dir
-    from sent.engines.local import train_stage
 
     _setup_logging(args.verbose)
     cfg = _load(args)
-    if cfg.training.engine != "local":
-        raise SystemExit(f"training.engine={cfg.training.engine!r}: only the local engine runs here so far")
+    engine = args.engine or cfg.training.engine
     curriculum = Path(args.curriculum or default_out_dir(cfg, cfg.data.limit))
     run_dir = Path(args.out or Path("data/runs") / f"train-{curriculum.name}-{cfg.training.loss}")
+    if engine == "verl":
+        return _train_verl(args, cfg, curriculum, run_dir)
+    if args.dry_run:
+        raise SystemExit("--dry-run shows a verl job; the local engine has nothing to show before it runs")
+    from sent.engines.local import train_stage
+
     result = train_stage(
         cfg, stage=args.stage, curriculum_dir=curriculum, run_dir=run_dir, max_steps=args.max_steps, fresh=args.fresh
     )
@@ -93,6 +97,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"stage {result.stage}: {result.steps} steps from {result.start_model}; final weights: {result.final_dir}")
     if last:
         print(f"  last step: accuracy {last['accuracy']:.3f}, policy entropy {last['policy_entropy']:.4f}")
+    return 0
+
+
+def _train_verl(args: argparse.Namespace, cfg, curriculum: Path, run_dir: Path) -> int:
+    from sent.engines.verl import compose, plan_stage, run_stage, validate
+
+    start = cfg.model.path if args.stage == 1 else str((run_dir / f"stage-{args.stage - 1}" / "final").resolve())
+    plan = plan_stage(cfg, stage=args.stage, curriculum_dir=curriculum, run_dir=run_dir, start_model=start)
+    composed = compose(plan.overrides)
+    validate(composed)
+    if args.dry_run:
+        from omegaconf import OmegaConf
+
+        print(f"# stage {plan.stage} of {run_dir} on verl: the command")
+        print(plan.shell())
+        if not plan.curated:
+            print(f"# (not curated yet: the stage will read {plan.train_files[0].parent}/part-*.parquet)")
+        if args.stage > 1 and not Path(start).is_dir():
+            print(f"# (stage {args.stage - 1} not trained yet: its merged weights will be at {start})")
+        print("# the resolved verl config")
+        print(OmegaConf.to_yaml(composed, resolve=False))
+        return 0
+    summary = run_stage(plan, cfg)
+    print(f"stage {plan.stage}: {summary['steps']} verl steps from {start}; final weights: {plan.merged_dir}")
     return 0
 
 
@@ -226,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run directory; stages land in <out>/stage-K (default data/runs/train-...)")
     tr.add_argument("--max-steps", type=int, help="stop the stage after N steps")
     tr.add_argument("--fresh", action="store_true", help="retrain a finished stage (the old run is kept)")
+    tr.add_argument("--engine", choices=["local", "verl"], help="override training.engine")
+    tr.add_argument("--dry-run", action="store_true", help="verl: print the job's command and resolved config only")
     tr.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("eval", help="score a model (or given responses) on benchmarks: pass@k, avg@n, maj@n")
@@ -263,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     from sent.curate import CurationError
     from sent.data_contract import ContractError
     from sent.engines.local import TrainingError
+    from sent.engines.verl import VerlEngineError
     from sent.evaluation import EvaluationError
     from sent.tracking import TrackingError
 
@@ -276,7 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
-    except (ConfigError, CurationError, ContractError, EvaluationError, TrainingError, TrackingError) as exc:
+    except (
+        ConfigError,
+        ContractError,
+        CurationError,
+        EvaluationError,
+        TrackingError,
+        TrainingError,
+        VerlEngineError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -119,8 +119,35 @@ def _policy_loss_section() -> type[BaseModel]:
 PolicyLossSettings = _policy_loss_section()
 
 
+class VerlConfig(_Section):
+    """The verl engine (`sent.engines.verl`): resources and verl-only settings of each stage's job."""
+
+    nnodes: int = Field(1, gt=0)
+    n_gpus_per_node: int = Field(8, gt=0)
+    ray_address: str | None = Field(
+        None, description="None: main_ppo starts a local Ray; else `ray job submit --address` (e.g. http://head:8265)"
+    )
+    rollout_name: Literal["vllm", "sglang"] = "vllm"
+    rollout_tp: int = Field(1, gt=0, description="tensor parallel size of the rollout engine")
+    gpu_memory_utilization: float = Field(0.6, gt=0, le=1)
+    use_dynamic_bsz: bool = Field(True, description="token-budget micro-batches (then micro_batch_size is unused)")
+    max_token_len_per_gpu: int = Field(16384, gt=0)
+    param_offload: bool = False
+    optimizer_offload: bool = False
+    entropy_source: Literal["exact", "surprisal", "auto"] = Field(
+        "exact", description="token entropy for the loss: exact (calculate_entropy=true) or surprisal"
+    )
+    val_files: list[str] | None = Field(
+        None, description="verl validation parquet files; default: the evaluation benchmarks, converted"
+    )
+    val_limit: int | None = Field(256, gt=0, description="problems per benchmark in the default validation set")
+    merge_backend: Literal["fsdp", "megatron"] = "fsdp"
+    extra_overrides: list[str] = Field(default_factory=list, description="further Hydra overrides, applied last")
+
+
 class TrainingConfig(_Section):
     engine: Literal["local", "verl"] = "local"
+    verl: VerlConfig = VerlConfig()
     loss: str = Field("sent", description="registered policy loss (sent.losses)")
     policy_loss: PolicyLossSettings = PolicyLossSettings()  # type: ignore[valid-type]
     group_size: int = Field(8, gt=0, description="G: responses per prompt in a rollout")

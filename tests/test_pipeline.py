@@ -275,3 +275,39 @@ def test_steps_that_lack_an_input_are_refused_before_anything_runs(in_project, f
     assert state.is_failed()
     assert error in str(state.result(raise_on_failure=False))
     assert task_states(flow_run_id, {"open-run"}) == {"open-run": "Failed"}
+
+
+def test_rerunning_one_stage_with_reuse_runs_nothing_upstream(in_project, first_run):
+    record, _ = first_run
+    state, flow_run_id = run_pipeline(reuse="data/runs/first", steps=["train:2"])
+    assert state.is_completed()
+    expected = {"open-run": "Completed", "train:2": "Completed", "close-run": "Completed"}
+    assert task_states(flow_run_id, set(expected)) == expected
+    new = state.result()
+    assert new["run_dir"] != record["run_dir"] and new["reuse"] == record["run_dir"]
+    # the curriculum and stage 1 are the first run's; stage 2 is new and starts from that stage 1
+    for step in ("curate", "train:1"):
+        assert new["artefacts"][step] == record["artefacts"][step]
+    stage2 = Path(new["artefacts"]["train:2"]["path"])
+    assert stage2.is_relative_to(new["run_dir"])
+    assert json.loads((stage2 / "stage.json").read_text())["start_model"] == record["artefacts"]["train:1"]["path"]
+    assert "eval" not in new["artefacts"]  # the reused evaluation was of the old stage 2: outdated
+    t = tracker(in_project)
+    parent = t.client.get_run(new["mlflow"]["run_id"])
+    assert parent.data.tags["sent.reuse"] == record["run_dir"]
+    assert [c.info.run_name for c in t.children(parent.info.run_id)] == ["train:2"]
+
+
+def test_the_command_line_runs_the_flow_and_reports(in_project, first_run, capsys):
+    from sent.cli import main
+
+    assert (
+        main(["pipeline", "--config", "pipeline.yaml", "--steps", "eval:base,eval", "--run-dir", "data/runs/first"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert f"pipeline run finished: {in_project / 'data' / 'runs' / 'first'}" in out
+    assert "starting model (" in out and "trained model (" in out and "| **mean** |" in out
+    assert "orchestration and tracking" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert main(["pipeline", "--config", "pipeline.yaml", "--steps", "train"]) == 2
+    assert "error: unknown steps ['train']" in capsys.readouterr().err

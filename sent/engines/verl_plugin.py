@@ -13,25 +13,66 @@ loss_agg_mode, config, rollout_is_weights)`` into ours: coefficients come from v
 ``high_cov_coef``, ``low_cov_coef``, ``sent_ppo_clip``, ``low_entropy_penalty``,
 ``entropy_mask_fraction``); verl's ``global_batch_info`` becomes our data-parallel aggregation.
 
-Token entropy: verl 0.9 computes the entropy of the policy in the actor but does not pass it to
-the policy loss. Until the worker wiring lands, the adapter uses the sampled token's surprisal
-``-log pi(y_t)`` (detached) as its estimate: it is the one-sample Monte-Carlo estimate of the
-entropy at t, so ranking tokens by it selects confident tokens, but it is noisier than the exact
-entropy. An ``entropy=`` keyword, when a caller supplies one, takes precedence.
+SENT's coefficients reach verl through `SentPolicyLossConfig`, a subclass of verl's
+``PolicyLossConfig``: point ``actor_rollout_ref.actor.policy_loss._target_`` at it and add the
+fields with ``+key=value`` (verl's own ``omega_conf_to_dataclass`` then builds our class).
+
+Token entropy: verl 0.9 computes the policy's exact token entropy in the actor (with
+``actor.calculate_entropy=true``) but does not pass it to the policy loss. This module wraps verl's
+``ppo_loss`` (``verl.workers.utils.losses``, used by the 0.9 engine workers) so that the entropy of
+``model_output`` is put in a context variable for the duration of the call, where our loss finds
+it. ``entropy_source`` in the policy-loss config chooses: ``exact`` (that entropy; an error if it
+is missing), ``surprisal`` (the sampled token's ``-log pi(y_t)``, detached: the one-sample
+Monte-Carlo estimate of the entropy, noisier), or ``auto`` (exact when present, else surprisal with
+a warning). An ``entropy=`` keyword, when a caller supplies one, takes precedence.
+Supported verl: 0.9.x (``SUPPORTED_VERL``); the wrapper checks ``ppo_loss``'s signature.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
+import inspect
 import logging
+import sys
 from typing import Any
 
 import torch
 from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, register_policy_loss
+from verl.workers.config import PolicyLossConfig as VerlPolicyLossConfig
 
 from sent.losses import POLICY_LOSSES, PolicyLossConfig, metrics_to_floats
 
 logger = logging.getLogger(__name__)
+SUPPORTED_VERL = ">=0.9,<0.10"
+_DEFAULTS = PolicyLossConfig()
+_ENTROPY: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("sent_verl_entropy", default=None)
+_warned_surprisal = False
+
+
+@dataclasses.dataclass
+class SentPolicyLossConfig(VerlPolicyLossConfig):
+    """verl's ``PolicyLossConfig`` with SENT's coefficients (defaults: `sent.losses.PolicyLossConfig`).
+
+    ``actor_rollout_ref.actor.policy_loss._target_=sent.engines.verl_plugin.SentPolicyLossConfig``
+    ``+actor_rollout_ref.actor.policy_loss.high_cov_coef=2.0`` ..."""
+
+    low_entropy_fraction: float = _DEFAULTS.low_entropy_fraction
+    high_cov_coef: float = _DEFAULTS.high_cov_coef
+    low_cov_coef: float = _DEFAULTS.low_cov_coef
+    sent_ppo_clip: bool = _DEFAULTS.sent_ppo_clip
+    low_entropy_penalty: str = _DEFAULTS.low_entropy_penalty
+    entropy_mask_fraction: float = _DEFAULTS.entropy_mask_fraction
+    entropy_source: str = "auto"
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if self.entropy_source not in ("auto", "exact", "surprisal"):
+            raise ValueError(f"entropy_source={self.entropy_source!r}: use auto, exact or surprisal")
+
 
 VERL_NAME_PREFIX = "sent_"
 _POLICY_LOSS_FIELDS = (
@@ -113,7 +154,7 @@ def make_verl_policy_loss(name: str):
             )
         ours = policy_loss_config_from_verl(config, loss_agg_mode)
         if entropy is None:
-            entropy = -log_prob.detach()  # surprisal: see the module docstring
+            entropy = _entropy_for(log_prob, _get(_get(config, "policy_loss"), "entropy_source") or "auto")
         loss, metrics = fn(
             log_prob=log_prob,
             old_log_prob=old_log_prob,
@@ -129,6 +170,65 @@ def make_verl_policy_loss(name: str):
     return verl_policy_loss
 
 
+def _entropy_for(log_prob: torch.Tensor, source: str) -> torch.Tensor:
+    """The token entropy the loss ranks by: see the module docstring."""
+    global _warned_surprisal
+    exact = _ENTROPY.get()
+    if exact is not None and exact.shape != log_prob.shape:
+        raise ValueError(f"token entropy of shape {tuple(exact.shape)} for log-probs of shape {tuple(log_prob.shape)}")
+    if source == "surprisal":
+        return -log_prob.detach()
+    if exact is not None:
+        return exact.detach()
+    if source == "exact":
+        raise ValueError(
+            "entropy_source=exact but verl passed no token entropy: set actor_rollout_ref.actor.calculate_entropy=true "
+            "(and run verl's engine workers, whose ppo_loss this plugin wraps)"
+        )
+    if not _warned_surprisal:
+        _warned_surprisal = True
+        logger.warning("no exact token entropy from verl (calculate_entropy=false?): ranking tokens by surprisal")
+    return -log_prob.detach()
+
+
+def with_entropy(ppo_loss):
+    """Wrap verl's ``ppo_loss(config, model_output, data, dp_group=None)`` so that our policy losses
+    see the exact token entropy of ``model_output`` (padded to the response layout, as verl pads
+    the log-probs)."""
+    if getattr(ppo_loss, "__sent_wrapped__", False):
+        return ppo_loss
+    params = list(inspect.signature(ppo_loss).parameters)
+    if params[:3] != ["config", "model_output", "data"]:
+        raise RuntimeError(f"verl's ppo_loss has the signature {params}; this plugin supports verl {SUPPORTED_VERL}")
+
+    @functools.wraps(ppo_loss)
+    def ppo_loss_with_entropy(config, model_output, data, dp_group=None):
+        from verl.workers.utils.padding import no_padding_2_padding
+
+        entropy = model_output.get("entropy", None)
+        token = _ENTROPY.set(None if entropy is None else no_padding_2_padding(entropy, data))
+        try:
+            return ppo_loss(config, model_output, data, dp_group)
+        finally:
+            _ENTROPY.reset(token)
+
+    ppo_loss_with_entropy.__sent_wrapped__ = True
+    return ppo_loss_with_entropy
+
+
+def install_entropy_wiring() -> None:
+    """Replace ``ppo_loss`` in verl's loss module (and in modules that imported it already) with
+    `with_entropy`'s wrapper; idempotent."""
+    import verl.workers.utils.losses as losses
+
+    wrapped = with_entropy(losses.ppo_loss)
+    losses.ppo_loss = wrapped
+    for name in ("verl.workers.engine_workers", "verl.trainer.distillation.losses"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "ppo_loss"):
+            module.ppo_loss = wrapped
+
+
 def register_all() -> list[str]:
     """Register every loss of `sent.losses` into verl (idempotent); returns the verl names."""
     registered = []
@@ -142,3 +242,4 @@ def register_all() -> list[str]:
 
 
 register_all()
+install_entropy_wiring()

@@ -1,0 +1,436 @@
+"""The distributed engine: each curriculum stage is one run of verl's own trainer
+(``python -m verl.trainer.main_ppo``: Ray, FSDP, vLLM rollouts) with our losses, verl unmodified.
+
+`plan_stage` turns our typed config for one stage into verl's Hydra overrides (verl 0.9.x):
+GRPO advantages, rollout ``n``/temperature/top_p, batch sizes, lr, lengths, the policy loss
+(``loss_mode=sent`` with `SentPolicyLossConfig` as ``_target_`` so that SENT's coefficients are
+real fields), exact token entropy (``calculate_entropy=true``, see `sent.engines.verl_plugin`),
+the reference KL loss, the stage's shards as an explicit file list (verl takes no directories or
+globs), our reward function, nodes/GPUs, MLflow logging into our run tree, checkpoints and
+``resume_mode``. `compose` validates the overrides the way ``main_ppo`` reads them: Hydra's
+compose API on verl's packaged ``ppo_trainer`` config, then verl's dataclasses.
+
+`run_stage` launches the job (a subprocess with local Ray, or ``ray job submit`` to a cluster),
+streams its log into ours, and merges the final FSDP checkpoint into Hugging Face weights
+(``python -m verl.model_merger merge``) that the next stage starts from. ``resume_mode=auto``
+makes a retry of the same stage continue from its last checkpoint; a deliberately new run gets
+a new directory (and so a new experiment name).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sent.config import SentConfig
+
+logger = logging.getLogger(__name__)
+TRAINER_MODULE = "verl.trainer.main_ppo"
+PLUGIN_MODULE = "sent.engines.verl_plugin"
+POLICY_LOSS_TARGET = f"{PLUGIN_MODULE}.SentPolicyLossConfig"
+_LOG_TAIL = 200
+_STEP_LINE = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
+
+
+class VerlEngineError(RuntimeError):
+    """A verl stage that cannot be planned or did not finish (the message carries the log's tail)."""
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Everything about one stage's verl job, decided before it starts (printed by ``--dry-run``)."""
+
+    stage: int
+    start_model: str
+    train_files: list[Path]
+    curated: bool
+    val_files: list[Path]
+    out_dir: Path
+    checkpoint_dir: Path
+    merged_dir: Path
+    experiment_name: str
+    total_steps: int | None
+    overrides: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    ray_address: str | None = None
+
+    @property
+    def command(self) -> list[str]:
+        trainer = [sys.executable, "-m", TRAINER_MODULE, *self.overrides]
+        if self.ray_address is None:
+            return trainer
+        runtime_env = {"env_vars": self.env}
+        return [
+            "ray",
+            "job",
+            "submit",
+            f"--address={self.ray_address}",
+            f"--runtime-env-json={json.dumps(runtime_env)}",
+            "--",
+            "python",
+            "-m",
+            TRAINER_MODULE,
+            *self.overrides,
+        ]
+
+    def shell(self) -> str:
+        """The command as a shell line (with its environment when run locally), one override per line."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()) if self.ray_address is None)
+        cmd = self.command
+        head = cmd.index(TRAINER_MODULE) + 1  # `... -m verl.trainer.main_ppo` on the first line
+        first = " ".join(shlex.quote(x) for x in cmd[:head])
+        return " \\\n    ".join([(env + " " if env else "") + first, *(shlex.quote(x) for x in cmd[head:])])
+
+
+# --------------------------------------------------------------------------------------------
+# configuration -> Hydra overrides
+# --------------------------------------------------------------------------------------------
+
+
+def hydra_value(value: Any) -> str:
+    """A Python value as Hydra override syntax: strings quoted (paths, ids), lists bracketed."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    text = str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def reward_function_path() -> str:
+    import sent.rewards
+
+    return str(Path(sent.rewards.__file__).resolve())
+
+
+def stage_train_files(curriculum_dir: Path, stage: int) -> tuple[list[Path], bool, int | None]:
+    """The stage's shards from the manifest (and its row count), or, before curation, the path of
+    the first shard the stage will have (for ``--dry-run``)."""
+    from sent.data_contract import MANIFEST, load_manifest, stage_files
+
+    if (curriculum_dir / MANIFEST).is_file():
+        manifest = load_manifest(curriculum_dir, only=f"stage-{stage}/")
+        files = stage_files(curriculum_dir, stage, manifest)
+        rows = manifest["curriculum"]["stages"][stage - 1]["count"]
+        return [f.resolve() for f in files], True, rows
+    return [(curriculum_dir / f"stage-{stage}" / "part-00000.parquet").resolve()], False, None
+
+
+def total_steps(cfg: SentConfig, n_rows: int | None) -> int | None:
+    """Optimizer steps of a stage, as the local engine counts them (``epochs_per_stage`` may be fractional)."""
+    if n_rows is None:
+        return None
+    return max(1, math.floor(cfg.training.epochs_per_stage * n_rows / cfg.training.train_batch_size))
+
+
+def plan_stage(
+    cfg: SentConfig,
+    *,
+    stage: int,
+    curriculum_dir: str | Path,
+    run_dir: str | Path,
+    start_model: str,
+    mlflow: tuple[str, str] | None = None,
+) -> StagePlan:
+    """The verl job of curriculum stage ``stage`` (see the module docstring). ``mlflow`` is
+    ``(tracking_uri, run_id)`` of the stage's MLflow run, which verl's own logger then writes to."""
+    from sent.engines.verl_plugin import verl_name
+
+    t, v = cfg.training, cfg.training.verl
+    curriculum_dir, run_dir = Path(curriculum_dir), Path(run_dir).resolve()
+    out = run_dir / f"stage-{stage}"
+    train_files, curated, n_rows = stage_train_files(curriculum_dir, stage)
+    val_files = [Path(f).resolve() for f in v.val_files] if v.val_files else [out / "verl" / "val.parquet"]
+    steps = total_steps(cfg, n_rows)
+    experiment = f"{run_dir.name}-stage-{stage}"
+    pl = t.policy_loss
+    clip_low = pl.clip_ratio_low if pl.clip_ratio_low is not None else pl.clip_ratio
+    clip_high = pl.clip_ratio_high if pl.clip_ratio_high is not None else pl.clip_ratio
+    micro = t.micro_batch_size
+    overrides = [
+        # data: the stage's shards in curriculum order within the file list; verl shuffles per epoch
+        f"data.train_files={hydra_value([str(f) for f in train_files])}",
+        f"data.val_files={hydra_value([str(f) for f in val_files])}",
+        "data.prompt_key=prompt",
+        f"data.max_prompt_length={t.max_prompt_tokens}",
+        f"data.max_response_length={t.max_response_tokens}",
+        f"data.train_batch_size={t.train_batch_size}",
+        f"data.shuffle={hydra_value(t.shuffle)}",
+        f"data.seed={cfg.seed}",
+        "data.filter_overlong_prompts=true",
+        "data.truncation=error",
+        f"data.trust_remote_code={hydra_value(cfg.model.trust_remote_code)}",
+        # GRPO
+        "algorithm.adv_estimator=grpo",
+        f"algorithm.norm_adv_by_std_in_grpo={hydra_value(t.norm_adv_by_std)}",
+        "algorithm.use_kl_in_reward=false",
+        # the policy: model, optimiser, batches
+        f"actor_rollout_ref.model.path={hydra_value(start_model)}",
+        f"actor_rollout_ref.model.trust_remote_code={hydra_value(cfg.model.trust_remote_code)}",
+        "actor_rollout_ref.model.use_remove_padding=true",
+        f"actor_rollout_ref.model.external_lib={PLUGIN_MODULE}",  # workers import (and register) our losses
+        f"actor_rollout_ref.actor.optim.lr={t.lr!r}",
+        f"actor_rollout_ref.actor.optim.weight_decay={t.weight_decay!r}",
+        f"actor_rollout_ref.actor.optim.betas={hydra_value(list(t.betas))}",
+        f"actor_rollout_ref.actor.grad_clip={t.grad_clip!r}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={t.mini_batch_size}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
+        f"actor_rollout_ref.actor.use_dynamic_bsz={hydra_value(v.use_dynamic_bsz)}",
+        f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={v.max_token_len_per_gpu}",
+        f"actor_rollout_ref.actor.ppo_epochs={t.ppo_epochs}",
+        f"actor_rollout_ref.actor.shuffle={hydra_value(t.shuffle)}",
+        f"actor_rollout_ref.actor.fsdp_config.param_offload={hydra_value(v.param_offload)}",
+        f"actor_rollout_ref.actor.fsdp_config.optimizer_offload={hydra_value(v.optimizer_offload)}",
+        # the loss: ours, with exact token entropy
+        f"actor_rollout_ref.actor.loss_agg_mode={pl.loss_agg_mode}",
+        f"actor_rollout_ref.actor.clip_ratio={pl.clip_ratio!r}",
+        f"actor_rollout_ref.actor.clip_ratio_low={clip_low!r}",
+        f"actor_rollout_ref.actor.clip_ratio_high={clip_high!r}",
+        f"actor_rollout_ref.actor.clip_ratio_c={pl.clip_ratio_c!r}",
+        f"actor_rollout_ref.actor.entropy_coeff={t.entropy_coeff!r}",
+        f"actor_rollout_ref.actor.calculate_entropy={hydra_value(v.entropy_source != 'surprisal')}",
+        f"actor_rollout_ref.actor.use_kl_loss={hydra_value(t.ref_kl_coef > 0)}",
+        f"actor_rollout_ref.actor.kl_loss_coef={t.ref_kl_coef!r}",
+        f"actor_rollout_ref.actor.kl_loss_type={t.ref_kl_kind}",
+        f"actor_rollout_ref.actor.policy_loss._target_={POLICY_LOSS_TARGET}",
+        f"actor_rollout_ref.actor.policy_loss.loss_mode={verl_name(t.loss)}",
+        f"actor_rollout_ref.actor.policy_loss.kl_cov_ratio={pl.kl_cov_ratio!r}",
+        f"actor_rollout_ref.actor.policy_loss.ppo_kl_coef={pl.ppo_kl_coef!r}",
+        f"actor_rollout_ref.actor.policy_loss.clip_cov_ratio={pl.clip_cov_ratio!r}",
+        f"actor_rollout_ref.actor.policy_loss.clip_cov_lb={pl.clip_cov_lb!r}",
+        f"actor_rollout_ref.actor.policy_loss.clip_cov_ub={pl.clip_cov_ub!r}",
+        # SENT's own fields exist only on our subclass: added with '+'
+        f"+actor_rollout_ref.actor.policy_loss.low_entropy_fraction={pl.low_entropy_fraction!r}",
+        f"+actor_rollout_ref.actor.policy_loss.high_cov_coef={pl.high_cov_coef!r}",
+        f"+actor_rollout_ref.actor.policy_loss.low_cov_coef={pl.low_cov_coef!r}",
+        f"+actor_rollout_ref.actor.policy_loss.sent_ppo_clip={hydra_value(pl.sent_ppo_clip)}",
+        f"+actor_rollout_ref.actor.policy_loss.low_entropy_penalty={pl.low_entropy_penalty}",
+        f"+actor_rollout_ref.actor.policy_loss.entropy_mask_fraction={pl.entropy_mask_fraction!r}",
+        f"+actor_rollout_ref.actor.policy_loss.entropy_source={v.entropy_source}",
+        # rollouts
+        f"actor_rollout_ref.rollout.name={v.rollout_name}",
+        f"actor_rollout_ref.rollout.n={t.group_size}",
+        f"actor_rollout_ref.rollout.temperature={t.temperature!r}",
+        f"actor_rollout_ref.rollout.top_p={t.top_p!r}",
+        f"actor_rollout_ref.rollout.tensor_model_parallel_size={v.rollout_tp}",
+        f"actor_rollout_ref.rollout.gpu_memory_utilization={v.gpu_memory_utilization!r}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={micro}",
+        f"actor_rollout_ref.ref.fsdp_config.param_offload={hydra_value(v.param_offload)}",
+        # reward: our grader, called by verl's reward manager
+        f"reward.custom_reward_function.path={hydra_value(reward_function_path())}",
+        "reward.custom_reward_function.name=compute_score",
+        f"+reward.custom_reward_function.reward_kwargs.correct_score={t.correct_score!r}",
+        f"+reward.custom_reward_function.reward_kwargs.incorrect_score={t.incorrect_score!r}",
+        # trainer: resources, logging, checkpoints
+        f"trainer.nnodes={v.nnodes}",
+        f"trainer.n_gpus_per_node={v.n_gpus_per_node}",
+        "trainer.logger=[console,mlflow]",
+        f"trainer.project_name={hydra_value(cfg.tracking.experiment)}",
+        f"trainer.experiment_name={hydra_value(experiment)}",
+        f"trainer.default_local_dir={hydra_value(str(out / 'verl' / 'checkpoints'))}",
+        "trainer.resume_mode=auto",
+        f"trainer.save_freq={t.save_every}",
+        f"trainer.test_freq={t.val_every}",
+        "trainer.val_before_train=false",
+        f"trainer.total_epochs={max(1, math.ceil(t.epochs_per_stage))}",
+    ]
+    if steps is not None:
+        overrides.append(f"trainer.total_training_steps={steps}")
+    env = {"PREFECT_LOGGING_EXTRA_LOGGERS": "sent", "TOKENIZERS_PARALLELISM": "true"}
+    if mlflow is not None:
+        env.update({"MLFLOW_TRACKING_URI": mlflow[0], "MLFLOW_RUN_ID": mlflow[1]})
+    for key, value in sorted(env.items()):  # the Ray workers get the same environment
+        overrides.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}={hydra_value(value)}")
+    overrides += v.extra_overrides
+    return StagePlan(
+        stage=stage,
+        start_model=start_model,
+        train_files=train_files,
+        curated=curated,
+        val_files=val_files,
+        out_dir=out,
+        checkpoint_dir=out / "verl" / "checkpoints",
+        merged_dir=out / "final",
+        experiment_name=experiment,
+        total_steps=steps,
+        overrides=overrides,
+        env=env,
+        ray_address=v.ray_address,
+    )
+
+
+def compose(overrides: list[str]):
+    """verl's ``ppo_trainer`` config with ``overrides``, composed with Hydra as ``main_ppo`` does."""
+    import verl.trainer
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    config_dir = str(Path(verl.trainer.__file__).parent / "config")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return hydra_compose(config_name="ppo_trainer", overrides=list(overrides))
+
+
+def validate(config) -> dict[str, Any]:
+    """verl's own checks of a composed config (``validate_config``: batch sizes against GPUs, ...),
+    then its conversion into verl's dataclasses (their ``__post_init__`` checks); returns them."""
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    validate_config(config, use_reference_policy=bool(config.actor_rollout_ref.actor.use_kl_loss), use_critic=False)
+    return {
+        "actor": omega_conf_to_dataclass(config.actor_rollout_ref.actor),
+        "rollout": omega_conf_to_dataclass(config.actor_rollout_ref.rollout),
+        "algorithm": omega_conf_to_dataclass(config.algorithm),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# running a stage
+# --------------------------------------------------------------------------------------------
+
+
+def write_validation_set(cfg: SentConfig, path: Path) -> Path:
+    """The evaluation benchmarks (first ``val_limit`` problems each) as a verl dataset: the
+    held-out validation that ``test_freq`` runs on."""
+    from sent.data_contract import CURRICULUM_SCHEMA, write_rows
+    from sent.evaluation import benchmark_path, load_benchmark
+
+    ev, limit = cfg.evaluation, cfg.training.verl.val_limit
+    toy_dir = cfg.toy.data_dir if cfg.toy is not None else None
+    rows = []
+    for name in ev.benchmarks:
+        for i, p in enumerate(load_benchmark(benchmark_path(name, ev.data_dir, toy_dir))[:limit]):
+            rows.append(
+                {
+                    "data_source": name,
+                    "prompt": cfg.prompt.messages(p.problem),
+                    "ability": cfg.data.ability,
+                    "reward_model": {"style": "rule", "ground_truth": p.answer},
+                    "extra_info": {"index": i, "id": p.id},
+                }
+            )
+    write_rows(rows, path, CURRICULUM_SCHEMA)
+    return path
+
+
+def merge_command(plan: StagePlan, step: int, backend: str = "fsdp") -> list[str]:
+    """``python -m verl.model_merger merge`` of the actor at ``global_step_<step>`` into HF weights."""
+    return [
+        sys.executable,
+        "-m",
+        "verl.model_merger",
+        "merge",
+        "--backend",
+        backend,
+        "--local_dir",
+        str(plan.checkpoint_dir / f"global_step_{step}" / "actor"),
+        "--target_dir",
+        str(plan.merged_dir),
+    ]
+
+
+def latest_step(checkpoint_dir: Path) -> int:
+    marker = checkpoint_dir / "latest_checkpointed_iteration.txt"
+    if not marker.is_file():
+        raise VerlEngineError(f"{checkpoint_dir}: no checkpoint was written (no {marker.name})")
+    return int(marker.read_text().strip())
+
+
+def parse_step_metrics(line: str) -> tuple[int, dict[str, float]] | None:
+    """verl's console logger line ``step:12 - actor/pg_loss:0.1 - ...`` as (step, metrics)."""
+    m = _STEP_LINE.search(line)
+    if m is None:
+        return None
+    metrics = {}
+    for part in m.group(2).split(" - "):
+        key, _, value = part.partition(":")
+        try:
+            metrics[key.strip()] = float(value)
+        except ValueError:
+            continue
+    return int(m.group(1)), metrics
+
+
+def stream(command: list[str], env: dict[str, str], what: str, on_line=None) -> None:
+    """Run ``command``, forwarding its output line by line to our log; a non-zero exit raises with
+    the last lines of the output."""
+    tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
+    proc = subprocess.Popen(
+        command,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        logger.info("[%s] %s", what, line)
+        if on_line is not None:
+            on_line(line)
+    rc = proc.wait()
+    if rc != 0:
+        raise VerlEngineError(f"{what} exited with status {rc}; last lines:\n" + "\n".join(tail))
+
+
+def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None) -> dict[str, Any]:
+    """Run the stage's verl job, then merge its last checkpoint into ``plan.merged_dir``.
+    Returns the stage summary (also written to ``final/stage.json``)."""
+    if not plan.curated:
+        raise VerlEngineError(f"stage {plan.stage} has no curriculum yet: {plan.train_files[0]} does not exist")
+    if (plan.merged_dir / "stage.json").is_file():
+        raise VerlEngineError(f"stage {plan.stage} already finished at {plan.merged_dir}")
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.training.verl.val_files and not plan.val_files[0].is_file():
+        write_validation_set(cfg, plan.val_files[0])
+    history: list[dict[str, float]] = []
+
+    def on_line(line: str) -> None:
+        parsed = parse_step_metrics(line)
+        if parsed is not None:
+            step, metrics = parsed
+            history.append({"step": float(step), **metrics})
+            if callback is not None:
+                callback(step, metrics)
+
+    t0 = time.perf_counter()
+    logger.info("stage %d: verl job\n%s", plan.stage, plan.shell())
+    stream(plan.command, plan.env, f"verl stage {plan.stage}", on_line)
+    step = latest_step(plan.checkpoint_dir)
+    tmp = plan.merged_dir.with_name(".final.tmp")
+    merge = merge_command(plan, step, cfg.training.verl.merge_backend)
+    merge[merge.index("--target_dir") + 1] = str(tmp)
+    stream(merge, {}, f"merge stage {plan.stage}")
+    summary = {
+        "stage": plan.stage,
+        "steps": step,
+        "start_model": plan.start_model,
+        "loss": cfg.training.loss,
+        "engine": "verl",
+        "checkpoint": str(plan.checkpoint_dir / f"global_step_{step}"),
+        "seconds": time.perf_counter() - t0,
+        "last_metrics": history[-1] if history else {},
+    }
+    (tmp / "stage.json").write_text(json.dumps(summary, indent=2))
+    tmp.rename(plan.merged_dir)
+    (plan.out_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    return summary
