@@ -23,6 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint --failure-threshold info docker/*.Dockerfile
+	$(BIN)/shellcheck scripts/*.sh
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -104,7 +104,9 @@ def _train_verl(args: argparse.Namespace, cfg, curriculum: Path, run_dir: Path) 
     from sent.engines.verl import compose, plan_stage, run_stage, validate
 
     start = cfg.model.path if args.stage == 1 else str((run_dir / f"stage-{args.stage - 1}" / "final").resolve())
-    plan = plan_stage(cfg, stage=args.stage, curriculum_dir=curriculum, run_dir=run_dir, start_model=start)
+    plan = plan_stage(
+        cfg, stage=args.stage, curriculum_dir=curriculum, run_dir=run_dir, start_model=start, max_steps=args.max_steps
+    )
     composed = compose(plan.overrides)
     validate(composed)
     if args.dry_run:

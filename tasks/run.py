@@ -186,7 +186,7 @@ def open_run(
             config=config_path,
             run_dir=out,
             steps=",".join(planned),
-            reuse=reuse,
+            reuse=Path(reuse).resolve() if reuse else None,
             continues=previous["mlflow"]["run_id"] if previous else None,
             code_version=code_version(),
         )

