@@ -142,6 +142,8 @@ class VerlConfig(_Section):
     )
     val_limit: int | None = Field(256, gt=0, description="problems per benchmark in the default validation set")
     merge_backend: Literal["fsdp", "megatron"] = "fsdp"
+    trainer_module: str = Field("verl.trainer.main_ppo", description="run as `python -m`; e.g. a verl recipe's main")
+    merger_module: str = Field("verl.model_merger", description="run as `python -m <module> merge ...`")
     extra_overrides: list[str] = Field(default_factory=list, description="further Hydra overrides, applied last")
 
 

@@ -6,6 +6,8 @@ scripts/gpu_smoke.sh.)"""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -324,3 +326,51 @@ def test_dry_run_prints_the_command_and_the_resolved_config(capsys):
     assert "-m verl.trainer.main_ppo" in out and "actor_rollout_ref.actor.policy_loss.loss_mode=sent" in out
     assert "(not curated yet: the stage will read" in out and "stage 1 not trained yet" in out
     assert "_target_: sent.engines.verl_plugin.SentPolicyLossConfig" in out  # the resolved config follows
+
+
+@pytest.fixture
+def fake_verl(monkeypatch):
+    """Config overrides that run tests/fake_verl_job.py instead of verl's GPU trainer and merger."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return [
+        "training.engine=verl",
+        "training.verl.trainer_module=fake_verl_job",
+        "training.verl.merger_module=fake_verl_job",
+        "training.train_batch_size=2",  # a few steps from a tiny stage
+        "training.mini_batch_size=2",
+    ]
+
+
+def test_run_stage_chains_two_stages_through_merged_weights(curriculum, tiny_toy, tmp_path, fake_verl):
+    from sent.engines.verl import plan_stage, run_stage
+
+    _, out = curriculum
+    cfg = toy_config(tiny_toy, "sampling.n=2", "data.limit=24", "curriculum.shard_rows=5", *fake_verl)
+    run = tmp_path / "run"
+    seen = []
+    plan1 = plan_stage(cfg, stage=1, curriculum_dir=out, run_dir=run, start_model=cfg.model.path, max_steps=3)
+    summary1 = run_stage(plan1, cfg, callback=lambda step, metrics: seen.append((step, metrics["actor/pg_loss"])))
+    assert seen == [(1, 0.5), (2, 0.25), (3, pytest.approx(0.1667, abs=1e-4))]
+    assert summary1["steps"] == 3 and summary1["checkpoint"] == str(plan1.checkpoint_dir / "global_step_3")
+    assert (plan1.merged_dir / "config.json").is_file() and (plan1.merged_dir / "stage.json").is_file()
+    assert plan1.val_files[0].is_file()  # the toy benchmark as verl's validation set
+    lines = [json.loads(x) for x in (run / "stage-1" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1.0, 2.0, 3.0]
+
+    plan2 = plan_stage(cfg, stage=2, curriculum_dir=out, run_dir=run, start_model=str(plan1.merged_dir), max_steps=2)
+    run_stage(plan2, cfg)
+    job = json.loads((plan2.checkpoint_dir / "fake_job.json").read_text())
+    assert job["overrides"]["actor_rollout_ref.model.path"] == str(plan1.merged_dir)  # stage 2 starts from stage 1
+    with pytest.raises(Exception, match="already finished"):
+        run_stage(plan2, cfg)
+
+
+def test_a_failing_job_raises_with_the_tail_of_its_log(curriculum, tiny_toy, tmp_path, fake_verl, monkeypatch):
+    from sent.engines.verl import VerlEngineError, plan_stage, run_stage
+
+    cfg = toy_config(tiny_toy, "sampling.n=2", "data.limit=24", "curriculum.shard_rows=5", *fake_verl)
+    monkeypatch.setenv("FAKE_VERL_FAIL", "1")
+    plan = plan_stage(cfg, stage=1, curriculum_dir=curriculum[1], run_dir=tmp_path / "r", start_model=cfg.model.path)
+    with pytest.raises(VerlEngineError, match=r"(?s)exited with status 1; last lines:.*CUDA out of memory \(fake\)"):
+        run_stage(plan, cfg)
+    assert not plan.merged_dir.exists()

@@ -64,10 +64,11 @@ class StagePlan:
     overrides: list[str]
     env: dict[str, str] = field(default_factory=dict)
     ray_address: str | None = None
+    trainer_module: str = TRAINER_MODULE
 
     @property
     def command(self) -> list[str]:
-        trainer = [sys.executable, "-m", TRAINER_MODULE, *self.overrides]
+        trainer = [sys.executable, "-m", self.trainer_module, *self.overrides]
         if self.ray_address is None:
             return trainer
         runtime_env = {"env_vars": self.env}
@@ -80,7 +81,7 @@ class StagePlan:
             "--",
             "python",
             "-m",
-            TRAINER_MODULE,
+            self.trainer_module,
             *self.overrides,
         ]
 
@@ -88,7 +89,7 @@ class StagePlan:
         """The command as a shell line (with its environment when run locally), one override per line."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()) if self.ray_address is None)
         cmd = self.command
-        head = cmd.index(TRAINER_MODULE) + 1  # `... -m verl.trainer.main_ppo` on the first line
+        head = cmd.index(self.trainer_module) + 1  # `... -m verl.trainer.main_ppo` on the first line
         first = " ".join(shlex.quote(x) for x in cmd[:head])
         return " \\\n    ".join([(env + " " if env else "") + first, *(shlex.quote(x) for x in cmd[head:])])
 
@@ -276,6 +277,7 @@ def plan_stage(
         overrides=overrides,
         env=env,
         ray_address=v.ray_address,
+        trainer_module=v.trainer_module,
     )
 
 
@@ -334,12 +336,12 @@ def write_validation_set(cfg: SentConfig, path: Path) -> Path:
     return path
 
 
-def merge_command(plan: StagePlan, step: int, backend: str = "fsdp") -> list[str]:
+def merge_command(plan: StagePlan, step: int, backend: str = "fsdp", module: str = "verl.model_merger") -> list[str]:
     """``python -m verl.model_merger merge`` of the actor at ``global_step_<step>`` into HF weights."""
     return [
         sys.executable,
         "-m",
-        "verl.model_merger",
+        module,
         "merge",
         "--backend",
         backend,
@@ -421,7 +423,7 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None) -> dict[str, A
     stream(plan.command, plan.env, f"verl stage {plan.stage}", on_line)
     step = latest_step(plan.checkpoint_dir)
     tmp = plan.merged_dir.with_name(".final.tmp")
-    merge = merge_command(plan, step, cfg.training.verl.merge_backend)
+    merge = merge_command(plan, step, cfg.training.verl.merge_backend, cfg.training.verl.merger_module)
     merge[merge.index("--target_dir") + 1] = str(tmp)
     stream(merge, {}, f"merge stage {plan.stage}")
     summary = {
