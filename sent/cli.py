@@ -121,7 +121,7 @@ def _train_verl(args: argparse.Namespace, cfg, curriculum: Path, run_dir: Path) 
         print("# the resolved verl config")
         print(OmegaConf.to_yaml(composed, resolve=False))
         return 0
-    summary = run_stage(plan, cfg)
+    summary = run_stage(plan, cfg, fresh=args.fresh)
     print(f"stage {plan.stage}: {summary['steps']} verl steps from {start}; final weights: {plan.merged_dir}")
     return 0
 

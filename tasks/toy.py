@@ -11,8 +11,11 @@ from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, produ
 
 
 def _key(inputs: dict) -> str:
+    from pathlib import Path
+
     cfg = inputs["ctx"].load()
-    return digest_of("bootstrap", cfg.section_digest("toy", "prompt"), code_version())
+    where = [Path(cfg.toy.model_dir).resolve(), Path(cfg.toy.data_dir).resolve()]  # relative paths: per checkout
+    return digest_of("bootstrap", cfg.section_digest("toy", "prompt"), *where, code_version())
 
 
 @task(name="bootstrap", task_run_name="bootstrap", cache_policy=cache_on(_key), persist_result=True, **IO_RETRY_OPTIONS)

@@ -363,6 +363,8 @@ def test_run_stage_chains_two_stages_through_merged_weights(curriculum, tiny_toy
     assert job["overrides"]["actor_rollout_ref.model.path"] == str(plan1.merged_dir)  # stage 2 starts from stage 1
     with pytest.raises(Exception, match="already finished"):
         run_stage(plan2, cfg)
+    run_stage(plan2, cfg, fresh=True)  # the old stage is moved aside, so verl cannot resume from it
+    assert len(list(run.glob("stage-2.old-*"))) == 1 and (plan2.merged_dir / "stage.json").is_file()
 
 
 def test_a_failing_job_raises_with_the_tail_of_its_log(curriculum, tiny_toy, tmp_path, fake_verl, monkeypatch):

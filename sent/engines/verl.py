@@ -398,13 +398,23 @@ def stream(command: list[str], env: dict[str, str], what: str, on_line=None) -> 
         raise VerlEngineError(f"{what} exited with status {rc}; last lines:\n" + "\n".join(tail))
 
 
-def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None) -> dict[str, Any]:
+def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = False) -> dict[str, Any]:
     """Run the stage's verl job, then merge its last checkpoint into ``plan.merged_dir``.
-    Returns the stage summary (also written to ``final/stage.json``)."""
+    Returns the stage summary (also written to ``final/stage.json``).
+
+    An interrupted stage resumes from its last verl checkpoint (``resume_mode=auto``). A finished
+    stage is trained again only with ``fresh=True``, which moves the old stage directory aside
+    first (so verl cannot resume from it)."""
     if not plan.curated:
         raise VerlEngineError(f"stage {plan.stage} has no curriculum yet: {plan.train_files[0]} does not exist")
     if (plan.merged_dir / "stage.json").is_file():
-        raise VerlEngineError(f"stage {plan.stage} already finished at {plan.merged_dir}")
+        if not fresh:
+            raise VerlEngineError(
+                f"stage {plan.stage} already finished at {plan.merged_dir}; retrain it with fresh=True (--fresh)"
+            )
+        backup = plan.out_dir.with_name(f"{plan.out_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        plan.out_dir.rename(backup)
+        logger.warning("stage %d: previous run moved to %s", plan.stage, backup)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.training.verl.val_files and not plan.val_files[0].is_file():
         write_validation_set(cfg, plan.val_files[0])
