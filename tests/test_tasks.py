@@ -171,3 +171,29 @@ def test_gpu_work_holds_a_slot_of_the_gpu_limit(harness, cfg):
             assert held is True
             assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 1
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
+
+
+def test_cache_keys_depend_on_where_outputs_go(tmp_path, monkeypatch):
+    """Two checkouts with the same config must not share a cached bootstrap or curation: configs use
+    relative paths, and a cached result pointing into the other checkout would be wrong here."""
+    from tasks.common import RunContext
+    from tasks.curate import _key as curate_key
+    from tasks.toy import _key as bootstrap_key
+
+    def keys(where):
+        where.mkdir(exist_ok=True)
+        monkeypatch.chdir(where)
+        ctx = RunContext(
+            config=str(ROOT / "configs" / "toy.yaml"),
+            root=str(where),
+            run_dir=str(where / "run"),
+            steps=[],
+            tracking_uri="sqlite://",
+            experiment="e",
+            mlflow_run_id="r",
+        )
+        return bootstrap_key({"ctx": ctx}), curate_key({"ctx": ctx})
+
+    a, b = keys(tmp_path / "a"), keys(tmp_path / "b")
+    assert a[0] != b[0] and a[1] != b[1]
+    assert keys(tmp_path / "a") == a  # and stable in one place
