@@ -209,8 +209,8 @@ def pipeline_report(record: dict) -> str:
     timing = record.get("timing")
     if timing:
         lines.append(
-            f"\ntime: {timing['wall_s']:.0f} s in the flow, of which {timing['compute_s']:.0f} s in the steps' "
-            f"own work and {timing['orchestration_and_tracking_s']:.0f} s in orchestration and tracking"
+            f"\ntime: {timing['wall_s']:.1f} s in the flow, of which {timing['compute_s']:.1f} s in the steps' "
+            f"own work and {timing['orchestration_and_tracking_s']:.1f} s in orchestration and tracking"
         )
     ml = record["mlflow"]
     lines += [

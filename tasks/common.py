@@ -26,6 +26,11 @@ from sent.config import SentConfig, load_config
 from sent.lineage import path_digest
 
 logger = logging.getLogger(__name__)
+# Prefect hands its handlers to the loggers in PREFECT_LOGGING_EXTRA_LOGGERS but leaves their level at the
+# root's WARNING: without this, the library's progress (SFT steps, sampled chunks) never reaches the logs.
+for _name in ("sent", "tasks", "flows"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.INFO)
 IO_RETRIES = 2
 IO_RETRY_DELAYS = [2, 10]  # seconds: exponential-ish backoff
 _TRANSIENT_ERRNOS = {

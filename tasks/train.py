@@ -108,6 +108,14 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
         def report(step: int, metrics: dict[str, float]) -> None:
             tracker.log_metrics(run_id, metrics, step)
             to_parent(step, metrics)
+            logger.info(
+                "train:%d step %d: reward %.3f, accuracy %.3f, policy entropy %.4f",
+                stage,
+                step,
+                metrics.get("reward_mean", float("nan")),
+                metrics.get("accuracy", float("nan")),
+                metrics.get("policy_entropy", float("nan")),
+            )
 
         done = _finished(out / FINAL, start)
         engine_meta: dict = {}
