@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import re
 import sys
 from typing import Any
 
@@ -216,6 +217,19 @@ def with_entropy(ppo_loss):
     return ppo_loss_with_entropy
 
 
+def check_verl_version() -> str:
+    """verl's installed version; a warning when it is outside `SUPPORTED_VERL` (the wiring may not hold)."""
+    import importlib.metadata
+
+    version = importlib.metadata.version("verl")
+    major_minor = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    if major_minor != (0, 9):
+        logger.warning(
+            "verl %s is installed; sent supports verl %s (the entropy wiring may not apply)", version, SUPPORTED_VERL
+        )
+    return version
+
+
 def install_entropy_wiring() -> None:
     """Replace ``ppo_loss`` in verl's loss module (and in modules that imported it already) with
     `with_entropy`'s wrapper; idempotent."""
@@ -241,5 +255,6 @@ def register_all() -> list[str]:
     return registered
 
 
+check_verl_version()
 register_all()
 install_entropy_wiring()
