@@ -33,10 +33,10 @@ RUN pip install ".[embeddings]"
 WORKDIR /workspace
 COPY --chown=1000:1000 configs ./configs
 COPY --chown=1000:1000 prefect.yaml ./
+# /mlflow: the MLflow server's volume in compose.yaml (a named volume takes this directory's owner)
 RUN mkdir -p /workspace/data /mlflow && chown 1000:1000 /workspace/data /mlflow
 USER 1000:1000
 VOLUME ["/workspace/data"]
 
-# a Prefect process worker on the `cpu` pool (PREFECT_API_URL comes from the environment);
-# /mlflow: the MLflow server's volume in compose.yaml, owned by the image's user
+# a Prefect process worker on the `cpu` pool (PREFECT_API_URL comes from the environment)
 CMD ["prefect", "worker", "start", "--pool", "cpu"]
