@@ -16,12 +16,19 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def toy_config(tiny_toy, *overrides: str):
-    """configs/toy.yaml pointed at the tiny model, with overrides."""
+    """configs/toy.yaml pointed at the tiny model and its world, with overrides."""
     from sent.config import load_config
 
     return load_config(
         ROOT / "configs" / "toy.yaml",
-        [f"model.path={tiny_toy.model_dir}", f"data.train_path={tiny_toy.train_path}", *overrides],
+        [
+            f"model.path={tiny_toy.model_dir}",
+            f"data.train_path={tiny_toy.train_path}",
+            # the toy benchmark (test split) of the tiny world, never the checkout's data/toy
+            f"toy.data_dir={tiny_toy.test_path.parent}",
+            f"toy.model_dir={tiny_toy.model_dir}",
+            *overrides,
+        ],
     )
 
 
