@@ -32,7 +32,7 @@ def _key(inputs: dict) -> str:
         inputs["name"],
         _out_dir(ctx, inputs["name"]),
         inputs["model"].digest,
-        cfg.section_digest("evaluation", "prompt", "model"),
+        cfg.section_digest("evaluation", "prompt", "model", "sampling"),  # the sampler is built from sampling
         cfg.seed,
         *(path_digest(p) for p in benchmark_files(cfg)),
         code_version(),
