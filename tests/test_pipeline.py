@@ -359,3 +359,17 @@ def test_the_train_step_runs_stages_on_the_verl_engine(in_project, first_run, mo
     assert start2 == new["artefacts"]["train:1"]["path"]  # stage 2 from stage 1's merged weights
     curve = t.client.get_metric_history(new["mlflow"]["run_id"], "train/actor/pg_loss")
     assert sorted(m.step for m in curve) == list(range(1, offset + 1))  # both stages, end to end
+
+
+def test_the_stage_flows_run_their_step_alone(in_project, first_run):
+    from flows.evaluate import sent_evaluate
+    from flows.train import sent_train_stage
+
+    record, _ = first_run
+    trained = sent_train_stage(stage=2, config="pipeline.yaml", reuse="data/runs/first")
+    assert trained["steps"] == ["train:2"] and trained["status"] == "finished"
+    assert trained["artefacts"]["train:1"] == record["artefacts"]["train:1"]
+    evaluated = sent_evaluate(config="pipeline.yaml", reuse=trained["run_dir"])
+    assert evaluated["steps"] == ["eval"]
+    results = json.loads(Path(evaluated["artefacts"]["eval"]["path"]).read_text())
+    assert results["model"] == trained["artefacts"]["train:2"]["path"]  # the reused run's last stage
