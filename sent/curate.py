@@ -451,8 +451,13 @@ def write_stages(cfg: SentConfig, scores: pa.Table, out_dir: Path) -> None:
 
 
 def curation_digest(cfg: SentConfig) -> str:
-    """Digest of everything that decides a curation's output: its config sections and the seed."""
-    return hashlib.sha256(f"{cfg.section_digest(*CONFIG_SECTIONS)}:seed={cfg.seed}".encode()).hexdigest()
+    """Digest of everything that decides a curation's output: its config sections, the seed and the
+    content of the training data (so fresh data at the same path, e.g. on a retraining schedule, is
+    curated anew instead of reusing the old curriculum)."""
+    from sent.lineage import path_digest
+
+    data = path_digest(cfg.data.train_path)
+    return hashlib.sha256(f"{cfg.section_digest(*CONFIG_SECTIONS)}:seed={cfg.seed}:data={data}".encode()).hexdigest()
 
 
 def default_out_dir(cfg: SentConfig, limit: int | None) -> Path:

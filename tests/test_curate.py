@@ -280,3 +280,21 @@ def test_cli_reports_errors_with_exit_code_2(tiny_toy, tmp_path, capsys):
     assert code == 2 and "input not found" in capsys.readouterr().err
     code = main(["curate", "--config", str(ROOT / "configs" / "toy.yaml"), "sampling.bogus=1"])
     assert code == 2 and "sampling.bogus: unknown key" in capsys.readouterr().err
+
+
+def test_fresh_data_at_the_same_path_gets_a_new_curation(tiny_toy, tmp_path):
+    """A retraining schedule re-reads the same path: new content must not reuse the old curriculum."""
+    import os
+
+    from sent.curate import default_out_dir
+
+    data = tmp_path / "problems.jsonl"
+    original = tiny_toy.rl_path.read_text()
+    data.write_text(original)
+    cfg = toy_config(tiny_toy, f"data.train_path={data}")
+    first = default_out_dir(cfg, cfg.data.limit)
+    data.write_text(original + original.splitlines()[0] + "\n")
+    os.utime(data, ns=(1, 1))  # a new mtime even within the clock's resolution
+    assert default_out_dir(cfg, cfg.data.limit) != first
+    data.write_text(original)
+    assert default_out_dir(cfg, cfg.data.limit) == first  # same content, same curation
