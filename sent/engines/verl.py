@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -433,6 +434,7 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
     stream(plan.command, plan.env, f"verl stage {plan.stage}", on_line)
     step = latest_step(plan.checkpoint_dir)
     tmp = plan.merged_dir.with_name(".final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # a merge interrupted earlier
     merge = merge_command(plan, step, cfg.training.verl.merge_backend, cfg.training.verl.merger_module)
     merge[merge.index("--target_dir") + 1] = str(tmp)
     stream(merge, {}, f"merge stage {plan.stage}")
