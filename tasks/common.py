@@ -117,11 +117,7 @@ class RunContext(BaseModel):
 
 
 def _outputs_intact(result: Any) -> bool:
-    if isinstance(result, Artefact):
-        return result.problem() is None
-    if isinstance(result, list | tuple):
-        return all(_outputs_intact(r) for r in result)
-    return True
+    return result.problem() is None if isinstance(result, Artefact) else True
 
 
 @dataclass
@@ -231,6 +227,27 @@ def gpu_slot(cfg: SentConfig, phase: str, *, strict: bool | None = None) -> Iter
 # --------------------------------------------------------------------------------------------
 # MLflow child runs
 # --------------------------------------------------------------------------------------------
+
+
+def log_curriculum_stage(tracker, run_id: str, curriculum_dir: str | Path, stage: int, manifest: dict, context: str):
+    """One curriculum stage as an MLflow input dataset: its shards, their combined digest (from the
+    manifest's sha256s, nothing re-read) and the stage's SE summary as profile."""
+    from sent.data_contract import stage_files
+    from sent.lineage import digest_of
+
+    curriculum_dir = Path(curriculum_dir)
+    files = stage_files(curriculum_dir, stage, manifest)
+    prefix = f"stage-{stage}/"
+    tracker.log_dataset(
+        run_id,
+        name=f"curriculum-stage-{stage}",
+        digest=digest_of(*(e["sha256"] for e in manifest["files"] if e["path"].startswith(prefix))),
+        source=str(curriculum_dir / f"stage-{stage}"),
+        context=context,
+        schema={"format": "parquet", "files": [f.name for f in files]},
+        profile=manifest["curriculum"]["stages"][stage - 1],
+        tags={"stage": str(stage)},
+    )
 
 
 @contextmanager

@@ -9,7 +9,16 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from sent.lineage import code_version, digest_of, path_digest
-from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, child_run, gpu_slot, produced
+from tasks.common import (
+    IO_RETRY_OPTIONS,
+    Artefact,
+    RunContext,
+    cache_on,
+    child_run,
+    gpu_slot,
+    log_curriculum_stage,
+    produced,
+)
 
 
 def _out_dir(ctx: RunContext) -> Path:
@@ -41,7 +50,6 @@ def curate_step(ctx: RunContext, model: Artefact | None = None) -> Artefact:
     """Sample, grade, cluster and stage the training problems (``model``: the bootstrap artefact
     when the toy world made the model, for lineage)."""
     from sent.curate import CONFIG_SECTIONS, curate
-    from sent.data_contract import stage_files
 
     cfg = ctx.load()
     params = {s: getattr(cfg, s).model_dump(mode="json") for s in CONFIG_SECTIONS}
@@ -61,18 +69,7 @@ def curate_step(ctx: RunContext, model: Artefact | None = None) -> Artefact:
         )
         summary = m["curriculum"]
         for s in summary["stages"]:
-            files = stage_files(out, s["stage"], m)
-            digest = digest_of(*(e["sha256"] for e in m["files"] if (out / e["path"]) in files))
-            tracker.log_dataset(
-                run_id,
-                name=f"curriculum-stage-{s['stage']}",
-                digest=digest,
-                source=str(out / f"stage-{s['stage']}"),
-                context="curriculum",
-                schema={"format": "parquet", "files": [f.name for f in files]},
-                profile=s,
-                tags={"stage": str(s["stage"])},
-            )
+            log_curriculum_stage(tracker, run_id, out, s["stage"], m, "curriculum")
         metrics = {**{f"counts.{k}": v for k, v in m["counts"].items()}, **summary_metrics(summary)}
         metrics.update({f"timing_s.{k}": v for k, v in m.get("timing_s", {}).items()})
         tracker.log_metrics(run_id, metrics)

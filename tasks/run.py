@@ -12,6 +12,7 @@ Steps, in order: ``bootstrap`` (toy configs only), ``curate``, ``train:1`` ... `
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -109,8 +110,6 @@ def last_trained(artefacts: dict[str, Artefact]) -> str:
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any]:
-    import json
-
     path = Path(run_dir) / RECORD
     if not path.is_file():
         raise StepError(f"{run_dir} is not a pipeline run (no {RECORD})")
@@ -245,11 +244,14 @@ def close_run(ctx: RunContext, error: str | None = None) -> dict[str, Any]:
     record = read_record(ctx.run_dir)
     artefacts = {k: Artefact.model_validate(v) for k, v in record.get("artefacts", {}).items()}
     out = Path(ctx.run_dir)
-    reports = _reports(artefacts, out)
-    for path in reports:
+    evals = {
+        step: json.loads(Path(a.path).read_text())
+        for step, a in artefacts.items()
+        if a.kind == "evaluation" and Path(a.path).is_file()
+    }
+    for path in _reports(artefacts, evals, out):
         tracker.log_artifact(ctx.mlflow_run_id, path, "reports")
-    summary = _eval_summary(artefacts)
-    for name, metrics in summary.items():
+    for name, metrics in _eval_summary(evals).items():
         tracker.log_metrics(ctx.mlflow_run_id, {f"{name}.{k}": v for k, v in metrics.items()})
     mine = [a for a in artefacts.values() if ctx.flow_run_id and a.meta.get("flow_run_id") == ctx.flow_run_id]
     wall = time.time() - ctx.started
@@ -267,50 +269,39 @@ def close_run(ctx: RunContext, error: str | None = None) -> dict[str, Any]:
     return json_safe(record)
 
 
-def _eval_summary(artefacts: dict[str, Artefact]) -> dict[str, dict[str, float]]:
-    """``{"eval": {"mean.avg@8": ..}, "eval:base": ..}`` from the evaluation artefacts' results."""
-    import json
-
+def _eval_summary(evals: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """``{"eval": {"mean.avg@8": ..}, "eval:base": ..}`` from the evaluations' results."""
     out = {}
-    for step, a in artefacts.items():
-        if a.kind == "evaluation" and Path(a.path).is_file():
-            results = json.loads(Path(a.path).read_text())
-            flat = {f"mean.{k}": v for k, v in results["mean"].items()}
-            for bench, metrics in results["benchmarks"].items():
-                flat.update({f"{bench}.{k}": v for k, v in metrics.items() if k not in ("problems", "n")})
-            out[step] = flat
+    for step, results in evals.items():
+        flat = {f"mean.{k}": v for k, v in results["mean"].items()}
+        for bench, metrics in results["benchmarks"].items():
+            flat.update({f"{bench}.{k}": v for k, v in metrics.items() if k not in ("problems", "n")})
+        out[step] = flat
     return out
 
 
-def _reports(artefacts: dict[str, Artefact], out: Path) -> list[Path]:
+def _reports(artefacts: dict[str, Artefact], evals: dict[str, dict], out: Path) -> list[Path]:
     """``training_curves.png`` (stages end to end) and ``evaluation_<metric>.png`` in ``out``."""
-    import json
-
+    from sent.engines.local import read_history
     from sent.plots import plot_evaluation, plot_training
 
     paths = []
-    histories = {}
-    for step, a in sorted(artefacts.items()):
-        if step.startswith("train:"):
-            metrics = Path(a.path).parent / "metrics.jsonl"
-            if metrics.is_file():
-                lines = metrics.read_text().splitlines()
-                histories[int(step.split(":")[1])] = [json.loads(x) for x in lines if x.strip()]
+    histories = {
+        int(step.split(":")[1]): read_history(Path(a.path).parent)
+        for step, a in sorted(artefacts.items())
+        if step.startswith("train:") and (Path(a.path).parent / "metrics.jsonl").is_file()
+    }
     if histories:
         paths.append(plot_training(histories, out / "training_curves.png"))
-    evals = {
-        step: json.loads(Path(a.path).read_text())["benchmarks"]
-        for step, a in artefacts.items()
-        if a.kind == "evaluation" and Path(a.path).is_file()
-    }
-    if evals:
-        first = next(iter(next(iter(evals.values())).values()))  # one benchmark's metrics
+    by_benchmark = {step: results["benchmarks"] for step, results in evals.items()}
+    if by_benchmark:
+        first = next(iter(next(iter(by_benchmark.values())).values()))  # one benchmark's metrics
         metric = next((k for k in first if k.startswith("avg@")), None)
         if metric is not None:
             names = {"eval:base": "base model", "eval": "trained"}
             paths.append(
                 plot_evaluation(
-                    {names.get(k, k): v for k, v in sorted(evals.items(), reverse=True)},
+                    {names.get(k, k): v for k, v in sorted(by_benchmark.items(), reverse=True)},
                     metric,
                     out / f"evaluation_{metric.replace('@', '_at_')}.png",
                 )

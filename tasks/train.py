@@ -18,6 +18,7 @@ from tasks.common import (
     cache_on,
     child_run,
     gpu_slot,
+    log_curriculum_stage,
     produced,
 )
 
@@ -45,10 +46,6 @@ def _write_text(path: Path, text: str) -> Path:
     return path
 
 
-def _history(stage_out: Path) -> list[dict]:
-    return [json.loads(x) for x in (stage_out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-
-
 def _finished(final: Path, start: Artefact) -> dict | None:
     """The summary of a stage already finished in this run from the same start, else None."""
     summary = final / "stage.json"
@@ -70,8 +67,8 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
 
     Per-step metrics go to the stage's child run (step = the stage's step) and, prefixed
     ``train/``, to the parent run at ``global_step + step``, so the parent shows all stages end to end."""
-    from sent.data_contract import load_manifest, stage_files
-    from sent.engines.local import FINAL, stage_dir, train_stage
+    from sent.data_contract import load_manifest
+    from sent.engines.local import FINAL, read_history, stage_dir, train_stage
 
     cfg = ctx.load()
     curriculum.verified()
@@ -86,19 +83,9 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
         "seed": cfg.seed,
     }
     with child_run(ctx, f"train:{stage}", params) as (tracker, run_id), gpu_slot(cfg, "train"):
-        manifest = load_manifest(curriculum.path, only=f"stage-{stage}/")
-        files = stage_files(curriculum.path, stage, manifest)
-        shas = [e["sha256"] for e in manifest["files"] if Path(curriculum.path) / e["path"] in files]
-        tracker.log_dataset(
-            run_id,
-            name=f"curriculum-stage-{stage}",
-            digest=digest_of(*shas),
-            source=str(Path(curriculum.path) / f"stage-{stage}"),
-            context="training",
-            schema={"format": "parquet", "files": [f.name for f in files]},
-            profile=manifest["curriculum"]["stages"][stage - 1],
-            tags={"stage": str(stage)},
-        )
+        # the engine verifies the stage's shards when it reads them (load_curriculum, plan_stage): not here too
+        manifest = load_manifest(curriculum.path, verify=False)
+        log_curriculum_stage(tracker, run_id, curriculum.path, stage, manifest, "training")
         reported: set[int] = set()
 
         def to_parent(step: int, metrics: dict[str, float]) -> None:
@@ -131,14 +118,14 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
             t0 = time.perf_counter()
             summary = run_stage(plan, cfg, callback=to_parent)  # the child run gets verl's own logging
             compute_s = time.perf_counter() - t0
-            history = _history(out)
+            history = read_history(out)
             steps, final_dir = summary["steps"], plan.merged_dir
             # lineage: which verl checkpoint the next stage's weights were merged from
             engine_meta = {"engine": "verl", "verl_checkpoint": summary["checkpoint"]}
             reported.update(range(1, len(history) + 1))  # verl logged them into the child run itself
         elif done is not None:
             logger.info("stage %d already finished in %s; reusing it", stage, out / FINAL)
-            history = _history(out)
+            history = read_history(out)
             steps, final_dir = done["steps"], out / FINAL
             compute_s = 0.0
         else:

@@ -94,6 +94,12 @@ def start_model_for(cfg: SentConfig, run_dir: Path, stage: int) -> str:
     return str(previous)
 
 
+def read_history(stage_out: Path) -> list[dict[str, float]]:
+    """The per-step metrics of a stage (``stage-K/metrics.jsonl``, as both engines write it)."""
+    text = (Path(stage_out) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def _batch_order(n_rows: int, cfg: SentConfig) -> tuple[np.ndarray, int]:
     """Row indices for every step of the stage, and the number of steps."""
     t = cfg.training

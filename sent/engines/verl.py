@@ -258,7 +258,7 @@ def plan_stage(
     ]
     if steps is not None:
         overrides.append(f"trainer.total_training_steps={steps}")
-    env = {"PREFECT_LOGGING_EXTRA_LOGGERS": "sent", "TOKENIZERS_PARALLELISM": "true"}
+    env = {"TOKENIZERS_PARALLELISM": "true"}
     if mlflow is not None:
         env.update({"MLFLOW_TRACKING_URI": mlflow[0], "MLFLOW_RUN_ID": mlflow[1]})
     for key, value in sorted(env.items()):  # the Ray workers get the same environment
