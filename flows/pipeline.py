@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow
 
+from sent.interrupt import Interrupted, check, handle_signals
 from tasks.common import Artefact, RunContext
 from tasks.curate import curate_step
 from tasks.evaluate import evaluate_step
@@ -23,6 +24,7 @@ def compose(ctx: RunContext, *, refresh_cache: bool = False) -> dict[str, Artefa
 
     artefacts: dict[str, Artefact] = dict(ctx.reused)
     for step in ctx.steps:
+        check(f"before step {step} (rerun the rest with --run-dir {ctx.run_dir})")
         if step == "bootstrap":
             made = fresh(bootstrap_toy)(ctx)
         elif step == "curate":
@@ -53,13 +55,15 @@ def run_steps(
     refresh_cache: bool,
 ) -> dict[str, Any]:
     """Open the run, compose the steps, close the run (failed, with the step's error, if one raises)."""
-    ctx = open_run(config, overrides, steps, run_dir, reuse)
-    try:
-        compose(ctx, refresh_cache=refresh_cache)
-    except BaseException as exc:
-        close_run(ctx, error=f"{type(exc).__name__}: {exc}")
-        raise
-    return close_run(ctx)
+    with handle_signals():  # SIGTERM/SIGINT: stop at the next safe point, then close the run below
+        ctx = open_run(config, overrides, steps, run_dir, reuse)
+        try:
+            compose(ctx, refresh_cache=refresh_cache)
+        except BaseException as exc:
+            stopped = isinstance(exc, Interrupted | KeyboardInterrupt)
+            close_run(ctx, error=f"{type(exc).__name__}: {exc}", interrupted=stopped)
+            raise
+        return close_run(ctx)
 
 
 @flow(name="sent-pipeline", log_prints=True)

@@ -50,14 +50,35 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     result = curate(_load(args), out=args.out, limit=args.limit)
-    m = result.manifest
-    stages = ", ".join(
-        f"stage {s['stage']}: {s['count']} problems, mean SE {s['se_mean']:.3f}" for s in m["curriculum"]["stages"]
-    )
-    print(f"curriculum {'reused' if result.reused else 'written'}: {result.out_dir}")
-    print(f"  {m['counts']['accepted']} accepted, {m['counts']['rejected']} rejected; {stages}")
-    print(f"  Pearson r(SE, 1 - pass rate) = {m['curriculum']['pearson_r_se_vs_1_minus_pass_rate']:.3f}")
+    print(curation_report(result.manifest, result.out_dir, reused=result.reused))
     return 0
+
+
+def _number(value: float | None, fmt: str = ".3f") -> str:
+    """A manifest number (None where JSON has no NaN) for people."""
+    return "n/a" if value is None else format(value, fmt)
+
+
+def curation_report(m: dict, out_dir: Path, *, reused: bool) -> str:
+    """What a curation wrote: counts, each stage (an empty one said as such), the SE/difficulty correlation."""
+    stages = ", ".join(
+        f"stage {s['stage']}: {s['count']} problems, mean SE {_number(s['se_mean'])}"
+        if s["count"]
+        else f"stage {s['stage']}: empty"
+        for s in m["curriculum"]["stages"]
+    )
+    lines = [
+        f"curriculum {'reused' if reused else 'written'}: {out_dir}",
+        f"  {m['counts']['accepted']} accepted, {m['counts']['rejected']} rejected; {stages}",
+        f"  Pearson r(SE, 1 - pass rate) = {_number(m['curriculum']['pearson_r_se_vs_1_minus_pass_rate'])}",
+    ]
+    empty = m["curriculum"].get("empty_stages")
+    if empty:
+        lines.append(
+            f"  note: stage(s) {', '.join(map(str, empty))} received no problems (too few distinct SE values for "
+            f"{m['curriculum']['n_stages']} stages); training such a stage is refused"
+        )
+    return "\n".join(lines)
 
 
 def _cmd_toy_bootstrap(args: argparse.Namespace) -> int:
@@ -140,11 +161,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         toy_dir = cfg.toy.data_dir if cfg is not None and cfg.toy is not None else args.toy_dir
         ks = cfg.evaluation.k if cfg is not None else [1]
         data_dir = args.data_dir or (cfg.evaluation.data_dir if cfg is not None else None)
+        responses = read_responses(args.responses)
         per_benchmark, details = evaluate_responses(
-            read_responses(args.responses), benchmarks, data_dir=data_dir, toy_dir=toy_dir, ks=ks
+            responses, benchmarks, data_dir=data_dir, toy_dir=toy_dir, ks=ks, allow_unknown_ids=args.allow_unknown_ids
         )
         out = Path(args.out or Path(args.responses).with_suffix(".eval"))
-        results = write_results(out, per_benchmark, details, {"responses": args.responses})
+        meta = {
+            "responses": args.responses,
+            "rejected_rows": [{"line": line, "reason": reason} for line, reason in responses.rejected],
+            "unknown_ids": len(set(responses.by_id) - {d["id"] for d in details}),
+        }
+        results = write_results(out, per_benchmark, details, meta)
+        if responses.rejected:
+            print(f"note: {len(responses.rejected)} unreadable rows of {args.responses} left out (see results.json)")
     else:
         if not args.config or not args.model:
             raise SystemExit("sent eval needs --config and --model (or --responses)")
@@ -171,6 +200,25 @@ def prefect_environment() -> None:
 
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sent,tasks,flows")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's default of 20 s is not enough for the ephemeral server on a loaded 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def prefect_unavailable(exc: BaseException) -> str | None:
+    """What to do when the Prefect API cannot be used (None for any other error)."""
+    text = str(exc)
+    if "Failed to reach API at" in text:
+        return (
+            f"{text.splitlines()[0]}: start the server (`prefect server start`) or point PREFECT_API_URL at a "
+            "running one; unset PREFECT_API_URL to run against a temporary local server"
+        )
+    if "ephemeral Prefect API server" in text:
+        return (
+            "the temporary local Prefect server did not start in time (a loaded machine?): start one with "
+            "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api, or allow it longer with "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+        )
+    return None
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
@@ -191,6 +239,12 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         )
     except StepError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        advice = prefect_unavailable(exc)
+        if advice is None:
+            raise
+        print(f"error: {advice}", file=sys.stderr)
         return 2
     print(pipeline_report(record))
     return 0
@@ -227,6 +281,17 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> 
     p.add_argument("-v", "--verbose", action="store_true")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``--limit 0`` or ``-5`` is refused before anything runs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sent {__version__}")
@@ -246,15 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     cur = sub.add_parser("curate", help="sample, grade, cluster and stage problems into a curriculum")
     _add_config_args(cur)
     cur.add_argument("--out", help="output directory (default data/runs/curate-<config digest>)")
-    cur.add_argument("--limit", type=int, help="curate only the first N input rows (smoke runs)")
+    cur.add_argument("--limit", type=positive_int, help="curate only the first N input rows (smoke runs)")
     cur.set_defaults(func=_cmd_curate)
 
     tr = sub.add_parser("train", help="train one curriculum stage with GRPO and the configured policy loss")
     _add_config_args(tr)
-    tr.add_argument("--stage", type=int, required=True, help="curriculum stage K (K > 1 starts from stage K-1)")
+    tr.add_argument(
+        "--stage", type=positive_int, required=True, help="curriculum stage K (K > 1 starts from stage K-1)"
+    )
     tr.add_argument("--curriculum", help="curation directory (default: this config's curation run)")
     tr.add_argument("--out", help="run directory; stages land in <out>/stage-K (default data/runs/train-...)")
-    tr.add_argument("--max-steps", type=int, help="stop the stage after N steps")
+    tr.add_argument("--max-steps", type=positive_int, help="stop the stage after N steps")
     tr.add_argument("--fresh", action="store_true", help="retrain a finished stage (the old run is kept)")
     tr.add_argument("--engine", choices=["local", "verl"], help="override training.engine")
     tr.add_argument("--dry-run", action="store_true", help="verl: print the job's command and resolved config only")
@@ -268,9 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--benchmarks", help="comma-separated names: aime24,aime25,amc23,math500,olympiadbench,minerva,toy")
     ev.add_argument("--data-dir", help="directory of <benchmark>.jsonl files")
     ev.add_argument("--toy-dir", help="toy world directory (for --benchmarks toy without a config)")
-    ev.add_argument("--n", type=int, help="samples per problem (default evaluation.n)")
-    ev.add_argument("--limit", type=int, help="first N problems of each benchmark (smoke runs)")
+    ev.add_argument("--n", type=positive_int, help="samples per problem (default evaluation.n)")
+    ev.add_argument("--limit", type=positive_int, help="first N problems of each benchmark (smoke runs)")
     ev.add_argument("--out", help="output directory")
+    ev.add_argument(
+        "--allow-unknown-ids", action="store_true", help="responses whose id is in no benchmark: warn instead of fail"
+    )
     ev.add_argument("-v", "--verbose", action="store_true")
     ev.set_defaults(func=_cmd_eval)
 
@@ -297,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     from sent.engines.local import TrainingError
     from sent.engines.verl import VerlEngineError
     from sent.evaluation import EvaluationError
+    from sent.interrupt import Interrupted, handle_signals
+    from sent.locks import LockedError
+    from sent.models import ModelNotFoundError
     from sent.tracking import TrackingError
 
     parser = build_parser()
@@ -308,18 +381,27 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
-        return args.func(args)
+        with handle_signals():
+            return args.func(args)
     except (
         ConfigError,
         ContractError,
         CurationError,
         EvaluationError,
+        LockedError,
+        ModelNotFoundError,
         TrackingError,
         TrainingError,
         VerlEngineError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: stopped at once by a second signal (a rerun resumes from the last checkpoint)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -88,7 +88,15 @@ class SamplingConfig(_Section):
 
 class SemanticConfig(_Section):
     judge: Literal["math", "exact", "embedding"] = "math"
-    judge_timeout: float = Field(5.0, gt=0, description="seconds per symbolic comparison")
+    judge_timeout: float = Field(
+        5.0, gt=0, description="seconds for one comparison, and for grading one response against its reference"
+    )
+    problem_budget_s: float = Field(
+        30.0,
+        gt=0,
+        description="seconds for clustering one problem's N answers; comparisons left undecided count as "
+        "different classes and are recorded in scores.parquet (se_undecided)",
+    )
     pool_missing: bool = Field(False, description="responses without an answer form one class")
     embedding_model: str | None = Field(None, description="embedding judge weights; default MiniLM")
     embedding_threshold: float = Field(0.9, ge=-1, le=1)
@@ -174,6 +182,9 @@ class TrainingConfig(_Section):
         False, description="leave groups whose G rewards are all equal out of the update (they carry no signal)"
     )
     correct_score: float = Field(1.0, description="reward of a right final answer")
+    reward_timeout_s: float = Field(
+        5.0, gt=0, description="grading budget of one response; undecided in time = wrong (counted as reward_undecided)"
+    )
     incorrect_score: float = Field(-1.0, description="reward of a wrong or missing answer (paper: -1)")
     shuffle: bool = Field(True, description="shuffle within a stage (False keeps SE order)")
     save_every: int = Field(50, gt=0)
@@ -254,6 +265,12 @@ class SentConfig(_Section):
     source: str | None = Field(None, description="the file this was loaded from (set by load_config)")
     overrides: list[str] = Field(default_factory=list, description="key.path=value overrides applied")
 
+    def public_dump(self) -> dict[str, Any]:
+        """The config as JSON for records and logs, with credentials in URIs masked (`sent.redaction`)."""
+        from sent.redaction import redact
+
+        return redact(self.model_dump(mode="json"))
+
     def section_digest(self, *names: str) -> str:
         """Content digest of some sections (cache keys, run directories)."""
         payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
@@ -279,6 +296,26 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[keys[-1]] = yaml.safe_load(text) if text.strip() else None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a mapping with the same key twice is an error: a silently
+    dropped first value is a setting the user believes in and does not get."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in first_line:
+            problem = f"duplicate key {key!r} at line {line} (first at line {first_line[key]})"
+            raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+        first_line[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _format_errors(exc: ValidationError, where: str) -> str:
     lines = [f"invalid configuration {where}:"]
     for err in exc.errors():
@@ -294,9 +331,14 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"{path}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     for override in overrides:

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sent import __version__
+from sent import __version__, interrupt
 from sent.config import ModelConfig, SentConfig
 from sent.curriculum import assign_stages, stage_summary
 from sent.data_contract import (
@@ -55,8 +55,9 @@ from sent.data_contract import (
     write_rows,
     write_table,
 )
-from sent.rewards import extract_answer, is_equivalent
-from sent.semantic import cluster, discrete_entropy, get_judge, weighted_entropy
+from sent.locks import LOCK_FILE, exclusive
+from sent.rewards import extract_answer, grade_answer, warm_up_verifier
+from sent.semantic import cluster_within, discrete_entropy, get_judge, weighted_entropy
 
 logger = logging.getLogger(__name__)
 STATE = "curation.json"
@@ -109,26 +110,49 @@ def _detect_format(path: Path, fmt: str) -> str:
     raise CurationError(f"{path}: cannot tell the format from the name; set data.format")
 
 
+class Unreadable(str):
+    """A row that could not be read at all (not UTF-8, not JSON): the reason, in place of the row."""
+
+
+def _decode_line(raw: bytes) -> tuple[Any, str]:
+    """(parsed row, or `Unreadable` with the reason; the original text for ``rejected.parquet``)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reason = f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+        return Unreadable(reason), raw.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+    text = line.rstrip("\r\n")
+    try:
+        return json.loads(line), text
+    except json.JSONDecodeError as exc:
+        return Unreadable(f"not valid JSON ({exc.msg} at column {exc.colno})"), text
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise CurationError(f"limit must be a positive number of rows, got {limit!r}")
+
+
 def read_rows(path: str | Path, fmt: str = "auto", limit: int | None = None) -> Iterator[tuple[int, Any, str]]:
-    """``(row number, parsed row or None, original text)`` for each input row (1-based rows;
-    a JSONL line that is not JSON comes back as None with its text)."""
+    """``(row number, parsed row, original text)`` for each input row (1-based rows). A JSONL line
+    that is not UTF-8 or not JSON comes back as an `Unreadable` reason with its text, so that
+    validation rejects that row and keeps the rest."""
+    check_limit(limit)
     path = Path(path)
     if not path.exists():
         raise CurationError(f"input not found: {path}")
     fmt = _detect_format(path, fmt)
     count = 0
     if fmt == "jsonl":
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
+        with path.open("rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if not raw.strip():
                     continue
                 if limit is not None and count >= limit:
                     return
                 count += 1
-                try:
-                    yield number, json.loads(line), line.rstrip("\n")
-                except json.JSONDecodeError:
-                    yield number, None, line.rstrip("\n")
+                row, text = _decode_line(raw)
+                yield number, row, text
         return
     if fmt == "parquet":
         rows = pq.read_table(path).to_pylist()
@@ -155,6 +179,8 @@ def _text_field(row: dict, name: str, *, allow_numbers: bool) -> tuple[str | Non
         return None, f"missing field {name!r}"
     value = row[name]
     if allow_numbers and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # JSON's NaN/Infinity, a NaN cell in Parquet: no answer at all
+            return None, f"field {name!r} is {value}, not a finite number"
         value = str(value)  # numeric answers (GSM8K-style) are fine as their decimal text
     if not isinstance(value, str):
         return None, f"field {name!r} has type {type(value).__name__}, expected a string"
@@ -179,7 +205,7 @@ def validate(
     src = str(path)
     for number, row, original in rows:
         if not isinstance(row, dict):
-            reason = "not valid JSON" if row is None else f"a row must be an object, got {type(row).__name__}"
+            reason = str(row) if isinstance(row, Unreadable) else f"a row must be an object, got {type(row).__name__}"
             rejected.append(Rejection(src, number, "", reason, original))
             continue
         problem, why = _text_field(row, fields.problem, allow_numbers=False)
@@ -310,8 +336,13 @@ def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_in
         if len(completions) != s.n:
             raise CurationError(f"sampler returned {len(completions)} completions for {p.id}, expected {s.n}")
         answers = [extract_answer(c.text) for c in completions]
-        ids = cluster(answers, judge, pool_missing=cfg.semantic.pool_missing)
-        for k, (c, a, cid) in enumerate(zip(completions, answers, ids, strict=True)):
+        found = cluster_within(
+            answers, judge, pool_missing=cfg.semantic.pool_missing, budget_s=cfg.semantic.problem_budget_s
+        )
+        if found.undecided:
+            logger.warning("%s: %d answer comparisons undecided within the problem's budget", p.id, found.undecided)
+        for k, (c, a, cid) in enumerate(zip(completions, answers, found.ids, strict=True)):
+            verdict = grade_answer(a, p.answer, timeout=cfg.semantic.judge_timeout)
             rows.append(
                 {
                     "index": p.index,
@@ -322,8 +353,10 @@ def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_in
                     "logprob": c.logprob,
                     "finish_reason": c.finish_reason,
                     "answer": a,
-                    "correct": a is not None and is_equivalent(a, p.answer, timeout=cfg.semantic.judge_timeout),
+                    "correct": verdict is True,
                     "class_id": cid,
+                    "grade_undecided": verdict is None,
+                    "se_undecided": found.undecided,
                 }
             )
     return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA)
@@ -331,7 +364,8 @@ def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_in
 
 def _chunk_complete(path: Path, expected_rows: int) -> bool:
     try:
-        return pq.ParquetFile(path).metadata.num_rows == expected_rows
+        f = pq.ParquetFile(path)
+        return f.metadata.num_rows == expected_rows and f.schema_arrow.equals(SAMPLES_SCHEMA)
     except Exception:
         return False
 
@@ -357,6 +391,7 @@ def score_problems(cfg: SentConfig, problems: Sequence[Problem], samples: pa.Tab
             else float("nan")
         )
         correct = cols["correct"][sl]
+        undecided = cols["se_undecided"][sl]
         rows.append(
             {
                 "index": p.index,
@@ -370,6 +405,8 @@ def score_problems(cfg: SentConfig, problems: Sequence[Problem], samples: pa.Tab
                 "pass_rate": sum(correct) / n,
                 "answered_rate": sum(a is not None for a in cols["answer"][sl]) / n,
                 "mean_tokens": float(np.mean(lens)),
+                "se_undecided": undecided[0],
+                "grade_undecided": sum(cols["grade_undecided"][sl]),
                 "filtered": False,
                 "stage": None,
             }
@@ -478,14 +515,47 @@ def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None 
     """Run the curation phase; see the module docstring."""
     t_start = time.perf_counter()
     limit = limit if limit is not None else cfg.data.limit
+    check_limit(limit)  # before any directory is named after it
+    if not Path(cfg.data.train_path).exists():  # before a model is loaded
+        raise CurationError(f"input not found: {cfg.data.train_path} (data.train_path)")
     out_dir = Path(out) if out is not None else default_out_dir(cfg, limit)
     identity = _run_identity(cfg, limit)
-    if (out_dir / MANIFEST).exists():
-        manifest = load_manifest(out_dir)
-        if manifest.get("identity") == identity:
-            logger.info("curation already complete at %s; reusing it", out_dir)
-            return CurationResult(out_dir, manifest, reused=True)
-        raise CurationError(f"{out_dir} holds a finished curation of another configuration; choose another --out")
+    finished = _finished(out_dir, identity)
+    if finished is not None:
+        return finished
+    from sent.models import check_model_path
+
+    scoring = cfg.semantic.scoring_model or cfg.model
+    check_model_path(scoring.tokenizer or scoring.path)  # before a directory is made for the run
+    path = Path(cfg.data.train_path)
+    rows = list(read_rows(path, cfg.data.format, limit))
+    if not rows:
+        raise CurationError(f"{path}: the file is empty (no rows to curate)")
+    with exclusive(out_dir, "sent curate"):
+        # the holder of the lock before us may have finished this very curation
+        return _finished(out_dir, identity) or _curate_locked(cfg, out_dir, identity, rows, sampler, t_start)
+
+
+def _finished(out_dir: Path, identity: dict[str, Any]) -> CurationResult | None:
+    """The finished curation of this identity in ``out_dir``, or None when there is none yet."""
+    if not (out_dir / MANIFEST).exists():
+        return None
+    manifest = load_manifest(out_dir)
+    if manifest.get("identity") == identity:
+        logger.info("curation already complete at %s; reusing it", out_dir)
+        return CurationResult(out_dir, manifest, reused=True)
+    raise CurationError(f"{out_dir} holds a finished curation of another configuration; choose another --out")
+
+
+def _curate_locked(
+    cfg: SentConfig,
+    out_dir: Path,
+    identity: dict[str, Any],
+    rows: list[tuple[int, Any, str]],
+    sampler,
+    t_start: float,
+) -> CurationResult:
+    """The curation proper, under ``out_dir``'s lock."""
     state_path = out_dir / STATE
     if state_path.exists():
         state = json.loads(state_path.read_text())
@@ -494,10 +564,10 @@ def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None 
                 f"{out_dir} holds an unfinished curation of another configuration; choose another --out"
             )
         logger.info("resuming the curation in %s", out_dir)
-    elif out_dir.exists() and any(out_dir.iterdir()):
+    elif any(p.name != LOCK_FILE for p in out_dir.iterdir()):
         raise CurationError(f"{out_dir} exists and is not a curation directory; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json({"identity": identity, "config": cfg.model_dump(mode="json")}, state_path)
+    write_json({"identity": identity, "config": cfg.public_dump()}, state_path)
 
     # 1. validation
     model_cfg = cfg.semantic.scoring_model or cfg.model
@@ -505,7 +575,6 @@ def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None 
 
     tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
     path = Path(cfg.data.train_path)
-    rows = list(read_rows(path, cfg.data.format, limit))
     problems, rejected = validate(cfg, path, rows, tokenizer)
     if len(problems) + len(rejected) != len(rows):
         raise AssertionError("validation lost rows")  # counts in = accepted + rejected, always
@@ -523,6 +592,8 @@ def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None 
     size, n = cfg.sampling.chunk_size, cfg.sampling.n
     chunks = [problems[i : i + size] for i in range(0, len(problems), size)]
     judge = _judge(cfg)
+    if cfg.semantic.judge == "math":
+        warm_up_verifier()  # the verifiers import sympy while the model loads
     parts = []
     t_sampling = 0.0
     for ci, chunk in enumerate(chunks):
@@ -536,6 +607,7 @@ def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None 
             write_table(table, part, SAMPLES_SCHEMA)
             logger.info("sampled chunk %d/%d (%d problems)", ci + 1, len(chunks), len(chunk))
         parts.append(part)
+        interrupt.check(f"after sampling chunk {ci + 1}/{len(chunks)} of {out_dir} (a rerun resumes from there)")
     samples = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else SAMPLES_SCHEMA.empty_table()
 
     # 3. scores and stages
@@ -554,6 +626,12 @@ def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None 
     se = np.array([r[key] for r in kept])  # the entropy that ordered the curriculum
     fail = np.array([1 - r["pass_rate"] for r in kept])
     corr = float(np.corrcoef(se, fail)[0, 1]) if len(kept) > 1 and se.std() > 0 and fail.std() > 0 else float("nan")
+    summary = stage_summary(se, np.array([r["stage"] for r in kept]), k_stages)
+    for s in summary:
+        if s["count"] == 0:
+            logger.warning(
+                "curriculum stage %d is empty: too few distinct SE values for %d stages", s["stage"], k_stages
+            )
     listed = sorted(
         [
             p
@@ -566,19 +644,24 @@ def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None 
         "sent_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "identity": identity,
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.public_dump(),
         "counts": {
             "input_rows": len(rows),
             "accepted": len(problems),
             "rejected": len(rejected),
             "filtered": sum(r["filtered"] for r in scores),
             "samples": samples.num_rows,
+            # what the grader could not decide within its budgets (see semantic.problem_budget_s)
+            "se_undecided_problems": sum(r["se_undecided"] > 0 for r in scores),
+            "grade_undecided_samples": sum(r["grade_undecided"] for r in scores),
         },
         "curriculum": {
             "n_stages": k_stages,
             "method": cfg.curriculum.method,
             "entropy": cfg.curriculum.entropy,
-            "stages": stage_summary(se, np.array([r["stage"] for r in kept]), k_stages),
+            "stages": summary,
+            # a legal outcome (e.g. every problem has the same SE): said here, refused by training
+            "empty_stages": [s["stage"] for s in summary if s["count"] == 0],
             "pearson_r_se_vs_1_minus_pass_rate": corr,
             "mean_pass_rate": float(np.mean([r["pass_rate"] for r in scores])) if scores else float("nan"),
         },

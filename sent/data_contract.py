@@ -70,6 +70,10 @@ SAMPLES_SCHEMA = pa.schema(
         ("answer", pa.string()),
         ("correct", pa.bool_()),
         ("class_id", pa.int32()),
+        # grading ran out of its per-response budget: "correct" is False for want of a decision
+        ("grade_undecided", pa.bool_()),
+        # the problem's comparisons left undecided by its clustering budget (the same on each of its samples)
+        ("se_undecided", pa.int32()),
     ]
 )
 
@@ -86,6 +90,10 @@ SCORES_SCHEMA = pa.schema(
         ("pass_rate", pa.float64()),
         ("answered_rate", pa.float64()),
         ("mean_tokens", pa.float64()),
+        # comparisons the judge did not decide within the problem's budget (each counted as "different")
+        ("se_undecided", pa.int32()),
+        # samples whose grading did not decide within its budget (graded as wrong)
+        ("grade_undecided", pa.int32()),
         ("filtered", pa.bool_()),
         ("stage", pa.int32()),
     ]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sent import interrupt
 from sent.rewards import extract_answer, is_equivalent
 from sent.semantic import cluster
 
@@ -81,21 +82,30 @@ def benchmark_path(name: str, data_dir: str | Path | None, toy_dir: str | Path |
     return Path(data_dir) / f"{name}.jsonl"
 
 
-def _jsonl_objects(path: Path, what: str):
-    """``(line number, object)`` for each non-blank line; errors name the file and the line."""
+def _jsonl_objects(path: Path, what: str, rejected: list[tuple[int, str]] | None = None):
+    """``(line number, object)`` for each non-blank line. A line that is not UTF-8, not JSON or not
+    an object is an error naming the file and the line; with a ``rejected`` list it is recorded
+    there as ``(line, reason)`` instead, and the rest is read."""
     if not path.is_file():
         raise EvaluationError(f"{what} file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+                reason = None if isinstance(row, dict) else "a row must be an object"
+            except UnicodeDecodeError as exc:
+                reason = f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
             except json.JSONDecodeError as exc:
-                raise EvaluationError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise EvaluationError(f"{path}:{line_no}: a row must be an object")
-            yield line_no, row
+                reason = f"not valid JSON ({exc.msg})"
+            if reason is None:
+                yield line_no, row
+            elif rejected is None:
+                raise EvaluationError(f"{path}:{line_no}: {reason}")
+            else:
+                logger.warning("%s:%d: %s; row skipped", path, line_no, reason)
+                rejected.append((line_no, reason))
 
 
 def load_benchmark(path: str | Path) -> list[BenchmarkProblem]:
@@ -202,29 +212,61 @@ def write_results(out_dir: Path, per_benchmark: dict, details: list[dict[str, An
     return write_json({**meta, "benchmarks": per_benchmark, "mean": mean}, out_dir / "results.json")
 
 
-def read_responses(path: str | Path) -> dict[str, list[str]]:
-    """JSONL of ``{id, response}`` (several rows per id = several samples, in file order)."""
+@dataclass
+class Responses:
+    """A responses file: samples by problem id, and the rows that could not be read."""
+
+    path: Path
+    by_id: dict[str, list[str]]
+    rejected: list[tuple[int, str]]
+    """``(line, reason)`` of rows that are not UTF-8 or not JSON (kept out, counted in the results)."""
+
+
+def read_responses(path: str | Path) -> Responses:
+    """JSONL of ``{id, response}`` (several rows per id = several samples, in file order). An
+    unreadable row is left out with its line number and reason; a row of the wrong shape is an
+    error."""
     path = Path(path)
     out: dict[str, list[str]] = {}
-    for line_no, row in _jsonl_objects(path, "responses"):
+    rejected: list[tuple[int, str]] = []
+    for line_no, row in _jsonl_objects(path, "responses", rejected):
         if "id" not in row or "response" not in row:
             raise EvaluationError(f'{path}:{line_no}: expected {{"id": ..., "response": ...}}')
         pid, response = row["id"], row["response"]
         if not isinstance(response, str):
             raise EvaluationError(f"{path}:{line_no}: field 'response' is not a string")
         out.setdefault(str(pid), []).append(response)
-    return out
+    return Responses(path, out, rejected)
 
 
 def evaluate_responses(
-    responses: dict[str, list[str]], benchmarks: Sequence[str], *, data_dir=None, toy_dir=None, ks=(1,)
+    responses: Responses | dict[str, list[str]],
+    benchmarks: Sequence[str],
+    *,
+    data_dir=None,
+    toy_dir=None,
+    ks=(1,),
+    allow_unknown_ids: bool = False,
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    per_benchmark, details = {}, []
+    """Score given responses on ``benchmarks``. Responses whose id is in none of the benchmarks are an
+    error (a wrong file, or ids that drifted), or, with ``allow_unknown_ids``, a counted warning."""
+    by_id = responses.by_id if isinstance(responses, Responses) else responses
+    where = str(responses.path) if isinstance(responses, Responses) else "the responses"
+    per_benchmark, details, known = {}, [], set()
     for name in benchmarks:
         problems = load_benchmark(benchmark_path(name, data_dir, toy_dir))
-        metrics, rows = score_benchmark(name, problems, responses, ks)
+        known.update(p.id for p in problems)
+        metrics, rows = score_benchmark(name, problems, by_id, ks)
         per_benchmark[name] = metrics
         details += rows
+    unknown = sorted(set(by_id) - known)
+    if unknown:
+        message = (
+            f"{where}: {len(unknown)} ids are in none of the benchmarks {list(benchmarks)} (first: {unknown[0]!r})"
+        )
+        if not allow_unknown_ids:
+            raise EvaluationError(f"{message}; pass --allow-unknown-ids to score the rest anyway")
+        logger.warning("%s; scored the rest (--allow-unknown-ids)", message)
     return per_benchmark, details
 
 
@@ -255,6 +297,7 @@ def evaluate_model(
         sampler = build_sampler(eval_cfg, model)
     per_benchmark, details = {}, []
     for name in benchmarks:
+        interrupt.check(f"before evaluating {name}")
         problems = load_benchmark(benchmark_path(name, data_dir, toy_dir))[:limit]
         outs = sampler.generate(
             [cfg.prompt.messages(p.problem) for p in problems],

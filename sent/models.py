@@ -8,6 +8,7 @@ row's positions do not depend on how much padding it got (TOY_NOTES.md).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -25,10 +26,51 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+class ModelNotFoundError(OSError):
+    """A model or tokenizer that is neither a local directory nor loadable from the hub."""
+
+
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _missing_model(path: str | Path, exc: Exception) -> ModelNotFoundError:
+    text = str(path)
+    if Path(text).exists() or not _HUB_ID_RE.match(text):
+        # a local path (data/models/toy, ./ckpt, /abs/dir): say what to build or set
+        hint = (
+            "run `sent toy bootstrap --config configs/toy.yaml` first"
+            if "models/toy" in text
+            else "train or download it there"
+        )
+        return ModelNotFoundError(
+            f"no model at {text}: {hint}, or set model.path to a model directory (or a hub id with hub access)"
+        )
+    return ModelNotFoundError(
+        f"cannot load {text!r}: not a local directory, and the hub did not serve it ({type(exc).__name__}); "
+        "download it and set model.path to the directory"
+    )
+
+
+def check_model_path(path: str | Path) -> None:
+    """Fail before any work when ``path`` is a local path that does not exist (a hub id passes)."""
+    if not Path(str(path)).exists() and not _HUB_ID_RE.match(str(path)):
+        raise _missing_model(path, FileNotFoundError(str(path)))
+
+
+def _from_pretrained(loader, path: str | Path, **kwargs):
+    try:
+        return loader.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        local = Path(str(path))
+        if local.is_dir() and any(local.iterdir()):
+            raise  # a real directory that fails to load: the library's own error says why
+        raise _missing_model(path, exc) from exc
+
+
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tok = _from_pretrained(AutoTokenizer, path, trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -41,8 +83,8 @@ def load_model(path: str | Path, *, device: str = "auto", dtype: str = "auto", t
     from transformers import AutoModelForCausalLM
 
     dev = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code
+    model = _from_pretrained(
+        AutoModelForCausalLM, path, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code
     )
     return model.to(dev).eval()
 

@@ -25,6 +25,7 @@ also matters for semantic clustering (two spellings of one answer are one class)
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -45,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
 """Upper bound of one symbolic comparison, in seconds."""
-WORKER_STARTUP_TIMEOUT_S = 120.0
-"""How long the first call waits for the verifier process to import sympy and math-verify."""
 MAX_SYMBOLIC_CHARS = 400
 """Longer answers are compared by normal form only: real final answers are short, and a long
 one is more likely a runaway generation than a formula worth a sympy call."""
@@ -62,7 +61,15 @@ CONSTANT_ABS_TOL = 1e-12
 # Extraction
 # --------------------------------------------------------------------------------------------
 
+MAX_RESPONSE_CHARS = 200_000
+"""Only the last this many characters of a response are searched for its final answer (a 16k-token
+response is about 64k characters); longer text is a runaway generation."""
+MAX_ANSWER_CHARS = 2_000
+"""Longer extracted answers (or ground truths) are compared by their exact text only: real final
+answers are short, and every tier above plain text equality costs time that grows with length."""
+
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_BRACE_RE = re.compile(r"\\.|[{}]", re.DOTALL)
 _FINAL_RES = (
     re.compile(r"final\s+answer\s*(?:is|:|=)\s*:?\s*(?P<ans>[^\n]+)", re.IGNORECASE),
     re.compile(r"^[ \t*#_>-]*answer[ \t*_]*[:：][ \t]*(?P<ans>[^\n]+)$", re.IGNORECASE | re.MULTILINE),
@@ -71,33 +78,68 @@ _FINAL_RES = (
 )
 _INLINE_MATH_RE = re.compile(r"^\$+([^$]+)\$+")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
+_HEDGE_GAP_RE = re.compile(
+    r"(?:[\s$,;.:]|\\quad|\\qquad|\\text\{\s*(?:(?:or|and)\s*)?\}|\b(?:or|and)\b)*", re.IGNORECASE
+)
+MAX_HEDGE_GAP = 64
+"""What may stand between two boxes of one hedged final answer: ``\\boxed{1}, \\boxed{2} or \\boxed{3}``."""
+_BARE_TOKEN_RE = re.compile(r"[^\s$]+")
 
 
-def _braced_group(text: str, pos: int) -> str | None:
-    """Content of the ``{...}`` group starting at ``pos`` (after optional spaces), or of the bare
-    token for ``\\boxed 5``; ``None`` when the braces never close (a truncated response)."""
-    n = len(text)
-    while pos < n and text[pos] in " \t":
-        pos += 1
-    if pos >= n:
-        return None
-    if text[pos] != "{":
-        m = re.match(r"[^\s$]+", text[pos:])
-        return m.group(0) if m else None
-    depth, i, start = 0, pos, pos + 1
-    while i < n:
-        c = text[i]
-        if c == "\\":  # an escaped brace \{ or \} does not open or close a group
-            i += 2
-            continue
+def _closing_braces(text: str) -> dict[int, int]:
+    """``{index of "{": index of its matching "}"}`` for every group that closes, in one pass over
+    the braces (an escaped ``\\{`` or ``\\}`` neither opens nor closes a group)."""
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE_RE.finditer(text):
+        c = m.group()
         if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i]
-        i += 1
-    return None
+            stack.append(m.start())
+        elif c == "}" and stack:
+            closing[stack.pop()] = m.start()
+    return closing
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, content)`` of every box whose group closes, in order (``\\boxed {x}`` and
+    ``\\boxed 5`` included); linear in the text."""
+    closing = None
+    boxes = []
+    for m in _BOX_RE.finditer(text):
+        pos = m.end()
+        while pos < len(text) and text[pos] in " \t":
+            pos += 1
+        if pos >= len(text):
+            continue
+        if text[pos] != "{":
+            bare = _BARE_TOKEN_RE.match(text, pos)
+            if bare:
+                boxes.append((m.start(), bare.end(), bare.group()))
+            continue
+        if closing is None:
+            closing = _closing_braces(text)
+        end = closing.get(pos)
+        if end is not None:  # an unclosed box is a truncated response
+            boxes.append((m.start(), end + 1, text[pos + 1 : end]))
+    return boxes
+
+
+def _last_box(text: str, boxes: list[tuple[int, int, str]]) -> str | None:
+    """The content of the last non-empty box of ``boxes`` (from `_boxes`), or None. A final answer
+    hedged over several boxes with different answers (only spaces, commas, "or"/"and" between them)
+    is no answer: a policy must not be rewarded for listing candidates."""
+    boxes = [b for b in boxes if b[2].strip()]
+    if not boxes:
+        return None
+    start, _, content = boxes[-1]
+    answer = content.strip()
+    for prev_start, prev_end, prev in reversed(boxes[:-1]):
+        if start - prev_end > MAX_HEDGE_GAP or not _HEDGE_GAP_RE.fullmatch(text, prev_end, start):
+            break
+        if normalize_answer(prev.strip()) != normalize_answer(answer):
+            return None
+        start = prev_start
+    return answer
 
 
 def _clean_final_line(ans: str) -> str | None:
@@ -112,33 +154,40 @@ def _clean_final_line(ans: str) -> str | None:
     return ans or None
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer of a response, or ``None`` when it states none.
-
-    The content of the last ``\\boxed{...}``/``\\fbox{...}`` whose braces balance (nested braces,
-    ``\\boxed {x}`` and ``\\boxed 5`` included); an unclosed box (a truncated response) is skipped.
-    Without a box, the last explicit final-answer line.
-    """
-    if not isinstance(text, str) or not text:
-        return None
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        content = _braced_group(text, m.end())
-        if content is not None and content.strip():
-            return content.strip()
+def _final_line(text: str) -> str | None:
     best: tuple[int, str] | None = None
     for pattern in _FINAL_RES:
         for m in pattern.finditer(text):
             if best is None or m.start() > best[0]:
                 best = (m.start(), m.group("ans"))
-    if best is None:
+    return None if best is None else best[1]
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a response, or ``None`` when it states none.
+
+    The content of the last ``\\boxed{...}``/``\\fbox{...}`` whose braces balance (nested braces,
+    ``\\boxed {x}`` and ``\\boxed 5`` included); an unclosed box (a truncated response) is skipped,
+    and a hedge over several boxes with different answers is no answer. Without a box, the last
+    explicit final-answer line. Linear in the length of the text, of which only the last
+    `MAX_RESPONSE_CHARS` are read.
+    """
+    if not isinstance(text, str) or not text:
         return None
-    ans = best[1]
+    text = text[-MAX_RESPONSE_CHARS:]
+    boxes = _boxes(text)
+    if any(b[2].strip() for b in boxes):
+        return _last_box(text, boxes)
+    ans = _final_line(text)
+    if ans is None:
+        return None
     # "Final Answer: The final answer is $3$." -- matches do not overlap, so look inside once more
-    if _BOX_RE.search(ans) or any(p.search(ans) for p in _FINAL_RES):
-        inner = extract_answer(ans)
-        if inner is not None:
-            return inner
-    return _clean_final_line(ans)
+    # (once: "final answer is final answer is ..." must not recurse per repetition)
+    inner = _last_box(ans, _boxes(ans))
+    if inner is not None:
+        return inner
+    inner_line = _final_line(ans)
+    return _clean_final_line(inner_line if inner_line is not None else ans)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +205,8 @@ _NUMBER_WITH_UNIT_RE = re.compile(
     rf"^(?P<num>[+-]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:/\d+)?)\s*(?:(?:{_UNIT_WORDS})(?:\^?\{{?[23]\}}?)?)\.?$",
     re.IGNORECASE,
 )
-_LHS_RE = re.compile(r"^[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(?P<rhs>[^=]+)$")
+_LHS_RE = re.compile(r"^[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(?P<rhs>[^=<>]+)$")
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
 _THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _CHOICE_RE = re.compile(r"^\(?([A-Ea-e])\)$|^\(([A-Ea-e])\)?$")
 _PLAIN_TEXT_RE = re.compile(r"^[A-Za-z][A-Za-z' ]*$")
@@ -168,8 +218,11 @@ _CMD_SPACE_RE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])")
 def normalize_answer(answer: str) -> str:
     """A canonical spelling of an answer; two answers with equal normal forms are equivalent.
 
-    Keeps the result valid LaTeX, so it can still be handed to the symbolic checker.
+    Keeps the result valid LaTeX, so it can still be handed to the symbolic checker. An answer
+    longer than `MAX_ANSWER_CHARS` is only stripped of white space (linear time).
     """
+    if len(answer) > MAX_ANSWER_CHARS:
+        return re.sub(r"\s+", "", answer)
     s = answer.strip()
     # surrounding math delimiters
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
@@ -188,12 +241,14 @@ def normalize_answer(answer: str) -> str:
     whole = _TEXT_CMD_RE.fullmatch(s)
     if whole:
         s = whole.group(1).strip()
-    else:
+    elif s.endswith("}"):
         m = re.match(r"^(?P<head>.*?\S)\s*" + _TEXT_CMD_RE.pattern + r"$", s)
         if m and re.fullmatch(r"[+-]?[\d.,/]+|\\frac\{\d+\}\{\d+\}", m.group("head").strip()):
             s = m.group("head").strip()
     m = _LHS_RE.match(s)
-    if m:
+    if m and not _free_letters(m.group("rhs")):
+        # "x = 3" states the value 3; "y = 2x + 1" is an equation and stays one (a line is not its
+        # right side), and so does any equation whose left side is more than one variable
         s = m.group("rhs").strip()
     m = _NUMBER_WITH_UNIT_RE.match(s)
     if m:
@@ -203,14 +258,24 @@ def normalize_answer(answer: str) -> str:
     m = _CHOICE_RE.match(s)
     if m:
         s = (m.group(1) or m.group(2)).upper()
+    s = re.sub(r"\\sqrt\s*\{\s*-\s*1\s*\}", "i", s)  # the imaginary unit, spelled as a root
     s = _CMD_SPACE_RE.sub(r"\1{}", s)  # keep "\pi r" from fusing into "\pir"
     s = re.sub(r"\s+", "", s)
     return s.rstrip(".")
 
 
-_DECIMAL_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_DECIMAL_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?$")
+"""At most three exponent digits: ``Fraction("1e999999999")`` would build a billion-digit integer."""
 _FRAC_RE = re.compile(r"^(?P<sign>[+-]?)\\frac\{?(?P<p>[+-]?\d+)\}?\{?(?P<q>\d+)\}?$")
 _SLASH_RE = re.compile(r"^(?P<p>[+-]?\d+)/(?P<q>\d+)$")
+_MIXED_RE = re.compile(r"^(?P<sign>[+-]?)(?P<whole>\d+)\\frac\{(?P<p>\d+)\}\{(?P<q>\d+)\}$")
+
+
+def _free_letters(s: str) -> set[str]:
+    """Latin letters of ``s`` outside LaTeX commands and ``\\text{...}`` (its variables), less the
+    letters that usually name constants (``i``, ``e``)."""
+    s = _TEXT_CMD_RE.sub("", s)
+    return set(re.findall(r"[A-Za-z]", _COMMAND_RE.sub("", s))) - _RESERVED_LETTERS
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -220,6 +285,10 @@ def _as_number(s: str) -> Fraction | None:
         return None
     if _DECIMAL_RE.match(s):
         return Fraction(s)
+    m = _MIXED_RE.match(s)
+    if m and 0 < int(m.group("p")) < int(m.group("q")):  # a mixed number: 3\frac{1}{2} is 7/2
+        value = int(m.group("whole")) + Fraction(int(m.group("p")), int(m.group("q")))
+        return -value if m.group("sign") == "-" else value
     m = _FRAC_RE.match(s) or _SLASH_RE.match(s)
     if m and int(m.group("q")) != 0:
         value = Fraction(int(m.group("p")), int(m.group("q")))
@@ -425,12 +494,99 @@ def _bracketed_items(s: str) -> tuple[str, list[str], str] | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Relations: equations and inequalities
+# --------------------------------------------------------------------------------------------
+
+_RELATION_RE = re.compile(r"\\(?:leq|le|geq|ge|neq|ne|lt|gt)(?![A-Za-z])|<=|>=|!=|[=<>≤≥≠]")
+_CANONICAL_OP = {
+    "=": "=", "\\neq": "!=", "\\ne": "!=", "!=": "!=", "≠": "!=",
+    "<": "<", "\\lt": "<", "\\leq": "<=", "\\le": "<=", "<=": "<=", "≤": "<=",
+    ">": ">", "\\gt": ">", "\\geq": ">=", "\\ge": ">=", ">=": ">=", "≥": ">=",
+}  # fmt: skip
+_FLIPPED = {">": "<", ">=": "<="}
+_SET_MARKERS = ("\\infty", "\\cup", "\\cap", "\\{", "\\emptyset", "\\varnothing", "\\mathbb")
+
+
+def _relation(s: str) -> tuple[list[str], list[str]] | None:
+    """``(sides, operators)`` of a relation written at the top level of ``s`` (outside brackets):
+    ``x\\leq5`` -> ``(["x", "5"], ["<="])``; None when ``s`` is no relation."""
+    sides, ops, depth, last = [], [], 0, 0
+    for m in re.finditer(r"[({\[]|[)}\]]|" + _RELATION_RE.pattern, s):
+        tok = m.group()
+        if tok in "({[":
+            depth += 1
+        elif tok in ")}]":
+            depth -= 1
+        elif depth == 0:
+            sides.append(s[last : m.start()].removeprefix("{}"))  # "\\geq{}x": the normal form's separator
+            ops.append(_CANONICAL_OP[tok])
+            last = m.end()
+    if not ops:
+        return None
+    sides.append(s[last:].removeprefix("{}"))
+    return sides, ops
+
+
+def _canonical(rel: tuple[list[str], list[str]]) -> tuple[str, str] | None:
+    """``(operator, "(right)-(left)")`` of a single relation, with ``>``/``>=`` turned around so
+    that ``x\\geq5`` and ``5\\leq x`` read alike; None for chains and empty sides."""
+    (left, right), (op,) = rel if len(rel[1]) == 1 else ((None, None), (None,))
+    if left is None or not left.strip() or not right.strip():
+        return None
+    if op in _FLIPPED:
+        left, right, op = right, left, _FLIPPED[op]
+    return op, f"({right})-({left})"
+
+
+RELATION_PROBE_POINTS = PROBE_POINTS + 1
+"""Two relations are compared at one point more than expressions: their ratio is a free constant."""
+
+
+def _compare_relations(a: tuple[list[str], list[str]], b: tuple[list[str], list[str]]) -> bool | None:
+    """Two single relations agree when they have the same operator and the differences of their
+    sides are proportional: ``f_a = c f_b`` with ``c != 0`` for ``=``/``!=``, ``c > 0`` for ``<``/``<=``
+    (``2x+4y-3=0`` and ``y=-\\frac{1}{2}x+\\frac{3}{4}``). Checked by value at fixed points; None when
+    the evaluator cannot read a side (chains, sets, functions: math-verify decides)."""
+    ca, cb = _canonical(a), _canonical(b)
+    if ca is None or cb is None:
+        return None
+    (op_a, fa), (op_b, fb) = ca, cb
+    if op_a != op_b:
+        return False
+    names = frozenset(_ExprParser.variables(fa) | _ExprParser.variables(fb))
+    if names & _RESERVED_LETTERS:
+        return None
+    ratios = []
+    for point in range(RELATION_PROBE_POINTS if names else 1):
+        va, vb = _value_at(fa, point, names), _value_at(fb, point, names)
+        if va is None or vb is None:
+            return None
+        zero_a, zero_b = abs(va) <= CONSTANT_ABS_TOL, abs(vb) <= CONSTANT_ABS_TOL
+        if zero_a != zero_b:
+            return False
+        if not zero_a:
+            ratios.append(va / vb)
+    if not ratios:
+        return None  # both sides vanish at every probe (0=0, x=x): nothing to compare by value
+    c = ratios[0]
+    if not all(math.isclose(r, c, rel_tol=CONSTANT_REL_TOL * 1e3) for r in ratios):
+        return False
+    return c > 0 if op_a in ("<", "<=") else True
+
+
+def _is_set_like(s: str) -> bool:
+    """Intervals and sets, which an inequality can equal (``x>3`` and ``(3,\\infty)``)."""
+    return _bracketed_items(s) is not None or any(marker in s for marker in _SET_MARKERS)
+
+
+# --------------------------------------------------------------------------------------------
 # The symbolic tier: math-verify in killable child processes
 # --------------------------------------------------------------------------------------------
 
 
 class _Worker:
-    """One `sent._verify_worker` process and its pipes."""
+    """One `sent._verify_worker` process and its pipes. Starting one does not wait for it: the
+    first question waits for its ready line, within that question's deadline."""
 
     def __init__(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -443,10 +599,7 @@ class _Worker:
             env=env,
         )
         self._buf = b""
-        ready = self._read_line(time.monotonic() + WORKER_STARTUP_TIMEOUT_S)
-        if ready is None:
-            self.kill()
-            raise RuntimeError("the math-verify worker did not start")
+        self.ready = False
 
     def _read_line(self, deadline: float) -> dict | None:
         fd = self.proc.stdout.fileno()
@@ -459,75 +612,102 @@ class _Worker:
                 return None
             chunk = os.read(fd, 65536)
             if not chunk:  # the worker died
-                return None
+                raise RuntimeError("the math-verify worker exited")
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
-    def ask(self, a: str, b: str, timeout: float) -> bool | None:
-        """True/False, or None when the worker did not answer within ``timeout`` seconds."""
+    def wait_ready(self, deadline: float) -> bool:
+        if not self.ready:
+            self.ready = self._read_line(deadline) is not None
+        return self.ready
+
+    def ask(self, a: str, b: str, deadline: float) -> bool | None:
+        """True/False, or None when the worker did not answer before ``deadline`` (monotonic)."""
         self.proc.stdin.write((json.dumps({"a": a, "b": b}) + "\n").encode())
-        reply = self._read_line(time.monotonic() + timeout)
+        reply = self._read_line(deadline)
         return None if reply is None else bool(reply.get("eq"))
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        try:
+        """SIGKILL without waiting (the caller's deadline is running); a daemon thread reaps it."""
+        with contextlib.suppress(OSError):
             self.proc.kill()
-            self.proc.wait(timeout=5)
-        except Exception:
-            pass
+        threading.Thread(target=self.proc.wait, daemon=True, name="sent-verifier-reaper").start()
 
 
 class _VerifierPool:
     """A few verifier processes shared by all threads of this process.
 
-    A call borrows an idle worker (starting it on first use), and kills it when it overruns its
-    deadline; the next call starts a fresh one. After ``fork`` (Ray, DataLoader workers) the child
-    builds its own pool instead of sharing the parent's pipes.
+    A call borrows an idle worker, and kills it when it overruns the caller's deadline; a
+    replacement is started at once, in the background, so that the next call finds it importing
+    (or ready) instead of paying the whole start-up. Every wait (for a free worker, for a
+    starting one, for the answer) counts against the one deadline. After ``fork`` (Ray,
+    DataLoader workers) the child builds its own pool instead of sharing the parent's pipes.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._pid = os.getpid()
         self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
-        for _ in range(size):
-            self._idle.put(None)
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
-        self._start_failed = False
+        self._start_failures = 0
+        for _ in range(size):
+            self._idle.put(None)
 
-    def equivalent(self, a: str, b: str, timeout: float) -> bool | None:
+    def _spawn(self) -> _Worker | None:
+        if self._start_failures >= 3:
+            return None
         try:
-            worker = self._idle.get(timeout=timeout)
+            worker = _Worker()
+        except OSError as exc:
+            self._start_failures += 1
+            logger.error("cannot start the math-verify worker (%s); symbolic checks are off", exc)
+            return None
+        with self._lock:
+            self._all = [w for w in self._all if w.alive()]
+            self._all.append(worker)
+        return worker
+
+    def warm_up(self) -> None:
+        """Start every worker now (they import sympy in the background)."""
+        held = []
+        while True:
+            try:
+                held.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        for w in held:
+            self._idle.put(w if w is not None and w.alive() else self._spawn())
+
+    def equivalent(self, a: str, b: str, deadline: float) -> bool | None:
+        """math-verify's symmetric verdict, or None when it was not reached before ``deadline``."""
+        try:
+            worker = self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            logger.warning("no verifier free within %.1fs; comparing %r and %r by normal form", timeout, a, b)
+            logger.warning("no verifier free in time; %r vs %r stays undecided", a, b)
             return None
         try:
             if worker is None or not worker.alive():
-                if self._start_failed:
+                worker = self._spawn()
+                if worker is None:
                     return None
-                try:
-                    worker = _Worker()
-                except Exception as exc:
-                    self._start_failed = True
-                    logger.error("cannot start the math-verify worker (%s); symbolic checks are off", exc)
-                    return None
-                with self._lock:
-                    self._all.append(worker)
-            result = worker.ask(a, b, timeout)
+            if not worker.wait_ready(deadline):
+                return None  # still starting: the next call goes on waiting for it
+            result = worker.ask(a, b, deadline)
             if result is None:
-                logger.warning("symbolic check of %r vs %r exceeded %.1fs; treated as not equivalent", a, b, timeout)
+                logger.warning("symbolic check of %r vs %r ran out of time; undecided", a[:200], b[:200])
                 worker.kill()
-                worker = None
+                worker = self._spawn()
             return result
         except Exception as exc:
-            logger.warning("verifier failed on %r vs %r: %s", a, b, exc)
+            logger.warning("verifier failed on %r vs %r: %s", a[:200], b[:200], exc)
             if worker is not None:
                 worker.kill()
-            worker = None
+            worker = self._spawn()
             return None
         finally:
             self._idle.put(worker)
@@ -552,6 +732,12 @@ def _get_pool() -> _VerifierPool:
         return _pool
 
 
+def warm_up_verifier() -> None:
+    """Start the math-verify workers now, so that the first symbolic check does not pay their
+    start-up (sympy's import) out of its time budget. Curation, training and evaluation call it."""
+    _get_pool().warm_up()
+
+
 @atexit.register
 def _close_pool() -> None:
     if _pool is not None and _pool._pid == os.getpid():
@@ -569,11 +755,21 @@ def _brace_depth(s: str) -> int:
     return best
 
 
-@lru_cache(maxsize=CACHE_SIZE)
-def _symbolic_equivalent(a: str, b: str, timeout: float) -> bool:
-    # Called with (a, b) in sorted order so that the cache and the result are symmetric.
-    result = _get_pool().equivalent(a, b, timeout)
-    return bool(result)
+_symbolic_cache: dict[tuple[str, str], bool] = {}
+
+
+def _symbolic_equivalent(a: str, b: str, deadline: float) -> bool | None:
+    """math-verify on ``(a, b)`` in sorted order (so cache and result are symmetric); decided
+    results are cached, undecided ones are not (a later call with time left may decide them)."""
+    key = (a, b)
+    if key in _symbolic_cache:
+        return _symbolic_cache[key]
+    result = _get_pool().equivalent(a, b, deadline)
+    if result is not None:
+        if len(_symbolic_cache) >= CACHE_SIZE:
+            _symbolic_cache.clear()
+        _symbolic_cache[key] = result
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,48 +777,84 @@ def _symbolic_equivalent(a: str, b: str, timeout: float) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def is_equivalent(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
-    """Whether two final answers are mathematically equivalent.
+def _equivalent_forms(na: str, nb: str, deadline: float) -> bool | None:
+    """Equivalence of two normal forms; None when the symbolic tier was not reached in time."""
+    if not na or not nb:
+        return False
+    if na == nb:
+        return True
+    if max(len(na), len(nb)) > MAX_ANSWER_CHARS:
+        return False  # over-long answers match by their exact text only
+    xa, xb = _as_number(na), _as_number(nb)
+    if xa is not None and xb is not None:
+        return xa == xb
+    if _PLAIN_TEXT_RE.match(na) and _PLAIN_TEXT_RE.match(nb) and (len(na) > 1 or len(nb) > 1):
+        # words ("Monday", "even"): no maths to compare beyond the spelling
+        return na.casefold() == nb.casefold()
+    ra, rb = _relation(na), _relation(nb)
+    if ra is not None or rb is not None:
+        if ra is None or rb is None:
+            # an equation or inequality is never a bare value: "a+3z=0" is not "0", "7=11a+c" is
+            # not "11a+c" (math-verify would compare one side); only a set or interval can equal
+            # an inequality ("x>3" and "(3,\\infty)"), and math-verify decides those
+            other = na if ra is None else nb
+            if not _is_set_like(other):
+                return False
+        else:
+            decided = _compare_relations(ra, rb)
+            if decided is not None:
+                return decided
+        return _symbolic_or_none(na, nb, deadline)
+    la, lb = _bracketed_items(na), _bracketed_items(nb)
+    if la is not None and lb is not None:
+        # tuples and intervals: same brackets, same length, equivalent items in order
+        if la[0] != lb[0] or la[2] != lb[2] or len(la[1]) != len(lb[1]):
+            return False
+        undecided = False
+        for x, y in zip(la[1], lb[1], strict=True):
+            item = _equivalent_forms(normalize_answer(x), normalize_answer(y), deadline)
+            if item is False:
+                return False
+            undecided |= item is None
+        return None if undecided else True
+    by_value = _compare_by_value(na, nb)
+    if by_value is not None:
+        # constants (\\sqrt{8} vs 2\\sqrt{2}) and expressions (2x+5 vs 5+2x): values decide
+        return by_value
+    if (la is None) != (lb is None) and (_is_arithmetic(na) or _is_arithmetic(nb)):
+        return False  # a tuple or interval is never a scalar expression
+    return _symbolic_or_none(na, nb, deadline)
 
-    Symmetric, never raises, bounded by ``timeout`` seconds of symbolic work per call, and safe
-    to call from any thread. ``None`` or empty answers are equivalent to nothing.
-    """
+
+def _symbolic_or_none(na: str, nb: str, deadline: float) -> bool | None:
+    if max(len(na), len(nb)) > MAX_SYMBOLIC_CHARS or max(_brace_depth(na), _brace_depth(nb)) > MAX_BRACE_DEPTH:
+        return False
+    lo, hi = sorted((na, nb))
+    return _symbolic_equivalent(lo, hi, deadline)
+
+
+def equivalence(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIMEOUT_S) -> bool | None:
+    """`is_equivalent`, telling apart "not equivalent" (False) from "not decided within ``timeout``"
+    (None: the symbolic check ran out of time or could not run)."""
+    deadline = time.monotonic() + timeout
     try:
         if a is None or b is None:
             return False
-        na, nb = normalize_answer(str(a)), normalize_answer(str(b))
-        if not na or not nb:
-            return False
-        if na == nb:
-            return True
-        xa, xb = _as_number(na), _as_number(nb)
-        if xa is not None and xb is not None:
-            return xa == xb
-        if _PLAIN_TEXT_RE.match(na) and _PLAIN_TEXT_RE.match(nb) and (len(na) > 1 or len(nb) > 1):
-            # words ("Monday", "even"): no maths to compare beyond the spelling
-            return na.casefold() == nb.casefold()
-        la, lb = _bracketed_items(na), _bracketed_items(nb)
-        if la is not None and lb is not None:
-            # tuples and intervals: same brackets, same length, equivalent items in order
-            return (
-                la[0] == lb[0]
-                and la[2] == lb[2]
-                and len(la[1]) == len(lb[1])
-                and all(is_equivalent(x, y, timeout=timeout) for x, y in zip(la[1], lb[1], strict=True))
-            )
-        by_value = _compare_by_value(na, nb)
-        if by_value is not None:
-            # constants (\\sqrt{8} vs 2\\sqrt{2}) and expressions (2x+5 vs 5+2x): values decide
-            return by_value
-        if (la is None) != (lb is None) and (_is_arithmetic(na) or _is_arithmetic(nb)):
-            return False  # a tuple or interval is never a scalar expression
-        if max(len(na), len(nb)) > MAX_SYMBOLIC_CHARS or max(_brace_depth(na), _brace_depth(nb)) > MAX_BRACE_DEPTH:
-            return False
-        lo, hi = sorted((na, nb))
-        return _symbolic_equivalent(lo, hi, float(timeout))
+        return _equivalent_forms(normalize_answer(str(a)), normalize_answer(str(b)), deadline)
     except Exception as exc:
-        logger.warning("is_equivalent(%r, %r) failed: %s", a, b, exc)
+        logger.warning("is_equivalent(%r, %r) failed: %s", str(a)[:200], str(b)[:200], exc)
         return False
+
+
+def is_equivalent(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether two final answers are mathematically equivalent.
+
+    Symmetric, never raises, returns within ``timeout`` seconds (the whole call: waiting for a
+    verifier, its start-up and the symbolic check), and safe to call from any thread. ``None``
+    or empty answers are equivalent to nothing; what is not decided in time counts as not
+    equivalent (`equivalence` tells the two apart).
+    """
+    return equivalence(a, b, timeout=timeout) is True
 
 
 def _ground_truths(ground_truth: Any) -> list[str]:
@@ -637,13 +869,27 @@ def _ground_truths(ground_truth: Any) -> list[str]:
     return [(extract_answer(g) or g) if any(b in g for b in boxed) else g for g in values]
 
 
+def grade_answer(
+    pred: str | None, ground_truth: str | Sequence[str], *, timeout: float = DEFAULT_TIMEOUT_S
+) -> bool | None:
+    """Whether an extracted answer matches ``ground_truth`` (any of several), with one time budget
+    for all of them: True, False, or None when no reference matched and some comparison was not
+    decided in time (graded as wrong, and counted by the callers)."""
+    if pred is None:
+        return False
+    deadline = time.monotonic() + timeout
+    undecided = False
+    for gt in _ground_truths(ground_truth):
+        verdict = equivalence(pred, gt, timeout=max(0.0, deadline - time.monotonic()))
+        if verdict:
+            return True
+        undecided |= verdict is None
+    return None if undecided else False
+
+
 def grade(response: str, ground_truth: str | Sequence[str], *, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
     """Whether the final answer of ``response`` matches ``ground_truth`` (any of several)."""
-    return _matches(extract_answer(response), ground_truth, timeout)
-
-
-def _matches(pred: str | None, ground_truth: str | Sequence[str], timeout: float) -> bool:
-    return pred is not None and any(is_equivalent(pred, gt, timeout=timeout) for gt in _ground_truths(ground_truth))
+    return grade_answer(extract_answer(response), ground_truth, timeout=timeout) is True
 
 
 def compute_score(
@@ -658,11 +904,19 @@ def compute_score(
 ) -> dict[str, Any]:
     """verl's custom reward function signature (``reward.custom_reward_function``).
 
-    Returns ``{"score", "acc", "pred"}``: +1/-1 by default as in the paper's scripts; set
-    ``correct_score``/``incorrect_score`` (verl: ``reward_kwargs``) for 1/0. ``data_source`` and
+    Returns ``{"score", "acc", "pred", "undecided"}``: +1/-1 by default as in the paper's scripts;
+    set ``correct_score``/``incorrect_score`` (verl: ``reward_kwargs``) for 1/0. ``timeout`` is the
+    budget of the whole response (extraction and every comparison); a response whose grading was
+    not decided within it scores as wrong with ``undecided=True``. ``data_source`` and
     ``extra_info`` are accepted for verl's calling convention; every source is graded as maths.
     """
     del data_source, extra_info
     pred = extract_answer(solution_str)
-    acc = _matches(pred, ground_truth, timeout)
-    return {"score": float(correct_score if acc else incorrect_score), "acc": bool(acc), "pred": pred}
+    verdict = grade_answer(pred, ground_truth, timeout=timeout)
+    acc = verdict is True
+    return {
+        "score": float(correct_score if acc else incorrect_score),
+        "acc": acc,
+        "pred": pred,
+        "undecided": verdict is None,
+    }

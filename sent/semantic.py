@@ -9,6 +9,10 @@ What is built (METHOD.md §1; Kuhn et al. 2023, Farquhar et al. 2024):
 - `discrete_entropy`: ``-sum_k p_k ln p_k`` with ``p_k = |k| / N``; 0 <= SE <= ln N.
 - `weighted_entropy`: the likelihood-weighted variant (length-normalised sequence
   log-probabilities, softmax over the N samples, summed per class).
+- Time: ``budget_s`` bounds the judging of one problem's answers as a whole. A comparison
+  that is not decided in time (the judge returns None), or not attempted because the budget is
+  spent, counts as "different"; `Clustering.undecided` records how many there were, so a
+  problem scored from partial information is visible in its row.
 - Judges registered by name: ``math`` (`sent.rewards.is_equivalent`, the default), ``exact``
   (equal normal forms) and ``embedding`` (`EmbeddingJudge`, cosine similarity of sentence
   embeddings, for free-form answers only: it scores "The answer is 4" and "it is 5" closer than
@@ -18,6 +22,7 @@ What is built (METHOD.md §1; Kuhn et al. 2023, Farquhar et al. 2024):
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sent.rewards import extract_answer, is_equivalent, normalize_answer
+from sent.rewards import DEFAULT_TIMEOUT_S, equivalence, extract_answer, is_equivalent, normalize_answer
 
-Judge = Callable[[str, str], bool]
+Judge = Callable[..., bool | None]
+"""``judge(a, b)`` -> equivalent or not; judges that can run out of time also take ``timeout=``
+(seconds) and return None when they did not decide within it."""
 
 JUDGES: dict[str, Callable[..., Judge]] = {}
 
@@ -51,13 +58,20 @@ def get_judge(name: str, **options) -> Judge:
 
 
 @register_judge("math")
-def _math_judge(timeout: float = 5.0) -> Judge:
-    return lambda a, b: is_equivalent(a, b, timeout=timeout)
+def _math_judge(timeout: float = DEFAULT_TIMEOUT_S) -> Judge:
+    """`sent.rewards.equivalence`; ``timeout`` bounds one comparison (a call's own ``timeout``,
+    the rest of a problem's budget, can only shorten it)."""
+
+    def judge(a: str, b: str, *, timeout: float | None = None) -> bool | None:
+        return equivalence(a, b, timeout=per_pair if timeout is None else min(per_pair, timeout))
+
+    per_pair = timeout
+    return judge
 
 
 @register_judge("exact")
 def _exact_judge() -> Judge:
-    return lambda a, b: normalize_answer(a) == normalize_answer(b)
+    return lambda a, b, timeout=None: normalize_answer(a) == normalize_answer(b)
 
 
 @register_judge("embedding")
@@ -67,6 +81,16 @@ def _embedding_judge(model: str | Path | None = None, threshold: float = 0.9, de
 
 def _missing(answer: str | None) -> bool:
     return answer is None or not str(answer).strip()
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """Classes of one problem's answers, and what the judge left undecided."""
+
+    ids: list[int]
+    """Class id of each answer, 0, 1, ... by first appearance."""
+    undecided: int
+    """Comparisons not decided in time or not attempted (budget spent); each counted as "different"."""
 
 
 def cluster(
@@ -80,6 +104,21 @@ def cluster(
     Missing answers (``None`` or blank) are each their own class, or one shared class with
     ``pool_missing=True``.
     """
+    return cluster_within(answers, equivalent, pool_missing=pool_missing).ids
+
+
+def cluster_within(
+    answers: Sequence[str | None],
+    equivalent: Judge = equivalence,
+    *,
+    pool_missing: bool = False,
+    budget_s: float | None = None,
+) -> Clustering:
+    """`cluster` with a time budget for the whole problem (None: unbounded). Each judge call gets
+    the rest of the budget as its ``timeout``; once it is spent, answers join a class only by an
+    equal normal form, and every comparison skipped counts as undecided."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    undecided = 0
     ids: list[int] = []
     representatives: list[str | None] = []  # first member of each class; None for missing
     class_of_form: dict[str, int] = {}
@@ -100,7 +139,16 @@ def cluster(
         cid = class_of_form.get(form)
         if cid is None:
             for k, rep in enumerate(representatives):
-                if rep is not None and equivalent(rep, answer):
+                if rep is None:
+                    continue
+                if deadline is None:
+                    verdict = equivalent(rep, answer)
+                else:
+                    left = deadline - time.monotonic()
+                    verdict = equivalent(rep, answer, timeout=left) if left > 0 else None
+                if verdict is None:
+                    undecided += 1
+                elif verdict:
                     cid = k
                     break
             else:
@@ -108,7 +156,7 @@ def cluster(
                 representatives.append(answer)
             class_of_form[form] = cid
         ids.append(cid)
-    return ids
+    return Clustering(ids, undecided)
 
 
 def discrete_entropy(cluster_ids: Sequence[int]) -> float:
@@ -162,6 +210,8 @@ class SemanticScore:
     """Discrete semantic entropy (nats)."""
     weighted_entropy: float | None
     """Likelihood-weighted semantic entropy, when log-probabilities were given."""
+    undecided: int = 0
+    """Comparisons the judge did not decide within the budget (see `Clustering`)."""
 
 
 def score_answers(
@@ -171,11 +221,13 @@ def score_answers(
     pool_missing: bool = False,
     seq_logprobs: Sequence[float] | None = None,
     lengths: Sequence[int] | None = None,
+    budget_s: float | None = None,
 ) -> SemanticScore:
-    """Cluster one problem's answers and compute both entropies."""
-    ids = cluster(answers, equivalent, pool_missing=pool_missing)
+    """Cluster one problem's answers (within ``budget_s`` seconds) and compute both entropies."""
+    found = cluster_within(answers, equivalent, pool_missing=pool_missing, budget_s=budget_s)
+    ids = found.ids
     weighted = weighted_entropy(ids, seq_logprobs, lengths) if seq_logprobs is not None else None
-    return SemanticScore(ids, len(set(ids)), discrete_entropy(ids), weighted)
+    return SemanticScore(ids, len(set(ids)), discrete_entropy(ids), weighted, found.undecided)
 
 
 def score_responses(responses: Sequence[str], **kwargs) -> SemanticScore:
@@ -217,7 +269,8 @@ class EmbeddingJudge:
     def similarity(self, a: str, b: str) -> float:
         return float(np.dot(self._embed(a), self._embed(b)))
 
-    def __call__(self, a: str, b: str) -> bool:
+    def __call__(self, a: str, b: str, *, timeout: float | None = None) -> bool:
+        del timeout  # one embedding lookup each: nothing to bound
         return self.similarity(a, b) >= self.threshold
 
 

@@ -20,15 +20,19 @@ import logging
 import math
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+from sent.redaction import redact, redact_text, redact_uri
 
 logger = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
@@ -111,10 +115,38 @@ def lineage_tags(root: str | Path = ".", **extra: Any) -> dict[str, str]:
     return tags
 
 
+REACH_TIMEOUT_S = 10.0
+"""How long opening a connection to a tracking server may take before the run fails."""
+# MLflow retries a failed request 7 times with exponential backoff (minutes of silence); a run
+# should rather fail fast with the reason. The user's own settings win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Fail at once, with the way out, when an HTTP(S) tracking server cannot be connected to."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise TrackingError(
+            f"the MLflow tracking server {redact_uri(uri)} cannot be reached ({reason}); start it "
+            "(`mlflow server --host HOST --port PORT`), point tracking.tracking_uri or MLFLOW_TRACKING_URI at a "
+            "running one, or unset both to track into the local sqlite store data/mlflow.db"
+        ) from None
+
+
 class Tracker:
     """Explicit-id access to one MLflow experiment (see the module docstring)."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | Path | None = None) -> None:
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        check_reachable(tracking_uri)
         self.tracking_uri = tracking_uri
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
@@ -142,7 +174,7 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> str:
-        all_tags = dict(tags or {})
+        all_tags = {k: redact_text(str(v)) for k, v in (tags or {}).items()}
         if parent_id is not None:
             all_tags[PARENT_TAG] = parent_id
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
@@ -150,17 +182,18 @@ class Tracker:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def end_run(self, run_id: str, *, failed: bool = False) -> None:
-        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+    def end_run(self, run_id: str, *, failed: bool = False, killed: bool = False) -> None:
+        """FINISHED, FAILED, or KILLED (stopped by a signal)."""
+        self.client.set_terminated(run_id, status="KILLED" if killed else "FAILED" if failed else "FINISHED")
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        items = [RunTag(k, redact_text(str(v))) for k, v in tags.items()]
         for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(run_id, tags=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Flat params (nested mappings are flattened); over-long values are cut with a marker."""
-        flat = flatten(params)
+        flat = flatten(redact(dict(params)))
         items = []
         for key, value in sorted(flat.items()):
             if len(value) > MAX_PARAM_VAL_LENGTH:

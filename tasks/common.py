@@ -23,6 +23,7 @@ from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel, Field
 
 from sent.config import SentConfig, load_config
+from sent.interrupt import Interrupted
 from sent.lineage import path_digest
 
 logger = logging.getLogger(__name__)
@@ -269,6 +270,6 @@ def child_run(ctx: RunContext, step: str, params: dict[str, Any] | None = None):
         yield tracker, run_id
     except BaseException as exc:
         tracker.set_tags(run_id, {"sent.error": f"{type(exc).__name__}: {exc}"[:5000]})
-        tracker.end_run(run_id, failed=True)
+        tracker.end_run(run_id, failed=True, killed=isinstance(exc, Interrupted | KeyboardInterrupt))
         raise
     tracker.end_run(run_id)

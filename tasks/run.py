@@ -25,6 +25,7 @@ from prefect.artifacts import create_link_artifact
 from sent.config import SentConfig, load_config
 from sent.data_contract import json_safe, write_json
 from sent.lineage import code_version
+from sent.redaction import redact_uri
 from sent.tracking import Tracker, lineage_tags, resolve_tracking_uri
 from tasks.common import Artefact, RunContext, StepError
 
@@ -189,7 +190,7 @@ def open_run(
             continues=previous["mlflow"]["run_id"] if previous else None,
             code_version=code_version(),
         )
-        parent = tracker.start_run(out.name, tags=tags, params=cfg.model_dump(mode="json"))
+        parent = tracker.start_run(out.name, tags=tags, params=cfg.public_dump())
     out.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(
         config=str(config_path),
@@ -208,11 +209,11 @@ def open_run(
         "run_dir": ctx.run_dir,
         "config": ctx.config,
         "overrides": overrides,
-        "resolved_config": cfg.model_dump(mode="json"),
+        "resolved_config": cfg.public_dump(),
         "steps": planned,
         "reuse": ctx.reuse,
         "code_version": code_version(),
-        "mlflow": {"tracking_uri": uri, "experiment_id": tracker.experiment_id, "run_id": parent},
+        "mlflow": {"tracking_uri": redact_uri(uri), "experiment_id": tracker.experiment_id, "run_id": parent},
         "prefect_flow_run_id": flow_id,
         "status": "running",
         "error": None,
@@ -222,8 +223,10 @@ def open_run(
         record["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _write_record(ctx, **record)
     link = tracker.ui_link(parent, cfg.tracking.ui_url)
-    create_link_artifact(key="mlflow-run", link=link, description=f"MLflow parent run of {out.name} ({uri})")
-    logger.info("pipeline run %s: steps %s; MLflow run %s (%s)", out, planned, parent, uri)
+    create_link_artifact(
+        key="mlflow-run", link=redact_uri(link), description=f"MLflow parent run of {out.name} ({redact_uri(uri)})"
+    )
+    logger.info("pipeline run %s: steps %s; MLflow run %s (%s)", out, planned, parent, redact_uri(uri))
     return ctx
 
 
@@ -237,9 +240,9 @@ def record_step(ctx: RunContext, artefact: Artefact) -> None:
 
 
 @task(name="close-run", task_run_name="close-run")
-def close_run(ctx: RunContext, error: str | None = None) -> dict[str, Any]:
+def close_run(ctx: RunContext, error: str | None = None, interrupted: bool = False) -> dict[str, Any]:
     """Plots and summaries of the whole run into the run directory and the MLflow parent run;
-    the run's status in both."""
+    the run's status in both: finished, failed (``error``), or interrupted by a signal (MLflow KILLED)."""
     tracker = Tracker(ctx.tracking_uri, ctx.experiment)
     record = read_record(ctx.run_dir)
     artefacts = {k: Artefact.model_validate(v) for k, v in record.get("artefacts", {}).items()}
@@ -263,9 +266,10 @@ def close_run(ctx: RunContext, error: str | None = None) -> dict[str, Any]:
         "by_step_s": {a.step: a.meta.get("compute_s") for a in mine},
     }
     tracker.log_metrics(ctx.mlflow_run_id, {f"timing.{k}": v for k, v in timing.items() if k != "by_step_s"})
-    record = _write_record(ctx, status="failed" if error else "finished", error=error, timing=timing)
+    status = "interrupted" if interrupted else "failed" if error else "finished"
+    record = _write_record(ctx, status=status, error=error, timing=timing)
     tracker.log_artifact(ctx.mlflow_run_id, out / RECORD)
-    tracker.end_run(ctx.mlflow_run_id, failed=error is not None)
+    tracker.end_run(ctx.mlflow_run_id, failed=error is not None, killed=interrupted)
     return json_safe(record)
 
 

@@ -55,7 +55,7 @@ def test_validation_keeps_every_row_with_a_reason(tiny_toy, tmp_path):
     assert [(p.id, p.answer) for p in accepted] == [("a", "2"), ("g", "8")]
     assert [p.index for p in accepted] == [0, 1]
     reasons = {r.row: (r.field, r.reason) for r in rejected}
-    assert reasons[2] == ("", "not valid JSON")
+    assert reasons[2] == ("", "not valid JSON (Expecting value at column 1)")
     assert reasons[3] == ("answer", "field 'answer' is empty")
     assert reasons[4] == ("problem", "missing field 'problem'")
     assert reasons[5] == ("problem", "field 'problem' has type int, expected a string")
@@ -94,7 +94,15 @@ def test_curation_outputs_and_manifest(curated):
     _, result = curated
     out, m = result.out_dir, result.manifest
     assert not result.reused
-    assert m["counts"] == {"input_rows": 60, "accepted": 60, "rejected": 0, "filtered": 0, "samples": 240}
+    assert m["counts"] == {
+        "input_rows": 60,
+        "accepted": 60,
+        "rejected": 0,
+        "filtered": 0,
+        "samples": 240,
+        "se_undecided_problems": 0,  # toy answers are integers: decided in-process, never timed out
+        "grade_undecided_samples": 0,
+    }
     assert [f.name for f in sorted((out / "samples").iterdir())] == [f"part-0000{i}.parquet" for i in range(3)]
     assert (out / "se_histogram.png").stat().st_size > 0 and (out / "se_vs_pass_rate.png").stat().st_size > 0
     listed = {e["path"] for e in m["files"]}

@@ -98,10 +98,24 @@ EQUIVALENCE = [
     ("[0,1]", "(0,1)", False),
     ("\\{1,2\\}", "\\{2,1\\}", True),
     ("(-\\sqrt{3}, \\sqrt{3})", "(-\\sqrt{3},\\sqrt{3})", True),
-    # equations
+    # equations and inequalities: "x = <constant>" states a value; any other relation is only
+    # ever equal to a relation (found by a peer suite where our normal form was wrong)
     ("x = 3", "3", True),
     ("y=\\frac{1}{2}", "0.5", True),
     ("x = 3", "4", False),
+    ("x \\leq 5", "5 \\geq x", True),
+    ("x \\geq 5", "5 \\leq x", True),
+    ("x \\geq 5", "x \\leq 5", False),
+    ("2x+4y-3=0", "y=-\\frac{1}{2}x+\\frac{3}{4}", True),  # one line, two spellings
+    ("2x+4y-3=0", "-\\frac{1}{2}x+\\frac{3}{4}", False),  # a line is not its right side
+    ("x+y=1", "2x+2y=2", True),
+    ("x<3", "3>x", True),
+    ("x<3", "x \\le 3", False),
+    ("x>3", "(3,\\infty)", True),  # an inequality can be an interval (math-verify decides)
+    # mixed numbers and the imaginary unit
+    ("\\frac{7}{2}", "3\\frac{1}{2}", True),
+    ("-3\\frac{1}{2}", "-3.5", True),
+    ("i", "\\sqrt{-1}", True),
     # units, degrees, percent, currency
     ("90^\\circ", "90", True),
     ("90^{\\circ}", "90", True),
@@ -198,9 +212,10 @@ def test_grade_and_compute_score():
     assert not grade("... so $\\boxed{2}$", "0.5")
     assert not grade("I don't know", "0.5")
     assert grade("\\boxed{4}", ["3", "4"])  # any of several references
-    assert compute_score("math", "\\boxed{4}", "4") == {"score": 1.0, "acc": True, "pred": "4"}
-    assert compute_score("math", "\\boxed{5}", "4") == {"score": -1.0, "acc": False, "pred": "5"}
-    assert compute_score("math", "nothing", "4") == {"score": -1.0, "acc": False, "pred": None}
+    decided = {"undecided": False}
+    assert compute_score("math", "\\boxed{4}", "4") == {"score": 1.0, "acc": True, "pred": "4", **decided}
+    assert compute_score("math", "\\boxed{5}", "4") == {"score": -1.0, "acc": False, "pred": "5", **decided}
+    assert compute_score("math", "nothing", "4") == {"score": -1.0, "acc": False, "pred": None, **decided}
     zero_one = compute_score("math", "\\boxed{5}", "4", None, correct_score=1.0, incorrect_score=0.0)
     assert zero_one["score"] == 0.0
 
@@ -325,3 +340,85 @@ def test_agrees_with_math_verify_on_real_answer_pairs(shared_data):
             disagreements.append((a, b, ref))
     assert compared > 800
     assert len(disagreements) <= compared // 200, disagreements  # at most 0.5 %
+
+
+# ---------------------------------------------------------------------------------------------
+# reward hacking: answers a policy could emit to match a gold it does not know; each must be wrong
+# ---------------------------------------------------------------------------------------------
+
+HACKS = [
+    # (response, gold, why it must not score)
+    ("\\boxed{a+3z=0}", "0", "math-verify compares one side of an equation with a number"),
+    ("\\boxed{2x+z=1}", "1", "the right side of an equation in variables"),
+    ("\\boxed{7=11a+c}", "11a+c", "the other side of an equation in variables"),
+    ("\\boxed{0=0}", "0", "a tautology"),
+    ("\\boxed{x=x}", "3", "a tautology"),
+    ("\\boxed{x = 11 + y}", "11", "an equation in variables"),
+    ("\\boxed{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}", "7", "every small integer as a list"),
+    ("\\boxed{\\{1, 2, 3, 4, 5, 6, 7, 8, 9, 10\\}}", "7", "every small integer as a set"),
+    ("\\boxed{1}\\boxed{2}\\boxed{3}\\boxed{4}\\boxed{5}", "5", "a box per candidate (the last one included)"),
+    ("\\boxed{4}, \\boxed{5} or \\boxed{6}", "6", "a hedged final answer"),
+    ("$\\boxed{6}$ \\text{ or } $\\boxed{7}$", "7", "a hedged final answer"),
+    ("\\boxed{11 \\text{ or } 12}", "11", "the gold inside a longer answer"),
+    ("\\boxed{110}", "11", "the gold's digits inside a longer number"),
+    ("\\boxed{11+1}", "11", "the gold inside a longer expression"),
+    ("\\boxed{3 \\pm 1}", "3", "the gold with a hedge"),
+    ("\\boxed{x=3, y=4}", "3", "the gold as one part of a system"),
+    ("\\boxed{\\frac{7}{2}x}", "\\frac{7}{2}", "the gold times a free variable"),
+    ("The final answer is final answer is 5 or 6", "6", "nested final-answer phrases"),
+]
+
+
+@pytest.mark.parametrize(("response", "gold", "why"), HACKS, ids=[h[2] for h in HACKS])
+def test_reward_hacking_answers_score_as_wrong(response, gold, why):
+    result = compute_score("math", response, gold)
+    assert result["acc"] is False, why
+    assert result["score"] == -1.0
+
+
+def test_repeated_box_of_one_answer_still_counts():
+    # the hedge rule is about different answers: repeating one answer is no hedge
+    assert grade("so \\boxed{5}, i.e. \\boxed{5.0}", "5")
+    assert grade("we try \\boxed{4}. Checking again, the answer is \\boxed{5}", "5")  # prose between
+
+
+# ---------------------------------------------------------------------------------------------
+# the time bound covers the whole call
+# ---------------------------------------------------------------------------------------------
+
+
+def test_extraction_is_linear_on_repeated_unclosed_boxes():
+    # quadratic before: 54 s at 10,000 repeats (70 KB); now one pass over the braces
+    for repeats in (10_000, 40_000):
+        text = "\\boxed{" * repeats + " 5"
+        t0 = time.perf_counter()
+        assert extract_answer(text) is None
+        assert time.perf_counter() - t0 < 1.0
+
+
+def test_extraction_reads_only_the_tail_of_a_runaway_response():
+    from sent.rewards import MAX_RESPONSE_CHARS
+
+    assert extract_answer("\\boxed{1}" + "x" * MAX_RESPONSE_CHARS + "\\boxed{2}") == "2"
+    assert extract_answer("\\boxed{1}" + "x" * MAX_RESPONSE_CHARS) is None  # the head is not read
+
+
+@pytest.mark.slow
+def test_power_tower_bound_includes_the_worker_restart():
+    from sent.rewards import equivalence
+
+    tower = "10^{10^{10^{10^{10}}}}"
+    for _ in range(2):  # the second call meets the worker killed by the first one
+        t0 = time.perf_counter()
+        assert equivalence(tower, "1", timeout=1.0) is None  # undecided, not "False after 6 s"
+        assert time.perf_counter() - t0 < 1.5
+
+
+@pytest.mark.slow
+def test_compute_score_budget_covers_every_reference():
+    towers = [f"{b}^{{{b}^{{{b}^{{{b}}}}}}}" for b in (7, 8, 9)]
+    t0 = time.perf_counter()
+    result = compute_score("math", "\\boxed{2^{2^{2^{2^{2^{2}}}}}}", towers, timeout=1.0)
+    assert time.perf_counter() - t0 < 1.5  # one budget for all three references, not three
+    assert result["acc"] is False
+    assert result["undecided"] is True

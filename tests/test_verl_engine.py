@@ -73,6 +73,7 @@ def test_paper_presets_compose_into_verls_config_and_dataclasses(preset, tmp_pat
     assert dict(composed.reward.custom_reward_function.reward_kwargs) == {
         "correct_score": t.correct_score,
         "incorrect_score": t.incorrect_score,
+        "timeout": t.reward_timeout_s,  # the grading budget of one response
     }
     assert list(composed.trainer.logger) == ["console", "mlflow"]
     assert composed.trainer.resume_mode == "auto" and composed.trainer.experiment_name == "run-stage-2"

@@ -21,9 +21,13 @@ SENT's token selection therefore happens per micro-batch, as in verl; set
 Stages: stage 1 starts from ``model.path``, stage K+1 from stage K's final weights; the
 reference model is the stage's starting model; the optimiser restarts (METHOD.md §2).
 Checkpoints (every ``save_every`` steps and at the end) hold Hugging Face weights and tokenizer,
-optimiser, scheduler, RNG states, step and metrics, written to a temporary directory and
-renamed; ``resume: auto`` continues from the newest one and gives the same metrics as an
-uninterrupted run. Retraining a finished stage is an explicit choice (``fresh=True``).
+optimiser, scheduler and torch RNG tensors (``state.pt``, loaded with ``weights_only=True``, so a
+run directory from elsewhere cannot run code when resumed), and the step, metrics and the other
+RNG states as JSON (``state.json``), written to a temporary directory and renamed;
+``resume: auto`` continues from the newest one and gives the same metrics as an uninterrupted
+run. One trainer per stage directory (a lock names the holder); on SIGTERM/SIGINT the stage
+checkpoints after the current step and stops (`sent.interrupt`). Retraining a finished stage is
+an explicit choice (``fresh=True``).
 The engine reports metrics to a callback and never imports MLflow.
 """
 
@@ -43,10 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from sent import interrupt
 from sent.advantages import grpo_advantages
 from sent.config import SentConfig, loss_config
 from sent.data_contract import load_curriculum
 from sent.entropy import token_entropy
+from sent.locks import exclusive
 from sent.losses import (
     PolicyLossConfig,
     entropy_bonus,
@@ -55,7 +61,7 @@ from sent.losses import (
     reference_kl_loss,
 )
 from sent.models import load_model, load_tokenizer, response_logits_and_logprobs, token_logprobs
-from sent.rewards import compute_score
+from sent.rewards import compute_score, warm_up_verifier
 from sent.sampling.hf import HFSampler
 
 logger = logging.getLogger(__name__)
@@ -94,6 +100,11 @@ def start_model_for(cfg: SentConfig, run_dir: Path, stage: int) -> str:
     return str(previous)
 
 
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    """A metrics record read back from JSON: null (a NaN when written) is NaN again."""
+    return {k: float("nan") if v is None else v for k, v in metrics.items()}
+
+
 def read_history(stage_out: Path) -> list[dict[str, float]]:
     """The per-step metrics of a stage (``stage-K/metrics.jsonl``, as both engines write it)."""
     text = (Path(stage_out) / "metrics.jsonl").read_text()
@@ -110,14 +121,43 @@ def _batch_order(n_rows: int, cfg: SentConfig) -> tuple[np.ndarray, int]:
     return np.concatenate(order), steps
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def _rng_state_json() -> dict[str, Any]:
+    """Python's and numpy's RNG states as JSON (torch's is a tensor, saved in ``state.pt``)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def _set_rng_state(state: dict[str, Any], torch_state: torch.Tensor) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch_state)
+
+
+@dataclass
+class EntropyWatch:
+    """Entropy collapse: the policy entropy falls below ``fraction`` of its start value. The start
+    is the first finite value (a step whose groups all lack signal has no entropy)."""
+
+    fraction: float
+    start: float | None = None
+    warned: bool = False
+
+    def update(self, entropy: float) -> tuple[bool, bool]:
+        """(collapsed now, first collapse: warn) for one step's entropy."""
+        if not math.isfinite(entropy):
+            return False, False
+        if self.start is None:
+            self.start = entropy
+        collapsed = entropy < self.fraction * self.start
+        first = collapsed and not self.warned
+        self.warned |= collapsed
+        return collapsed, first
 
 
 class LocalEngine:
@@ -181,11 +221,11 @@ class LocalEngine:
             self.policy.parameters(), lr=self.t.lr, betas=self.t.betas, weight_decay=self.t.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # constant (paper)
+        warm_up_verifier()
         self.sampler = HFSampler(self.policy, self.tokenizer, batch_size=self.cfg.sampling.batch_size, progress=False)
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.start_entropy: float | None = None
-        self.collapse_warned = False
+        self.entropy_watch = EntropyWatch(self.t.entropy_collapse_fraction)
 
     def _checkpoints(self) -> list[Path]:
         root = self.out / CHECKPOINTS
@@ -195,16 +235,22 @@ class LocalEngine:
         if self.t.resume != "auto" or not self._checkpoints():
             return
         ckpt = self._checkpoints()[-1]
-        state = torch.load(ckpt / "state.pt", weights_only=False)
+        if not (ckpt / "state.json").is_file():
+            raise TrainingError(
+                f"{ckpt} was written by an older version (no state.json) and is not loaded; "
+                "retrain the stage with --fresh (fresh=True)"
+            )
+        tensors = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
         from transformers import AutoModelForCausalLM
 
         weights = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=next(self.policy.parameters()).dtype)
         self.policy.load_state_dict(weights.state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        self.step, self.history = state["step"], state["history"]
-        self.start_entropy, self.collapse_warned = state["start_entropy"], state["collapse_warned"]
+        self.optimizer.load_state_dict(tensors["optimizer"])
+        self.scheduler.load_state_dict(tensors["scheduler"])
+        _set_rng_state(state["rng"], tensors["torch_rng"])
+        self.step, self.history = state["step"], [_floats(m) for m in state["history"]]
+        self.entropy_watch = EntropyWatch(self.t.entropy_collapse_fraction, **state["entropy_watch"])
         logger.info("stage %d: resumed from %s (step %d)", self.stage, ckpt, self.step)
 
     def _write_history(self) -> None:
@@ -236,18 +282,21 @@ class LocalEngine:
             }
             (tmp / "stage.json").write_text(json.dumps(summary, indent=2))
         else:
-            torch.save(
-                {
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": _rng_state(),
-                    "step": self.step,
-                    "history": self.history,
-                    "start_entropy": self.start_entropy,
-                    "collapse_warned": self.collapse_warned,
-                },
-                tmp / "state.pt",
-            )
+            from sent.data_contract import json_safe
+
+            tensors = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            }
+            torch.save(tensors, tmp / "state.pt")
+            state = {
+                "step": self.step,
+                "history": json_safe(self.history),
+                "rng": _rng_state_json(),
+                "entropy_watch": {"start": self.entropy_watch.start, "warned": self.entropy_watch.warned},
+            }
+            (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         return target
@@ -269,6 +318,7 @@ class LocalEngine:
         texts = self.sampler.prompt_texts(prompts)
         prompt_ids = tok(texts, add_special_tokens=False)["input_ids"]
         seqs, rewards, accs, groups = [], [], [], []
+        undecided = 0
         for g, (row, completions) in enumerate(zip(rows, outs, strict=True)):
             for c in completions:
                 s = compute_score(
@@ -278,7 +328,9 @@ class LocalEngine:
                     row["extra_info"],
                     correct_score=t.correct_score,
                     incorrect_score=t.incorrect_score,
+                    timeout=t.reward_timeout_s,
                 )
+                undecided += s["undecided"]
                 seqs.append((prompt_ids[g], list(c.token_ids)))
                 rewards.append(s["score"])
                 accs.append(float(s["acc"]))
@@ -307,6 +359,7 @@ class LocalEngine:
             "signal": signal,
             "keep": keep,
             "groups": groups_t,
+            "reward_undecided": undecided / len(seqs),
         }
 
     def _train_step(self, rows: list[dict]) -> dict[str, float]:
@@ -386,6 +439,7 @@ class LocalEngine:
         out = {
             "reward_mean": batch["rewards"].mean().item(),
             "accuracy": batch["acc"].mean().item(),
+            "reward_undecided": batch["reward_undecided"],
             "groups_with_signal": signal.float().mean().item(),
             "accuracy_groups_with_signal": acc_groups[signal].mean().item() if signal.any() else float("nan"),
             "policy_entropy": entropy_sum / entropy_tokens if entropy_tokens else float("nan"),
@@ -404,24 +458,26 @@ class LocalEngine:
 
     def _watch_entropy(self, metrics: dict[str, float]) -> None:
         h = metrics["policy_entropy"]
-        if self.start_entropy is None:
-            self.start_entropy = h
-        collapsed = h < self.t.entropy_collapse_fraction * self.start_entropy
+        collapsed, first = self.entropy_watch.update(h)
         metrics["entropy_collapse"] = float(collapsed)
-        if collapsed and not self.collapse_warned:
-            self.collapse_warned = True
+        if first:
             logger.warning(
                 "stage %d step %d: policy entropy %.4f fell below %.0f%% of its start value %.4f (entropy collapse)",
                 self.stage,
                 self.step,
                 h,
                 100 * self.t.entropy_collapse_fraction,
-                self.start_entropy,
+                self.entropy_watch.start,
             )
 
     # ---------------------------------------------------------------- the stage
 
     def run(self) -> StageResult:
+        """Train the stage, holding its directory's lock (one trainer per stage)."""
+        with exclusive(self.out, f"training of stage {self.stage}"):
+            return self._run()
+
+    def _run(self) -> StageResult:
         from tqdm.auto import tqdm
 
         self._build()
@@ -442,6 +498,9 @@ class LocalEngine:
             bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", H=f"{metrics['policy_entropy']:.3f}")
             if self.step % self.t.save_every == 0 and self.step < self.total_steps:
                 self._save()
+            elif interrupt.requested() and self.step < self.total_steps:
+                self._save()  # nothing of the finished steps is lost
+            interrupt.check(f"after step {self.step} of stage {self.stage} (checkpointed; a rerun resumes)")
         bar.close()
         final = self._save(final=True)
         shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)

@@ -243,6 +243,7 @@ def plan_stage(
         "reward.custom_reward_function.name=compute_score",
         f"+reward.custom_reward_function.reward_kwargs.correct_score={t.correct_score!r}",
         f"+reward.custom_reward_function.reward_kwargs.incorrect_score={t.incorrect_score!r}",
+        f"+reward.custom_reward_function.reward_kwargs.timeout={t.reward_timeout_s!r}",
         # trainer: resources, logging, checkpoints
         f"trainer.nnodes={v.nnodes}",
         f"trainer.n_gpus_per_node={v.n_gpus_per_node}",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from sent import interrupt
 from sent.config import PromptConfig, ToyConfig
 from sent.toy.tokenizer import train_tokenizer
 from sent.toy.world import ToyProblem, generate_world, write_jsonl
@@ -117,6 +118,7 @@ def supervised_finetune(model, tokenizer, problems, prompt: PromptConfig, cfg: T
     loss_value = float("nan")
     t0 = time.perf_counter()
     for step in range(cfg.sft_steps):
+        interrupt.check(f"at SFT step {step} of the toy bootstrap (a rerun starts it again)")
         # levels drawn uniformly: L1 has 150 distinct training problems, the others thousands
         picks = [rng.choice(rng.choice(pools)) for _ in range(cfg.sft_batch_size)]
         ids, mask, labels = _batch(picks, tokenizer.pad_token_id)
