@@ -128,7 +128,11 @@ def test_crash_then_resume_reproduces_the_uninterrupted_metrics(tiny_toy, curric
             callback=crash_at_3,
             progress=False,
         )
-    assert (tmp_path / "crash" / "stage-1" / "checkpoints" / "step-000002" / "state.pt").is_file()
+    ckpt = tmp_path / "crash" / "stage-1" / "checkpoints" / "step-000002"
+    # the resume state loads without unpickling arbitrary objects (a run directory from elsewhere
+    # cannot run code); step, history and the other RNG states are JSON
+    assert set(torch.load(ckpt / "state.pt", weights_only=True)) == {"optimizer", "scheduler", "torch_rng"}
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
     resumed = train_stage(
         cfg, stage=1, curriculum_dir=curriculum, run_dir=tmp_path / "crash", max_steps=4, progress=False
     )
@@ -180,3 +184,46 @@ def test_kill_9_then_rerun_continues_with_the_same_metrics(tiny_toy, curriculum,
         ]
 
     assert curve("killed") == curve("clean")
+
+
+def test_a_checkpoint_without_its_json_state_is_refused_not_unpickled(tiny_toy, curriculum, tmp_path):
+    cfg = cfg_for(tiny_toy)
+
+    def crash_at_3(step, _metrics):
+        if step == 3:
+            raise KeyError("crash after the step-2 checkpoint")
+
+    with pytest.raises(KeyError):
+        train_stage(
+            cfg, stage=1, curriculum_dir=curriculum, run_dir=tmp_path, max_steps=4, callback=crash_at_3, progress=False
+        )
+    ckpt = tmp_path / "stage-1" / "checkpoints" / "step-000002"
+    (ckpt / "state.json").unlink()  # as written by an older version, which pickled everything
+    with pytest.raises(TrainingError, match="older version"):
+        train_stage(cfg, stage=1, curriculum_dir=curriculum, run_dir=tmp_path, max_steps=4, progress=False)
+
+
+def test_one_trainer_per_stage_directory(tiny_toy, curriculum, tmp_path):
+    from sent.locks import LockedError, exclusive
+
+    cfg = cfg_for(tiny_toy)
+    with exclusive(tmp_path / "stage-1", "training of stage 1"), pytest.raises(LockedError, match=f"PID {os.getpid()}"):
+        train_stage(cfg, stage=1, curriculum_dir=curriculum, run_dir=tmp_path, max_steps=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("entropies", "collapsed"),
+    [
+        # no group had signal at first: the start is the first finite value (1.0), so 0.4 collapses
+        ([float("nan"), 1.0, 0.8, 0.4, 0.3], [False, False, False, True, True]),
+        ([1.0, float("nan"), 0.6], [False, False, False]),  # 0.6 >= 0.5 * 1.0
+        ([float("nan")] * 3, [False] * 3),
+    ],
+)
+def test_entropy_collapse_starts_from_the_first_finite_entropy(entropies, collapsed):
+    from sent.engines.local import EntropyWatch
+
+    watch = EntropyWatch(0.5)
+    seen = [watch.update(h) for h in entropies]
+    assert [c for c, _ in seen] == collapsed
+    assert sum(first for _, first in seen) == (1 if any(collapsed) else 0)  # warned once

@@ -158,3 +158,50 @@ def test_embedding_judge_cannot_separate_numbers(embedding_judge):
 
 def test_score_answers_without_logprobs_has_no_weighted_entropy():
     assert score_answers(["1", "1"]).weighted_entropy is None
+
+
+# ---------------------------------------------------------------------------------------------
+# a time budget per problem
+# ---------------------------------------------------------------------------------------------
+
+
+def test_budget_counts_what_the_judge_left_undecided():
+    from sent.semantic import cluster_within
+
+    # a judge that decides 4 ~ 4.0 and leaves every other pair undecided (None)
+    def judge(a, b, timeout=None):
+        return True if {a, b} == {"4", "4.0"} else None
+
+    found = cluster_within(["4", "4.0", "5", "5"], judge, budget_s=10.0)
+    # "4.0" joins "4" (1 call); "5" is undecided against "4" (1 call) -> new class; the second "5"
+    # joins by its equal normal form without a call
+    assert found.ids == [0, 0, 1, 1]
+    assert found.undecided == 1
+
+
+def test_a_spent_budget_skips_comparisons_and_counts_them():
+    from sent.semantic import cluster_within
+
+    calls = []
+
+    def judge(a, b, timeout=None):
+        calls.append(timeout)
+        return False
+
+    found = cluster_within(["1", "2", "3", "3"], judge, budget_s=1e-9)
+    assert found.ids == [0, 1, 2, 2]  # equal normal forms still join
+    assert found.undecided == 3 and calls == []  # "2" vs "1", "3" vs "1" and "2": skipped
+
+
+@pytest.mark.slow
+def test_eight_hostile_answers_are_scored_within_the_problem_budget():
+    """Before the budget, each pair had its own 5 s: clustering 8 towers took 131 s."""
+    import time
+
+    from sent.semantic import get_judge, score_answers
+
+    towers = [f"{b}^{{{b}^{{{b}^{{{b}}}}}}}" for b in range(2, 10)]
+    t0 = time.perf_counter()
+    score = score_answers(towers, equivalent=get_judge("math", timeout=5.0), budget_s=2.0)
+    assert time.perf_counter() - t0 < 3.0
+    assert score.n_classes == 8 and score.undecided >= 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from sent.tracking import Tracker, TrackingError, flatten, metric_name, resolve_tracking_uri
+
+from sent_testing import ROOT
 
 
 def test_the_tracking_uri_comes_from_config_then_environment_then_the_project(tmp_path, monkeypatch):
@@ -80,3 +83,42 @@ def test_runs_nest_and_log_everything_with_explicit_ids(tracker, tmp_path):
 def test_a_second_tracker_finds_the_experiment(tracker, tmp_path):
     again = Tracker(tracker.tracking_uri, "exp", tmp_path / "elsewhere")
     assert again.experiment_id == tracker.experiment_id
+
+
+# ---------------------------------------------------------------------------------------------
+# credentials never reach what is logged or stored
+# ---------------------------------------------------------------------------------------------
+
+REDACTIONS = [
+    ("https://user:token@mlflow.example.com/api", "https://***@mlflow.example.com/api"),
+    ("https://ghp_secret@host:5000", "https://***@host:5000"),
+    ("s3://bucket/x.parquet?X-Amz-Signature=abc&part=2", "s3://bucket/x.parquet?X-Amz-Signature=***&part=2"),
+    ("http://host/?token=t&api_key=k&q=1", "http://host/?token=***&api_key=***&q=1"),
+    ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+    ("postgresql://sent:pw@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
+    ("not a uri", "not a uri"),
+]
+
+
+@pytest.mark.parametrize(("uri", "expected"), REDACTIONS)
+def test_redact_uri(uri, expected):
+    from sent.redaction import redact_text, redact_uri
+
+    assert redact_uri(uri) == expected
+    assert redact_text(f"failed on {uri}: timeout") == f"failed on {expected}: timeout"
+
+
+def test_credentials_in_the_tracking_uri_are_not_logged_as_params(tmp_path):
+    from sent.config import load_config
+
+    secret = "https://alice:s3cr3t@mlflow.example.com"
+    cfg = load_config(ROOT / "configs" / "toy.yaml", [f"tracking.tracking_uri={secret}"])
+    assert cfg.tracking.tracking_uri == secret  # the client still gets it
+    dumped = json.dumps(cfg.public_dump())
+    assert "s3cr3t" not in dumped and "alice" not in dumped
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", "e")
+    run = tracker.start_run("r", tags={"sent.note": f"from {secret}"}, params=cfg.model_dump(mode="json"))
+    data = tracker.client.get_run(run).data
+    assert data.params["tracking.tracking_uri"] == "https://***@mlflow.example.com"
+    assert data.tags["sent.note"] == "from https://***@mlflow.example.com"
+    assert not any("s3cr3t" in v for v in [*data.params.values(), *data.tags.values()])

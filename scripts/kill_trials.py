@@ -1,0 +1,163 @@
+"""kill -9 at random points, then rerun: does the work resume to the uninterrupted result?
+
+For curation and for one training stage, on a tiny toy world built here (about a minute):
+
+1. one uninterrupted run, the reference;
+2. N trials: start the same command in a fresh directory, SIGKILL it after a random delay drawn
+   uniformly over the reference's duration, rerun it to completion (resuming whatever the killed
+   run left), and compare with the reference:
+   - curation: rows in = accepted + rejected, and every output Parquet file (samples, scores,
+     rejected rows, curriculum shards) byte-identical to the reference's (by sha256);
+   - training: the per-step curve (every metric but timings) and the final weights identical.
+
+    python scripts/kill_trials.py [--trials 5] [--seed 0] [--workdir DIR]
+
+Prints one line per trial and a summary; exits 1 if any trial differs. Run it alone: the timings
+of a loaded machine only move the kill points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SENT = [sys.executable, "-m", "sent.cli"]
+TIMING = {"step_time", "sampling_time", "tokens_per_s"}
+
+
+def build_world(work: Path) -> tuple[Path, Path]:
+    from sent.config import PromptConfig, ToyConfig
+    from sent.toy.bootstrap import bootstrap
+
+    toy = ToyConfig(
+        train_per_level=300,
+        test_per_level=20,
+        data_dir=str(work / "toy"),
+        model_dir=str(work / "model"),
+        sft_steps=150,
+        eval_per_level=5,
+    )
+    result = bootstrap(toy, PromptConfig())
+    return Path(result.model_dir), Path(result.rl_path)
+
+
+def overrides(model: Path, data: Path) -> list[str]:
+    return [
+        f"model.path={model}",
+        f"data.train_path={data}",
+        "data.data_source=toy",
+        "data.max_prompt_tokens=128",
+        "sampling.n=4",
+        "sampling.max_new_tokens=32",
+        "sampling.chunk_size=8",
+        "curriculum.shard_rows=8",
+        "training.group_size=4",
+        "training.train_batch_size=8",
+        "training.mini_batch_size=8",
+        "training.micro_batch_size=32",
+        "training.max_prompt_tokens=128",
+        "training.max_response_tokens=32",
+        "training.ref_kl_coef=0",
+        "training.save_every=1",
+        "training.lr=1e-4",
+    ]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def curation_outputs(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): sha256(p) for p in sorted(out.rglob("*.parquet"))}
+
+
+def training_outputs(out: Path) -> tuple[list[dict], str]:
+    stage = out / "stage-1"
+    curve = [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in (stage / "metrics.jsonl").read_text().splitlines()
+    ]
+    weights = hashlib.sha256(b"".join(sha256(p).encode() for p in sorted((stage / "final").glob("*.safetensors"))))
+    return curve, weights.hexdigest()
+
+
+def run(cmd: list[str]) -> float:
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
+    return time.monotonic() - t0
+
+
+def killed_then_rerun(cmd: list[str], delay: float) -> bool:
+    """Start ``cmd``, SIGKILL it after ``delay`` s (False if it finished first), then rerun it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=delay)
+        killed = False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        killed = True
+    run(cmd)
+    return killed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill points")
+    parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary directory)")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="sent-kill-trials-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model, data = build_world(work)
+    config = ["--config", str(ROOT / "configs" / "toy.yaml"), *overrides(model, data)]
+    curate = [*SENT, "curate", *config, "--limit", "48"]
+    failures = 0
+
+    ref_cur = work / "curate-ref"
+    seconds = run([*curate, "--out", str(ref_cur)])
+    reference = curation_outputs(ref_cur)
+    counts = json.loads((ref_cur / "manifest.json").read_text())["counts"]
+    print(f"curation reference: {seconds:.1f} s, {len(reference)} Parquet files, counts {counts}")
+    for i in range(args.trials):
+        out = work / f"curate-{i}"
+        delay = rng.uniform(0.2, 1.0) * seconds
+        killed = killed_then_rerun([*curate, "--out", str(out)], delay)
+        got = json.loads((out / "manifest.json").read_text())["counts"]
+        conserved = got["input_rows"] == got["accepted"] + got["rejected"]
+        same = curation_outputs(out) == reference and conserved
+        failures += not same
+        print(
+            f"  curation trial {i}: kill -9 at {delay:5.1f} s ({'killed' if killed else 'finished first'}); "
+            f"rows conserved {conserved}; outputs identical {same}"
+        )
+
+    train = [*SENT, "train", *config, "--stage", "1", "--curriculum", str(ref_cur), "--max-steps", "6"]
+    seconds = run([*train, "--out", str(work / "train-ref")])
+    reference_train = training_outputs(work / "train-ref")
+    print(f"training reference: {seconds:.1f} s, {len(reference_train[0])} steps")
+    for i in range(args.trials):
+        out = work / f"train-{i}"
+        delay = rng.uniform(0.2, 1.0) * seconds
+        killed = killed_then_rerun([*train, "--out", str(out)], delay)
+        same = training_outputs(out) == reference_train
+        failures += not same
+        print(
+            f"  training trial {i}: kill -9 at {delay:5.1f} s ({'killed' if killed else 'finished first'}); "
+            f"curve and weights identical {same}"
+        )
+    print(f"{2 * args.trials - failures} of {2 * args.trials} trials identical to the uninterrupted run ({work})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Services fail fast and runs stop cleanly: `sent pipeline` as a real process (its own ephemeral
+Prefect server, a real MLflow sqlite store), stopped with a real SIGTERM or SIGINT, or pointed at an
+MLflow server that is not there.
+
+What must hold after a signal: the process exits by itself (128 + the signal), at a safe point;
+``run.json`` says ``interrupted``; the MLflow parent run and the step's child run are KILLED; the
+Prefect flow run is Failed, not left Running; the stage's finished steps are checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sent.interrupt import Interrupted, check, handle_signals
+
+from sent_testing import ROOT, pipeline_config
+
+pytestmark = pytest.mark.slow
+SENT = [sys.executable, "-m", "sent.cli"]
+
+
+@pytest.fixture
+def project(tmp_path, tiny_toy):
+    root = tmp_path / "project"
+    root.mkdir()
+    cfg = pipeline_config(tiny_toy)
+    cfg["training"].update({"epochs_per_stage": 4})  # 24 steps: long enough to be stopped in the middle
+    (root / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    return root, env
+
+
+def _start(project, *args: str) -> subprocess.Popen:
+    root, env = project
+    log = (root / "pipeline.log").open("w")
+    return subprocess.Popen(
+        [*SENT, "pipeline", "--config", "pipeline.yaml", *args], cwd=root, env=env, stdout=log, stderr=log
+    )
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen, root: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        if proc.poll() is not None:
+            pytest.fail(
+                f"the pipeline exited early ({proc.returncode}):\n{(root / 'pipeline.log').read_text()[-3000:]}"
+            )
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"timed out waiting:\n{(root / 'pipeline.log').read_text()[-3000:]}")
+
+
+def _run_dir(root: Path) -> Path | None:
+    runs = sorted((root / "data" / "runs").glob("pipeline-*")) if (root / "data" / "runs").is_dir() else []
+    return runs[-1] if runs else None
+
+
+def _mlflow_statuses(root: Path) -> dict[str, str]:
+    with sqlite3.connect(root / "data" / "mlflow.db") as db:
+        return dict(db.execute("select name, status from runs").fetchall())
+
+
+def _flow_run_states(env: dict) -> list[tuple[str, str]]:
+    with sqlite3.connect(Path(env["PREFECT_HOME"]) / "prefect.db") as db:
+        return db.execute("select state_type, state_name from flow_run").fetchall()
+
+
+@pytest.mark.parametrize(("signum", "during"), [(signal.SIGTERM, "train:1"), (signal.SIGINT, "curate")])
+def test_a_signal_stops_the_run_at_a_safe_point_and_closes_it(project, signum, during):
+    root, env = project
+    proc = _start(project)
+    if during == "train:1":  # a few training steps in
+
+        def ready():
+            run = _run_dir(root)
+            metrics = run / "stage-1" / "metrics.jsonl" if run else None
+            return metrics is not None and metrics.is_file() and len(metrics.read_text().splitlines()) >= 2
+    else:  # curation under way (its run record written, the curation directory locked)
+
+        def ready():
+            return any((root / "data" / "runs").glob("curate-*/.lock")) if (root / "data" / "runs").is_dir() else False
+
+    _wait_for(ready, 240, proc, root)
+    t0 = time.monotonic()
+    proc.send_signal(signum)
+    try:
+        code = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"still running 120 s after {signum.name}:\n{(root / 'pipeline.log').read_text()[-3000:]}")
+    log = (root / "pipeline.log").read_text()
+    assert code == 128 + signum, log[-3000:]
+    assert time.monotonic() - t0 < 120
+    assert f"error: stopped by {signum.name}" in log
+
+    run = _run_dir(root)
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    assert record["error"].startswith(f"Interrupted: stopped by {signum.name}")
+    statuses = _mlflow_statuses(root)
+    assert statuses[run.name] == "KILLED"
+    assert statuses[during] == "KILLED"
+    assert "RUNNING" not in statuses.values()
+    assert ("FAILED", "Failed") in _flow_run_states(env)  # not left Running
+    if during == "train:1":
+        checkpoints = sorted((run / "stage-1" / "checkpoints").glob("step-*"))
+        done = len((run / "stage-1" / "metrics.jsonl").read_text().splitlines())
+        assert checkpoints and checkpoints[-1].name == f"step-{done:06d}", "every finished step is checkpointed"
+        assert (checkpoints[-1] / "state.json").is_file()
+
+
+def test_an_unreachable_mlflow_server_fails_within_30_s_with_the_way_out(project):
+    root, env = project
+    env = {**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # nothing listens on the discard port
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [*SENT, "pipeline", "--config", "pipeline.yaml"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert elapsed < 30, f"took {elapsed:.0f} s"
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the MLflow tracking server http://127.0.0.1:9 cannot be reached")
+    assert "MLFLOW_TRACKING_URI" in last
+    assert "Traceback" not in done.stderr
+    assert ("FAILED", "Failed") in _flow_run_states(env)
+
+
+def test_an_unreachable_prefect_api_is_an_error_line(project):
+    root, env = project
+    env = {**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    done = subprocess.run(
+        [*SENT, "pipeline", "--config", "pipeline.yaml"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Failed to reach API at http://127.0.0.1:9/api")
+    assert "prefect server start" in last
+
+
+def test_check_raises_only_after_a_signal_and_a_second_signal_stops_at_once():
+    with handle_signals():
+        check("nowhere")  # nothing requested: returns
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler runs between bytecodes
+        with pytest.raises(Interrupted, match="stopped by SIGTERM after step 3") as info:
+            check("after step 3")
+        assert info.value.exit_code == 143
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    check("after the block")  # the request ends with the block
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
