@@ -222,6 +222,10 @@ def prefect_unavailable(exc: BaseException) -> str | None:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from sent.tracking import check_reachable, resolve_tracking_uri
+
+    # before a Prefect server is started for the flow: a bad config or an unreachable store fails in seconds
+    check_reachable(resolve_tracking_uri(_load(args).tracking.tracking_uri))
     prefect_environment()
     from flows.pipeline import sent_pipeline
     from tasks.common import StepError

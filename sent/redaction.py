@@ -27,17 +27,19 @@ def redact_uri(uri: str) -> str:
         parts = urlsplit(uri)
     except ValueError:
         return MASK
-    netloc = parts.netloc
+    netloc, query = parts.netloc, parts.query
     if "@" in netloc:
         netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(_SECRET_KEY_RE.search(k) for k, _ in pairs):
         query = urlencode([(k, MASK if _SECRET_KEY_RE.search(k) else v) for k, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri  # nothing to mask: the URI as written (urlunsplit would respell sqlite:////abs)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-_URI_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_URI_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,;:)\]]")
+"""A URI inside prose: up to white space or quotes, less the punctuation that ends a sentence."""
 
 
 def redact_text(text: str) -> str:
