@@ -205,7 +205,8 @@ _NUMBER_WITH_UNIT_RE = re.compile(
     rf"^(?P<num>[+-]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:/\d+)?)\s*(?:(?:{_UNIT_WORDS})(?:\^?\{{?[23]\}}?)?)\.?$",
     re.IGNORECASE,
 )
-_LHS_RE = re.compile(r"^[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(?P<rhs>[^=<>]+)$")
+_LHS_RE = re.compile(r"^[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?\s*=\s*(?P<value>[^=<>]+)$")
+_RHS_VAR_RE = re.compile(r"^(?P<value>[^=<>]+?)\s*=\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?$")
 _COMMAND_RE = re.compile(r"\\[A-Za-z]+")
 _THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _CHOICE_RE = re.compile(r"^\(?([A-Ea-e])\)$|^\(([A-Ea-e])\)?$")
@@ -245,11 +246,11 @@ def normalize_answer(answer: str) -> str:
         m = re.match(r"^(?P<head>.*?\S)\s*" + _TEXT_CMD_RE.pattern + r"$", s)
         if m and re.fullmatch(r"[+-]?[\d.,/]+|\\frac\{\d+\}\{\d+\}", m.group("head").strip()):
             s = m.group("head").strip()
-    m = _LHS_RE.match(s)
-    if m and not _free_letters(m.group("rhs")):
-        # "x = 3" states the value 3; "y = 2x + 1" is an equation and stays one (a line is not its
-        # right side), and so does any equation whose left side is more than one variable
-        s = m.group("rhs").strip()
+    m = _LHS_RE.match(s) or _RHS_VAR_RE.match(s)
+    if m and not _free_letters(m.group("value")):
+        # "x = 3" (or "3 = x") states the value 3; "y = 2x + 1" is an equation and stays one (a line
+        # is not its right side), and so does any equation whose other side is more than one variable
+        s = m.group("value").strip()
     m = _NUMBER_WITH_UNIT_RE.match(s)
     if m:
         s = m.group("num")
@@ -530,8 +531,11 @@ def _relation(s: str) -> tuple[list[str], list[str]] | None:
 def _canonical(rel: tuple[list[str], list[str]]) -> tuple[str, str] | None:
     """``(operator, "(right)-(left)")`` of a single relation, with ``>``/``>=`` turned around so
     that ``x\\geq5`` and ``5\\leq x`` read alike; None for chains and empty sides."""
-    (left, right), (op,) = rel if len(rel[1]) == 1 else ((None, None), (None,))
-    if left is None or not left.strip() or not right.strip():
+    sides, ops = rel
+    if len(ops) != 1:
+        return None
+    (left, right), op = sides, ops[0]
+    if not left.strip() or not right.strip():
         return None
     if op in _FLIPPED:
         left, right, op = right, left, _FLIPPED[op]
@@ -911,8 +915,9 @@ def compute_score(
     ``extra_info`` are accepted for verl's calling convention; every source is graded as maths.
     """
     del data_source, extra_info
+    start = time.monotonic()
     pred = extract_answer(solution_str)
-    verdict = grade_answer(pred, ground_truth, timeout=timeout)
+    verdict = grade_answer(pred, ground_truth, timeout=max(0.0, timeout - (time.monotonic() - start)))
     acc = verdict is True
     return {
         "score": float(correct_score if acc else incorrect_score),

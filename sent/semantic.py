@@ -61,11 +61,11 @@ def get_judge(name: str, **options) -> Judge:
 def _math_judge(timeout: float = DEFAULT_TIMEOUT_S) -> Judge:
     """`sent.rewards.equivalence`; ``timeout`` bounds one comparison (a call's own ``timeout``,
     the rest of a problem's budget, can only shorten it)."""
+    per_pair = timeout
 
     def judge(a: str, b: str, *, timeout: float | None = None) -> bool | None:
         return equivalence(a, b, timeout=per_pair if timeout is None else min(per_pair, timeout))
 
-    per_pair = timeout
     return judge
 
 

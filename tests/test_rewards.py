@@ -101,6 +101,8 @@ EQUIVALENCE = [
     # equations and inequalities: "x = <constant>" states a value; any other relation is only
     # ever equal to a relation (found by a peer suite where our normal form was wrong)
     ("x = 3", "3", True),
+    ("3 = x", "x = 3", True),
+    ("y = 2x+1", "2x+1", False),  # an equation in variables is not its right side
     ("y=\\frac{1}{2}", "0.5", True),
     ("x = 3", "4", False),
     ("x \\leq 5", "5 \\geq x", True),
