@@ -299,6 +299,8 @@ def select_top(
         # Partition the low end only: numpy's introselect slows down 20x when the k-th position
         # sits above a large block of equal fill values, so "largest" partitions the negation.
         low_end = -keyed if largest else keyed
+        if low_end.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16 (verl's entropy is bf16)
+            low_end = low_end.float()  # exact: every bf16/fp16 value is a float32, so is the k-th
         kth = torch.as_tensor(_kth_smallest_cpu(low_end.numpy(), kk), dtype=keyed.dtype)
         kth = -kth if largest else kth
     else:

@@ -540,3 +540,15 @@ def test_micro_batches_with_global_counts_add_up_to_the_mini_batch_loss(mode):
         for i in range(0, 8, 3)
     ]
     torch.testing.assert_close(sum(parts), full)
+
+
+def test_cpu_selection_takes_bfloat16_entropy():
+    # verl hands the loss its entropy in bf16; numpy has no bf16, so .numpy() raised TypeError.
+    # The selection on bf16 must equal the selection on the same values in float32.
+    rng = np.random.default_rng(3)
+    scores = torch.tensor(rng.gamma(2.0, size=(8, 4096)), dtype=torch.bfloat16)  # 32k tokens: the CPU path
+    cand = torch.tensor(rng.random((8, 4096)) > 0.1)
+    for largest in (True, False):
+        got = select_top(scores, cand, torch.tensor(5000), largest=largest)
+        want = select_top(scores.float(), cand, torch.tensor(5000), largest=largest)
+        assert torch.equal(got, want) and int(got.sum()) == 5000

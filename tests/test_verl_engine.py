@@ -28,6 +28,17 @@ def overrides_dict(overrides: list[str]) -> dict[str, str]:
     return dict(o.lstrip("+").split("=", 1) for o in overrides)
 
 
+def test_the_gradient_clip_reaches_verls_optimizer(tmp_path):
+    """verl 0.9 clips with actor.optim.clip_grad; actor.grad_clip alone never reached it (the presets'
+    1.0 equals verl's default, so only another value shows it)."""
+    from sent.config import load_config
+    from sent.engines.verl import compose, plan_stage, validate
+
+    cfg = load_config(PRESETS[0], ["training.grad_clip=0.25"])
+    plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path / "c", run_dir=tmp_path / "r", start_model="m")
+    assert validate(compose(plan.overrides))["actor"].optim.clip_grad == 0.25
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_paper_presets_compose_into_verls_config_and_dataclasses(preset, tmp_path):
     from sent.config import load_config
@@ -59,6 +70,8 @@ def test_paper_presets_compose_into_verls_config_and_dataclasses(preset, tmp_pat
         pl.ppo_kl_coef,
     )
     assert actor.policy_loss.entropy_source == "exact" and actor.calculate_entropy is True
+    # the gradient clip reaches the optimizer config that verl's engine reads (optim.clip_grad)
+    assert actor.optim.clip_grad == t.grad_clip
     assert actor.optim.lr == t.lr and actor.ppo_mini_batch_size * t.group_size == t.mini_batch_size * t.group_size
     assert actor.use_kl_loss is (t.ref_kl_coef > 0) and actor.kl_loss_coef == t.ref_kl_coef
     assert verl["algorithm"].adv_estimator == "grpo"

@@ -193,6 +193,9 @@ def plan_stage(
         f"actor_rollout_ref.actor.optim.lr={t.lr!r}",
         f"actor_rollout_ref.actor.optim.weight_decay={t.weight_decay!r}",
         f"actor_rollout_ref.actor.optim.betas={hydra_value(list(t.betas))}",
+        # verl 0.9's engines clip with optim.clip_grad (workers/engine/fsdp/transformer_impl.py, the
+        # optimizer step); actor.grad_clip is declared in the actor config but read by nothing
+        f"actor_rollout_ref.actor.optim.clip_grad={t.grad_clip!r}",
         f"actor_rollout_ref.actor.grad_clip={t.grad_clip!r}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={t.mini_batch_size}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
