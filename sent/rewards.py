@@ -84,6 +84,10 @@ _HEDGE_GAP_RE = re.compile(
 MAX_HEDGE_GAP = 64
 """What may stand between two boxes of one hedged final answer: ``\\boxed{1}, \\boxed{2} or \\boxed{3}``."""
 _BARE_TOKEN_RE = re.compile(r"[^\s$]+")
+_NON_SPACE_RE = re.compile(r"\S")
+Box = tuple[int, int, int, int]
+"""``(start, end, content_start, content_end)`` of one box in a text: spans, not slices, so that
+nested boxes (``\\boxed{\\boxed{...}}``) cost no copy of each level's content."""
 
 
 def _closing_braces(text: str) -> dict[int, int]:
@@ -100,8 +104,8 @@ def _closing_braces(text: str) -> dict[int, int]:
     return closing
 
 
-def _boxes(text: str) -> list[tuple[int, int, str]]:
-    """``(start, end, content)`` of every box whose group closes, in order (``\\boxed {x}`` and
+def _boxes(text: str) -> list[Box]:
+    """Every box whose group closes and whose content is not blank, in order (``\\boxed {x}`` and
     ``\\boxed 5`` included); linear in the text."""
     closing = None
     boxes = []
@@ -114,29 +118,27 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
         if text[pos] != "{":
             bare = _BARE_TOKEN_RE.match(text, pos)
             if bare:
-                boxes.append((m.start(), bare.end(), bare.group()))
+                boxes.append((m.start(), bare.end(), pos, bare.end()))
             continue
         if closing is None:
             closing = _closing_braces(text)
         end = closing.get(pos)
-        if end is not None:  # an unclosed box is a truncated response
-            boxes.append((m.start(), end + 1, text[pos + 1 : end]))
+        # an unclosed box is a truncated response, an empty one no answer
+        if end is not None and _NON_SPACE_RE.search(text, pos + 1, end):
+            boxes.append((m.start(), end + 1, pos + 1, end))
     return boxes
 
 
-def _last_box(text: str, boxes: list[tuple[int, int, str]]) -> str | None:
-    """The content of the last non-empty box of ``boxes`` (from `_boxes`), or None. A final answer
-    hedged over several boxes with different answers (only spaces, commas, "or"/"and" between them)
-    is no answer: a policy must not be rewarded for listing candidates."""
-    boxes = [b for b in boxes if b[2].strip()]
-    if not boxes:
-        return None
-    start, _, content = boxes[-1]
-    answer = content.strip()
-    for prev_start, prev_end, prev in reversed(boxes[:-1]):
+def _last_box(text: str, boxes: list[Box]) -> str | None:
+    """The content of the last of ``boxes`` (from `_boxes`, at least one), or None when it ends a
+    final answer hedged over several boxes with different answers (only spaces, commas, "or"/"and"
+    between them): a policy must not be rewarded for listing candidates."""
+    start, _, lo, hi = boxes[-1]
+    answer = text[lo:hi].strip()
+    for prev_start, prev_end, prev_lo, prev_hi in reversed(boxes[:-1]):
         if start - prev_end > MAX_HEDGE_GAP or not _HEDGE_GAP_RE.fullmatch(text, prev_end, start):
             break
-        if normalize_answer(prev.strip()) != normalize_answer(answer):
+        if normalize_answer(text[prev_lo:prev_hi].strip()) != normalize_answer(answer):
             return None
         start = prev_start
     return answer
@@ -176,14 +178,15 @@ def extract_answer(text: str) -> str | None:
         return None
     text = text[-MAX_RESPONSE_CHARS:]
     boxes = _boxes(text)
-    if any(b[2].strip() for b in boxes):
+    if boxes:
         return _last_box(text, boxes)
     ans = _final_line(text)
     if ans is None:
         return None
     # "Final Answer: The final answer is $3$." -- matches do not overlap, so look inside once more
     # (once: "final answer is final answer is ..." must not recurse per repetition)
-    inner = _last_box(ans, _boxes(ans))
+    inner_boxes = _boxes(ans)
+    inner = _last_box(ans, inner_boxes) if inner_boxes else None
     if inner is not None:
         return inner
     inner_line = _final_line(ans)
@@ -505,6 +508,8 @@ _CANONICAL_OP = {
     ">": ">", "\\gt": ">", "\\geq": ">=", "\\ge": ">=", ">=": ">=", "≥": ">=",
 }  # fmt: skip
 _FLIPPED = {">": "<", ">=": "<="}
+_RELATION_SCAN_RE = re.compile(r"[({\[]|[)}\]]|" + _RELATION_RE.pattern)
+"""Brackets (to know the depth) and relation symbols, in one scan."""
 _SET_MARKERS = ("\\infty", "\\cup", "\\cap", "\\{", "\\emptyset", "\\varnothing", "\\mathbb")
 
 
@@ -512,7 +517,7 @@ def _relation(s: str) -> tuple[list[str], list[str]] | None:
     """``(sides, operators)`` of a relation written at the top level of ``s`` (outside brackets):
     ``x\\leq5`` -> ``(["x", "5"], ["<="])``; None when ``s`` is no relation."""
     sides, ops, depth, last = [], [], 0, 0
-    for m in re.finditer(r"[({\[]|[)}\]]|" + _RELATION_RE.pattern, s):
+    for m in _RELATION_SCAN_RE.finditer(s):
         tok = m.group()
         if tok in "({[":
             depth += 1

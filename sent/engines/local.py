@@ -50,7 +50,7 @@ import torch
 from sent import interrupt
 from sent.advantages import grpo_advantages
 from sent.config import SentConfig, loss_config
-from sent.data_contract import load_curriculum
+from sent.data_contract import json_safe, load_curriculum
 from sent.entropy import token_entropy
 from sent.locks import exclusive
 from sent.losses import (
@@ -256,8 +256,6 @@ class LocalEngine:
     def _write_history(self) -> None:
         """``metrics.jsonl``: one line per step so far (rewritten atomically, so that after a
         resume it holds exactly the steps of the resumed history)."""
-        from sent.data_contract import json_safe
-
         path = self.out / "metrics.jsonl"
         tmp = path.with_name(".metrics.jsonl.tmp")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -282,8 +280,6 @@ class LocalEngine:
             }
             (tmp / "stage.json").write_text(json.dumps(summary, indent=2))
         else:
-            from sent.data_contract import json_safe
-
             tensors = {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
