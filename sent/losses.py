@@ -320,13 +320,25 @@ def select_extremes(
 
     The largest break ties toward the lower flat index, the smallest toward the higher one:
     the second order is then the exact reverse of the first, so "the k smallest of the rest"
-    equals "the k smallest of all, minus the largest" and both can be found at once (one batched
-    ``topk`` over a (2, N) stack when ``max_k <= SMALL_K``).
+    equals "the k smallest of all, minus the largest" and both can be found at once: on the CPU
+    with one ``np.partition`` at two ranks (`_extremes_by_partition`), on accelerators with one
+    batched ``topk`` over a (2, N) stack when ``max_k <= SMALL_K`` (`_extremes_by_topk`), else
+    with two selections. All paths select the same sets.
     """
+    if scores.device.type == "cpu":
+        return _extremes_by_partition(scores, candidates, k)
     if max_k is None or max_k > SMALL_K:
-        high = select_top(scores, candidates, k, largest=True, max_k=max_k)
-        low = select_top(scores, candidates, k, largest=False, max_k=max_k, ties_to_last=True)
-        return high, low & ~high
+        return _extremes_by_selection(scores, candidates, k, max_k=max_k)
+    return _extremes_by_topk(scores, candidates, k, max_k=max_k)
+
+
+def _extremes_by_selection(scores, candidates, k, *, max_k=None):
+    high = select_top(scores, candidates, k, largest=True, max_k=max_k)
+    low = select_top(scores, candidates, k, largest=False, max_k=max_k, ties_to_last=True)
+    return high, low & ~high
+
+
+def _extremes_by_topk(scores, candidates, k, *, max_k: int):
     flat = scores.detach().reshape(-1)
     cand = candidates.reshape(-1)
     keyed = torch.where(cand, torch.stack([flat, -flat]), float("-inf"))  # row 1: smallest first
@@ -339,6 +351,31 @@ def select_extremes(
     need = k - torch.count_nonzero(beyond, dim=-1)
     high = beyond[0] | _first_n(ties[0], need[0])
     low = (beyond[1] | _last_n(ties[1], need[1])) & ~high
+    return high.reshape(scores.shape), low.reshape(scores.shape)
+
+
+def _extremes_by_partition(scores, candidates, k):
+    """CPU: the k-th largest and the k-th smallest candidate score from one ``np.partition`` of
+    the candidates' scores at both ranks (one pass, about n_candidates work), then the same
+    boundary and tie rule as the other paths."""
+    flat = scores.detach().reshape(-1)
+    cand = candidates.reshape(-1)
+    n = int(torch.count_nonzero(cand))
+    kk = min(int(k), n)
+    if kk <= 0:
+        none = torch.zeros_like(candidates, dtype=torch.bool)
+        return none, none.clone()
+    values = flat[cand]
+    if values.dtype in (torch.bfloat16, torch.float16):  # numpy has neither; float32 holds them exactly
+        values = values.float()
+    part = np.partition(values.numpy(), (kk - 1, n - kk))
+    kth_low = torch.as_tensor(part[kk - 1]).to(flat.dtype)
+    kth_high = torch.as_tensor(part[n - kk]).to(flat.dtype)
+    need = torch.tensor(kk)
+    above = (flat > kth_high) & cand
+    high = above | _first_n((flat == kth_high) & cand, need - torch.count_nonzero(above))
+    below = (flat < kth_low) & cand
+    low = (below | _last_n((flat == kth_low) & cand, need - torch.count_nonzero(below))) & ~high
     return high.reshape(scores.shape), low.reshape(scores.shape)
 
 

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from sent.losses import (
     POLICY_LOSSES,
     PolicyLossConfig,
+    _extremes_by_selection,
+    _extremes_by_topk,
     _kth_smallest_cpu,
     agg_loss,
     entropy_bonus,
@@ -495,10 +497,15 @@ def test_select_extremes_matches_its_definition(values, data):
     high_set = sorted(cands, key=lambda i: (-values[i], i))[:k]
     rest = [i for i in cands if i not in high_set]
     low_set = sorted(rest, key=lambda i: (values[i], -i))[:k]
-    for max_k in (None, n + 1):
-        high, low = select_extremes(scores, cand, torch.tensor(float(k)), max_k=max_k)
-        assert sorted(torch.nonzero(high).flatten().tolist()) == sorted(high_set)
-        assert sorted(torch.nonzero(low).flatten().tolist()) == sorted(low_set)
+    kt = torch.tensor(float(k))
+    paths = {
+        "cpu partition": select_extremes(scores, cand, kt),
+        "two selections": _extremes_by_selection(scores, cand, kt),
+        "batched topk (accelerators)": _extremes_by_topk(scores, cand, kt, max_k=n + 1),
+    }
+    for path, (high, low) in paths.items():
+        assert sorted(torch.nonzero(high).flatten().tolist()) == sorted(high_set), path
+        assert sorted(torch.nonzero(low).flatten().tolist()) == sorted(low_set), path
 
 
 def test_all_covariances_equal_split_first_and_last():
