@@ -130,6 +130,10 @@ PolicyLossSettings = _policy_loss_section()
 class VerlConfig(_Section):
     """The verl engine (`sent.engines.verl`): resources and verl-only settings of each stage's job."""
 
+    device: Literal["cuda", "cpu"] = Field(
+        "cuda",
+        description="cpu: verl's real trainer without GPUs (sent.engines.verl_cpu), to check a config; not for speed",
+    )
     nnodes: int = Field(1, gt=0)
     n_gpus_per_node: int = Field(8, gt=0)
     ray_address: str | None = Field(

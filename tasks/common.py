@@ -192,7 +192,7 @@ def uses_gpu(cfg: SentConfig, phase: str) -> bool:
 
     on_device = resolve_device(cfg.model.device).type != "cpu"
     if phase == "train":
-        return on_device or cfg.training.engine == "verl"
+        return on_device or (cfg.training.engine == "verl" and cfg.training.verl.device != "cpu")
     if phase == "curate":
         return on_device or cfg.sampling.backend == "vllm"
     if phase == "eval":

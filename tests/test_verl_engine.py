@@ -267,6 +267,8 @@ def test_the_exact_entropy_reaches_the_sent_loss_through_verls_ppo_loss():
     expected_floats = metrics_to_floats(expected_metrics)
     got = {k.removeprefix("actor/"): v for k, v in metrics.items() if k.startswith("actor/")}
     assert got["entropy_low_set"].aggregate() == pytest.approx(expected_floats["entropy_low_set"])
+    # the loss's own time, summed over micro-batches within a step
+    assert metrics["actor/loss_seconds"].aggregation.value == "sum" and 0 < got["loss_seconds"].aggregate() < 10
 
 
 def test_without_entropy_exact_mode_fails_clearly_and_surprisal_mode_falls_back():

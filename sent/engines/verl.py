@@ -255,6 +255,8 @@ def plan_stage(
         f"trainer.experiment_name={hydra_value(experiment)}",
         f"trainer.default_local_dir={hydra_value(str(out / 'verl' / 'checkpoints'))}",
         "trainer.resume_mode=auto",
+        # Hydra's own log and resolved config beside the checkpoints (its default: ./outputs/<date>)
+        f"hydra.run.dir={hydra_value(str(out / 'verl' / 'hydra'))}",
         f"trainer.save_freq={t.save_every}",
         f"trainer.test_freq={t.val_every}",
         "trainer.val_before_train=false",
@@ -263,6 +265,11 @@ def plan_stage(
     if steps is not None:
         overrides.append(f"trainer.total_training_steps={steps}")
     env = {"TOKENIZERS_PARALLELISM": "true"}
+    if v.device == "cpu":  # verl's real trainer without GPUs (a check, not for speed)
+        from sent.engines import verl_cpu
+
+        env.update(verl_cpu.environment())
+        overrides += verl_cpu.overrides(local_ray=v.ray_address is None)
     if mlflow is not None:
         env.update({"MLFLOW_TRACKING_URI": mlflow[0], "MLFLOW_RUN_ID": mlflow[1]})
     for key, value in sorted(env.items()):  # the Ray workers get the same environment
@@ -423,6 +430,7 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.training.verl.val_files and not plan.val_files[0].is_file():
         write_validation_set(cfg, plan.val_files[0])
+    metrics_path = plan.out_dir / "metrics.jsonl"
     history: list[dict[str, float]] = []
 
     def on_line(line: str) -> None:
@@ -430,6 +438,8 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
         if parsed is not None:
             step, metrics = parsed
             history.append({"step": float(step), **metrics})
+            with metrics_path.open("a") as f:  # kept as it comes: a killed job's steps survive its resume
+                f.write(json.dumps(history[-1]) + "\n")
             if callback is not None:
                 callback(step, metrics)
 
@@ -454,5 +464,21 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
     }
     (tmp / "stage.json").write_text(json.dumps(summary, indent=2))
     tmp.rename(plan.merged_dir)
-    (plan.out_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    write_step_history(metrics_path)
     return summary
+
+
+def write_step_history(path: Path) -> list[dict[str, float]]:
+    """``metrics.jsonl`` with one line per step, in step order. A resumed job repeats the steps
+    after its last checkpoint; the last run of each step is the one its weights came from."""
+    by_step: dict[float, dict[str, float]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_step[row["step"]] = row
+    rows = [by_step[k] for k in sorted(by_step)]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return rows

@@ -37,6 +37,7 @@ import inspect
 import logging
 import re
 import sys
+import time
 from typing import Any
 
 import torch
@@ -47,6 +48,7 @@ from sent.losses import POLICY_LOSSES, PolicyLossConfig, metrics_to_floats
 
 logger = logging.getLogger(__name__)
 SUPPORTED_VERL = ">=0.9,<0.10"
+LOSS_TIME_METRIC = "actor/loss_seconds"
 _DEFAULTS = PolicyLossConfig()
 _ENTROPY: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("sent_verl_entropy", default=None)
 _warned_surprisal = False
@@ -202,30 +204,45 @@ def with_entropy(ppo_loss):
     if params[:3] != ["config", "model_output", "data"]:
         raise RuntimeError(f"verl's ppo_loss has the signature {params}; this plugin supports verl {SUPPORTED_VERL}")
 
+    from verl.utils.metric.utils import Metric
+
     @functools.wraps(ppo_loss)
     def ppo_loss_with_entropy(config, model_output, data, dp_group=None):
         from verl.workers.utils.padding import no_padding_2_padding
 
         entropy = model_output.get("entropy", None)
         token = _ENTROPY.set(None if entropy is None else no_padding_2_padding(entropy, data))
+        start = time.perf_counter()
         try:
-            return ppo_loss(config, model_output, data, dp_group)
+            loss, metrics = ppo_loss(config, model_output, data, dp_group)
         finally:
             _ENTROPY.reset(token)
+        # the loss's own time, summed over a step's micro-batches, to set against timing_s/update_actor
+        # (host time: exact on the CPU; on GPUs it misses kernels still running)
+        metrics[LOSS_TIME_METRIC] = Metric(aggregation="sum", value=time.perf_counter() - start)
+        return loss, metrics
 
     ppo_loss_with_entropy.__sent_wrapped__ = True
     return ppo_loss_with_entropy
 
 
-def check_verl_version() -> str:
-    """verl's installed version; a warning when it is outside `SUPPORTED_VERL` (the wiring may not hold)."""
+class UnsupportedVerlError(RuntimeError):
+    """The installed verl is outside `SUPPORTED_VERL`: the loss and entropy wiring name its functions."""
+
+
+def check_verl_version(version: str | None = None) -> str:
+    """verl's installed version (or ``version``); raises `UnsupportedVerlError` outside
+    `SUPPORTED_VERL`. A job on such a verl fails in its first worker instead of training
+    without SENT's entropy or with a loss called the wrong way."""
     import importlib.metadata
 
-    version = importlib.metadata.version("verl")
+    version = version or importlib.metadata.version("verl")
     major_minor = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
     if major_minor != (0, 9):
-        logger.warning(
-            "verl %s is installed; sent supports verl %s (the entropy wiring may not apply)", version, SUPPORTED_VERL
+        raise UnsupportedVerlError(
+            f"verl {version} is installed; sent's verl plugin supports verl {SUPPORTED_VERL} (its loss signature and "
+            "the ppo_loss it wraps for exact entropy). Install verl>=0.9,<0.10, or check the wiring against this "
+            "verl and widen SUPPORTED_VERL."
         )
     return version
 
