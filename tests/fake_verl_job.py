@@ -1,10 +1,11 @@
 """A FAKE of verl's trainer (`python -m verl.trainer.main_ppo`) and model merger
-(`python -m verl.model_merger merge`), because both need GPUs and this machine has none. It exists
-only to test our orchestration around the real job (sent.engines.verl.run_stage and the pipeline's
-train step): it reads the Hydra overrides it is given, prints step lines in the format of verl's
-console logger, writes verl's checkpoint layout (global_step_N/actor + latest_checkpointed_iteration.txt)
-and, as the "merger", copies the stage's start model as the merged weights. It records its
-arguments and environment in <default_local_dir>/fake_job.json for the tests to inspect.
+(`python -m verl.model_merger merge`), kept only for the shape that needs GPUs: the pipeline's
+verl stages on CUDA, which hold a slot of the Prefect `gpu` limit (tests/test_pipeline.py).
+Everything verl's real trainer can do on CPU is tested on it instead (tests/test_verl_real.py).
+It reads the Hydra overrides it is given, prints step lines in the format of verl's console logger,
+writes verl's checkpoint layout (global_step_N/actor + latest_checkpointed_iteration.txt) and, as the
+"merger", copies the stage's start model as the merged weights. It records its arguments and
+environment in <default_local_dir>/fake_job.json for the tests to inspect.
 Set FAKE_VERL_FAIL=1 to make the trainer fail after two steps."""
 
 from __future__ import annotations

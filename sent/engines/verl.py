@@ -63,6 +63,8 @@ class StagePlan:
     experiment_name: str
     total_steps: int | None
     overrides: list[str]
+    rows: int | None = None  # the stage's problems (None before curation)
+    batch_size: int = 1
     env: dict[str, str] = field(default_factory=dict)
     ray_address: str | None = None
     trainer_module: str = TRAINER_MODULE
@@ -156,6 +158,8 @@ def plan_stage(
     from sent.engines.verl_plugin import verl_name
 
     t, v = cfg.training, cfg.training.verl
+    if Path(start_model).exists():  # a local model: absolute, for Ray workers and cluster jobs elsewhere
+        start_model = str(Path(start_model).resolve())
     curriculum_dir, run_dir = Path(curriculum_dir), Path(run_dir).resolve()
     out = run_dir / f"stage-{stage}"
     train_files, curated, n_rows = stage_train_files(curriculum_dir, stage)
@@ -287,6 +291,8 @@ def plan_stage(
         experiment_name=experiment,
         total_steps=steps,
         overrides=overrides,
+        rows=n_rows,
+        batch_size=t.train_batch_size,
         env=env,
         ray_address=v.ray_address,
         trainer_module=v.trainer_module,
@@ -419,6 +425,13 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
     first (so verl cannot resume from it)."""
     if not plan.curated:
         raise VerlEngineError(f"stage {plan.stage} has no curriculum yet: {plan.train_files[0]} does not exist")
+    if plan.rows is not None and plan.rows < plan.batch_size:
+        # verl's dataloader drops the last partial batch: no step at all (ZeroDivisionError in verl's fit)
+        raise VerlEngineError(
+            f"stage {plan.stage} has {plan.rows} problems, fewer than training.train_batch_size={plan.batch_size}: "
+            "verl drops a partial batch, so no step would run. Lower train_batch_size, curate more problems "
+            "(data.limit), or use fewer stages (curriculum.n_stages)."
+        )
     if (plan.merged_dir / "stage.json").is_file():
         if not fresh:
             raise VerlEngineError(

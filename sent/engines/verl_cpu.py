@@ -22,6 +22,10 @@ On import (inside ``import verl``) it checks the verl version and installs, each
    CPU is ``"cpu:gloo,cpu:gloo"``; torch rejects the repeated device. `_single_backend` turns a
    backend string whose entries all name one backend into that backend (``gloo``).
 
+`PlatformCPU.current_device` is ``"cpu"``, as ``torch.cpu.current_device()``, not an index: verl
+moves tensors with ``.to(get_device_id())`` (e.g. ``verl/utils/fsdp_utils.py``,
+``fsdp2_load_full_state_dict``), and ``.to(0)`` means ``cuda:0``.
+
 The FSDP engine is registered for ``cuda`` and ``npu`` only (``verl/workers/engine/fsdp``, the
 ``EngineRegistry.register`` decorators); ``VERL_ENGINE_DEVICE=cuda`` (read in
 ``verl/workers/engine/base.py``, ``EngineRegistry.get_engine_cls``) selects it, and the engine then
