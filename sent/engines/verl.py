@@ -74,19 +74,13 @@ class StagePlan:
         trainer = [sys.executable, "-m", self.trainer_module, *self.overrides]
         if self.ray_address is None:
             return trainer
-        runtime_env = {"env_vars": self.env}
-        return [
-            "ray",
-            "job",
-            "submit",
-            f"--address={self.ray_address}",
-            f"--runtime-env-json={json.dumps(runtime_env)}",
-            "--",
-            "python",
-            "-m",
-            self.trainer_module,
-            *self.overrides,
-        ]
+        # The job's driver gets the environment on its command line (`env K=V ...`): a job runtime
+        # env that sets the variables which main_ppo's ray.init also sets for the workers
+        # (ray_kwargs.ray_init.runtime_env.env_vars) is refused by Ray ("Failed to merge the Job's
+        # runtime env ... because of a conflict").
+        submit = ["ray", "job", "submit", f"--address={self.ray_address}", "--"]
+        env = ["env", *(f"{k}={v}" for k, v in sorted(self.env.items()))]
+        return [*submit, *env, "python", "-m", self.trainer_module, *self.overrides]
 
     def shell(self) -> str:
         """The command as a shell line (with its environment when run locally), one override per line."""
@@ -444,6 +438,7 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
     if not cfg.training.verl.val_files and not plan.val_files[0].is_file():
         write_validation_set(cfg, plan.val_files[0])
     metrics_path = plan.out_dir / "metrics.jsonl"
+    _drop_torn_tail(metrics_path)
     history: list[dict[str, float]] = []
 
     def on_line(line: str) -> None:
@@ -479,6 +474,14 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
     tmp.rename(plan.merged_dir)
     write_step_history(metrics_path)
     return summary
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """A job killed while appending a line leaves it cut: drop it before the resumed job appends."""
+    if path.is_file():
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            path.write_text(text[: text.rfind("\n") + 1])
 
 
 def write_step_history(path: Path) -> list[dict[str, float]]:
