@@ -158,8 +158,8 @@ def test_gpu_work_holds_a_slot_of_the_gpu_limit(harness, cfg):
         assert held is False  # the toy config is CPU work: no slot taken, no limit needed
     gpu_cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"engine": "verl"})})
     assert uses_gpu(gpu_cfg, "train") and not uses_gpu(gpu_cfg, "eval")
-    verl_on_cpu = gpu_cfg.model_copy(deep=True)
-    verl_on_cpu.training.verl.device = "cpu"
+    cpu_verl = gpu_cfg.training.verl.model_copy(update={"device": "cpu"})
+    verl_on_cpu = gpu_cfg.model_copy(update={"training": gpu_cfg.training.model_copy(update={"verl": cpu_verl})})
     assert not uses_gpu(verl_on_cpu, "train")  # verl's trainer on the CPU takes no GPU slot
     from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 

@@ -304,13 +304,15 @@ def test_fresh_retrains_a_finished_stage_on_a_ray_cluster_and_the_gradient_clip_
     # The fresh run goes to the cluster with `ray job submit` and a gradient clip of 1e-12. verl's
     # optimizer is AdamW (weight decay 0 here): with the gradient's norm clipped to 1e-12 each
     # update is at most lr * 1e-12 / eps = 1e-4 * 1e-12 / 1e-8 = 1e-8 per weight, far below a bf16
-    # step (about 2e-4 at |w| = 0.05), against about lr = 1e-4 per weight and step without the clip
-    # (the resumed run above, which changed a good share of the weights). So the weights must not
-    # move if, and only if, the clip reached verl's optimizer (optim.clip_grad).
+    # step (about 2e-4 at |w| = 0.05), against about lr = 1e-4 per weight and step without the clip.
+    # Measured here: the unclipped run (the resumed one above) changed 94 % of the weights in bf16
+    # (mean |dw| 2e-4); the clipped one 0.055 % (mean |dw| 7e-8: weights near zero, whose bf16 step
+    # is tiny, and values at a rounding midpoint). So most weights move if, and only if, the clip
+    # did not reach verl's optimizer (optim.clip_grad).
     tmp, config, curriculum, out, *_ = resumed
     address, auth = ray_head
     first_final = out / "stage-1" / "final"
-    assert _changed(tiny_toy.model_dir, first_final) > 0.01
+    assert _changed(tiny_toy.model_dir, first_final) > 0.5
     command = _train_command(
         config, curriculum, out, "--fresh", f"training.verl.ray_address={address}", "training.grad_clip=1e-12"
     )
@@ -321,7 +323,7 @@ def test_fresh_retrains_a_finished_stage_on_a_ray_cluster_and_the_gradient_clip_
     assert _steps_logged(log) == [1, 2, 3]  # started over: the old stage was moved aside
     old = list(out.glob("stage-1.old-*"))
     assert len(old) == 1 and (old[0] / "final" / "stage.json").is_file()
-    assert _changed(tiny_toy.model_dir, out / "stage-1" / "final") < 1e-4
+    assert _changed(tiny_toy.model_dir, out / "stage-1" / "final") < 0.01
     shutil.rmtree(old[0])
 
 
