@@ -30,7 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SENT = [sys.executable, "-m", "sent.cli"]
-TIMING = {"step_time", "sampling_time", "tokens_per_s"}
 
 
 def build_world(work: Path) -> tuple[Path, Path]:
@@ -81,9 +80,11 @@ def curation_outputs(out: Path) -> dict[str, str]:
 
 
 def training_outputs(out: Path) -> tuple[list[dict], str]:
+    from sent.engines.local import is_timing
+
     stage = out / "stage-1"
     curve = [
-        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        {k: v for k, v in json.loads(line).items() if not is_timing(k)}
         for line in (stage / "metrics.jsonl").read_text().splitlines()
     ]
     weights = hashlib.sha256(b"".join(sha256(p).encode() for p in sorted((stage / "final").glob("*.safetensors"))))

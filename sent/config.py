@@ -190,6 +190,11 @@ class TrainingConfig(_Section):
         5.0, gt=0, description="grading budget of one response; undecided in time = wrong (counted as reward_undecided)"
     )
     incorrect_score: float = Field(-1.0, description="reward of a wrong or missing answer (paper: -1)")
+    old_logprobs: Literal["sampling", "recompute"] = Field(
+        "sampling",
+        description="local engine: the rollout's old log-probabilities from the sampler's own forward passes "
+        "(no extra pass; equal to a recomputation to float rounding) or from a separate no-grad pass",
+    )
     shuffle: bool = Field(True, description="shuffle within a stage (False keeps SE order)")
     save_every: int = Field(50, gt=0)
     resume: Literal["auto", "never"] = "auto"

@@ -306,6 +306,7 @@ def evaluate_model(
             top_p=ev.top_p,
             max_new_tokens=ev.max_new_tokens,
             seed=cfg.seed,
+            logprobs=False,  # graded by their text only
         )
         responses = {p.id: [c.text for c in cs] for p, cs in zip(problems, outs, strict=True)}
         metrics, rows = score_benchmark(name, problems, responses, ev.k)

@@ -8,6 +8,8 @@ row's positions do not depend on how much padding it got (TOY_NOTES.md).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from pathlib import Path
 
@@ -93,13 +95,23 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+@functools.cache
+def _takes_logits_to_keep(model_type: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+
+
 def response_logits_and_logprobs(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``(rows, L - start, V)`` predicting ``input_ids[:, start:]``, and those tokens'
-    log-probabilities ``(rows, L - start)``, each given the tokens before it (differentiable)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask))
-    logits = logits.logits[:, start - 1 : -1]
+    log-probabilities ``(rows, L - start)``, each given the tokens before it (differentiable).
+    The LM head runs on those positions only, where the model takes ``logits_to_keep``."""
+    keep = input_ids.shape[1] - start + 1
+    extra = {"logits_to_keep": keep} if _takes_logits_to_keep(type(model)) else {}
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra
+    )
+    logits = out.logits[:, -keep:-1]
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, start:].unsqueeze(-1)).squeeze(-1)
     return logits, logp
 

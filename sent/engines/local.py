@@ -9,7 +9,11 @@ One step, in the order of the GRPO algorithm:
 2. G responses per prompt from the current weights (the ``hf`` sampler, seeded by the step);
 3. rewards by `compute_score`; GRPO advantages per group (optionally dropping groups whose
    rewards are all equal: they carry no signal but dilute the token mean);
-4. old log-probabilities (and the reference model's, when the reference KL loss is on);
+4. old log-probabilities: by default the sampler's own, recorded during generation from the same
+   weights (``old_logprobs: recompute`` runs a separate no-grad pass instead; the two agree to
+   float rounding), and the reference model's when the reference KL loss is on. Until the
+   step's first optimizer step the policy is the rollout policy, and the old log-probabilities
+   are the current ones, detached (ratio 1, ``|log pi - log pi_old| = 0``);
 5. for each PPO epoch and mini-batch: log-probabilities and exact token entropy of the current
    policy, the configured policy loss plus reference KL and entropy bonus, gradient
    accumulation over micro-batches (each micro-batch normalised by the mini-batch's token or
@@ -39,7 +43,8 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +54,7 @@ import torch
 
 from sent import interrupt
 from sent.advantages import grpo_advantages
-from sent.config import SentConfig, loss_config
+from sent.config import SentConfig, TrainingConfig, loss_config
 from sent.data_contract import json_safe, load_curriculum
 from sent.entropy import token_entropy
 from sent.locks import exclusive
@@ -62,12 +67,91 @@ from sent.losses import (
 )
 from sent.models import load_model, load_tokenizer, response_logits_and_logprobs, token_logprobs
 from sent.rewards import compute_score, warm_up_verifier
+from sent.sampling.base import Completion
 from sent.sampling.hf import HFSampler
 
 logger = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]
 _COUNTS = frozenset({"n_low_entropy", "n_penalised", "n_selected", "n_valid_tokens"})
 FINAL, CHECKPOINTS = "final", "checkpoints"
+TIME_PREFIX = "time/"
+"""Per-phase seconds of a step: ``time/generate``, ``time/scoring``, ``time/batching``,
+``time/old_logprobs``, ``time/forward`` (policy forward, entropy and loss), ``time/backward`` and
+``time/optimizer`` (clipping and the AdamW step)."""
+TIMING = frozenset({"step_time", "sampling_time", "tokens_per_s"})
+"""Wall-clock metrics: with those under `TIME_PREFIX`, the ones that differ between two runs of
+the same seed."""
+
+
+def is_timing(metric: str) -> bool:
+    return metric in TIMING or metric.startswith(TIME_PREFIX)
+
+
+class PhaseClock:
+    """Seconds spent per named phase, summed over a step (``with clock("forward"): ...``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class EntropyTally:
+    """The mean token entropy over every response token of a step (``policy_entropy``)."""
+
+    total: float = 0.0
+    tokens: int = 0
+
+    def add(self, entropy: torch.Tensor, valid: torch.Tensor) -> None:
+        self.total += float((entropy.detach() * valid).sum())
+        self.tokens += int(valid.sum())
+
+    def mean(self) -> float:
+        return self.total / self.tokens if self.tokens else float("nan")
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """The sequences of one forward/backward, and the step's tensors they index."""
+
+    rows: torch.Tensor
+    batch: dict[str, Any]
+    train_mask: torch.Tensor
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor | None
+    adv_tokens: torch.Tensor
+    n_tokens: int
+    """Trained tokens of the whole mini-batch (each micro-batch's loss is its share of them)."""
+    on_policy: bool
+    """No optimizer step yet since the rollout: the policy is the rollout policy."""
+
+
+def score_rollout(rows: list[dict], outs: list[list[Completion]], t: TrainingConfig) -> list[dict[str, Any]]:
+    """`compute_score` of every completion, in rollout order. A group repeats answers, so each
+    distinct response text of a prompt is graded once (grading is a pure function of the text)."""
+    scores = []
+    for row, completions in zip(rows, outs, strict=True):
+        graded: dict[str, dict[str, Any]] = {}
+        for c in completions:
+            if c.text not in graded:
+                graded[c.text] = compute_score(
+                    row["data_source"],
+                    c.text,
+                    row["reward_model"]["ground_truth"],
+                    row["extra_info"],
+                    correct_score=t.correct_score,
+                    incorrect_score=t.incorrect_score,
+                    timeout=t.reward_timeout_s,
+                )
+            scores.append(graded[c.text])
+    return scores
 
 
 class TrainingError(RuntimeError):
@@ -299,85 +383,157 @@ class LocalEngine:
 
     # ---------------------------------------------------------------- one step
 
-    def _rollout(self, rows: list[dict]) -> dict[str, Any]:
+    def _rollout(self, rows: list[dict], clock: PhaseClock) -> dict[str, Any]:
         t, G = self.t, self.t.group_size
-        prompts = [[dict(m) for m in r["prompt"]] for r in rows]
-        outs = self.sampler.generate(
-            prompts,
-            n=G,
-            temperature=t.temperature,
-            top_p=t.top_p,
-            max_new_tokens=t.max_response_tokens,
-            seed=self.cfg.seed * 1_000_003 + self.step,
-        )
-        tok = self.tokenizer
-        texts = self.sampler.prompt_texts(prompts)
-        prompt_ids = tok(texts, add_special_tokens=False)["input_ids"]
-        seqs, rewards, accs, groups = [], [], [], []
-        undecided = 0
-        for g, (row, completions) in enumerate(zip(rows, outs, strict=True)):
-            for c in completions:
-                s = compute_score(
-                    row["data_source"],
-                    c.text,
-                    row["reward_model"]["ground_truth"],
-                    row["extra_info"],
-                    correct_score=t.correct_score,
-                    incorrect_score=t.incorrect_score,
-                    timeout=t.reward_timeout_s,
-                )
-                undecided += s["undecided"]
-                seqs.append((prompt_ids[g], list(c.token_ids)))
-                rewards.append(s["score"])
-                accs.append(float(s["acc"]))
-                groups.append(g)
-        P = max(len(p) for p, _ in seqs)
-        R = max(1, max(len(r) for _, r in seqs))
-        N = len(seqs)
-        input_ids = torch.full((N, P + R), tok.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((N, P + R), dtype=torch.long)
-        for i, (p, r) in enumerate(seqs):  # [left-padded prompt | right-padded response]
-            input_ids[i, P - len(p) : P] = torch.tensor(p)
-            input_ids[i, P : P + len(r)] = torch.tensor(r, dtype=torch.long)
-            attention[i, P - len(p) : P + len(r)] = 1
-        rewards_t, groups_t = torch.tensor(rewards), torch.tensor(groups)
-        adv = grpo_advantages(rewards_t, groups_t, norm_by_std=t.norm_adv_by_std)
-        group_rewards = rewards_t.view(-1, G)
-        signal = group_rewards.max(1).values != group_rewards.min(1).values
-        keep = signal[groups_t] if t.filter_groups else torch.ones(N, dtype=torch.bool)
+        reuse = t.old_logprobs == "sampling"
+        with clock("generate"):
+            outs = self.sampler.generate(
+                [[dict(m) for m in r["prompt"]] for r in rows],
+                n=G,
+                temperature=t.temperature,
+                top_p=t.top_p,
+                max_new_tokens=t.max_response_tokens,
+                seed=self.cfg.seed * 1_000_003 + self.step,
+                logprobs=reuse,
+            )
+        completions = [c for group in outs for c in group]
+        with clock("scoring"):
+            scores = score_rollout(rows, outs, t)
+        with clock("batching"):
+            prompt_len = max(len(c.prompt_token_ids) for c in completions)
+            response_len = max(1, max(c.n_tokens for c in completions))
+            n_seqs, width = len(completions), prompt_len + response_len
+            input_ids = torch.full((n_seqs, width), self.tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((n_seqs, width), dtype=torch.long)
+            sampled_logp = torch.zeros((n_seqs, response_len)) if reuse else None
+            for i, c in enumerate(completions):  # [left-padded prompt | right-padded response]
+                p, r = c.prompt_token_ids, c.token_ids
+                input_ids[i, prompt_len - len(p) : prompt_len] = torch.tensor(p, dtype=torch.long)
+                input_ids[i, prompt_len : prompt_len + len(r)] = torch.tensor(r, dtype=torch.long)
+                attention[i, prompt_len - len(p) : prompt_len + len(r)] = 1
+                if sampled_logp is not None:
+                    sampled_logp[i, : len(r)] = torch.tensor(c.token_logprobs)
+            rewards = torch.tensor([s["score"] for s in scores])
+            groups = torch.arange(len(rows)).repeat_interleave(G)
+            adv = grpo_advantages(rewards, groups, norm_by_std=t.norm_adv_by_std)
+            group_rewards = rewards.view(-1, G)
+            signal = group_rewards.max(1).values != group_rewards.min(1).values
+            keep = signal[groups] if t.filter_groups else torch.ones(n_seqs, dtype=torch.bool)
         return {
             "input_ids": input_ids.to(self.device),
             "attention": attention.to(self.device),
-            "P": P,
+            "P": prompt_len,
+            "sampled_logp": sampled_logp.to(self.device) if sampled_logp is not None else None,
             "advantages": adv,
-            "rewards": rewards_t,
-            "acc": torch.tensor(accs),
+            "rewards": rewards,
+            "acc": torch.tensor([float(s["acc"]) for s in scores]),
             "signal": signal,
             "keep": keep,
-            "groups": groups_t,
-            "reward_undecided": undecided / len(seqs),
+            "groups": groups,
+            "reward_undecided": sum(s["undecided"] for s in scores) / n_seqs,
         }
+
+    def _old_logprobs(self, batch: dict[str, Any], first_mini: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rollout policy's log-probabilities and the reference model's (None without the
+        reference KL loss). The first ``first_mini`` sequences (the first mini-batch) are trained
+        on-policy, where the old log-probabilities are the current ones (`_micro_step`), so a
+        recomputation skips them; the sampler's cover every sequence at no cost."""
+        ids, mask, P, rows = batch["input_ids"], batch["attention"], batch["P"], self.t.micro_batch_size
+        with torch.no_grad():
+            old = batch["sampled_logp"]
+            if old is None:
+                old = torch.zeros(mask[:, P:].shape, device=self.device)
+                if first_mini < len(ids):
+                    rest = slice(first_mini, None)
+                    old[rest] = token_logprobs(self.policy, ids[rest], mask[rest], P, chunk_rows=rows)
+            ref = token_logprobs(self.reference, ids, mask, P, chunk_rows=rows) if self.reference is not None else None
+        return old, ref
+
+    def _micro_step(
+        self, micro: MicroBatch, cfg: PolicyLossConfig, clock: PhaseClock, entropy: EntropyTally
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Forward, loss and backward of one micro-batch; (its share of the policy loss, metrics).
+
+        Only sequences with a trained token (``train_mask``) go through the forward with gradient
+        and the backward: the others (groups left out by ``filter_groups``) add nothing to the
+        loss or its gradient, and every loss selects among trained tokens only, in index order,
+        so dropping them changes no token's selection. Their entropy, which the
+        ``policy_entropy`` metric covers, comes from a forward without gradient.
+        """
+        t = self.t
+        ids, mask, P = micro.batch["input_ids"], micro.batch["attention"], micro.batch["P"]
+        trained = micro.train_mask[micro.rows].any(-1)
+        kept, dropped = micro.rows[trained], micro.rows[~trained]
+        if len(dropped):
+            with clock("forward"), torch.no_grad():
+                logits, _ = response_logits_and_logprobs(self.policy, ids[dropped], mask[dropped], P)
+                entropy.add(token_entropy(logits), mask[dropped, P:])
+        if not len(kept):
+            # no trained token: the loss is 0, and its metrics are those of an all-masked row
+            row = micro.rows[:1]
+            old = micro.old_logp[row]
+            _, metrics = self.loss_fn(
+                log_prob=old,
+                old_log_prob=old,
+                advantages=micro.adv_tokens[row],
+                response_mask=micro.train_mask[row],
+                entropy=torch.zeros_like(old),
+                config=cfg,
+            )
+            if micro.ref_logp is not None:
+                metrics.update(
+                    reference_kl_loss(
+                        old, micro.ref_logp[row], micro.train_mask[row], coef=t.ref_kl_coef, kind=t.ref_kl_kind
+                    )[1]
+                )
+            return torch.zeros((), device=self.device), metrics
+        with clock("forward"):
+            logits, logp = response_logits_and_logprobs(self.policy, ids[kept], mask[kept], P)
+            with torch.set_grad_enabled(t.entropy_coeff > 0):  # a gradient only for the entropy bonus
+                ent = token_entropy(logits)
+            m = micro.train_mask[kept]
+            # on-policy, the old log-probabilities are the current ones exactly: the ratio is 1 and
+            # |log pi - log pi_old| is 0 with a zero gradient (METHOD.md §3), where the sampled or
+            # recomputed ones would differ by float rounding and give that term a random sign
+            old_logp = logp.detach() if micro.on_policy else micro.old_logp[kept]
+            loss, metrics = self.loss_fn(
+                log_prob=logp,
+                old_log_prob=old_logp,
+                advantages=micro.adv_tokens[kept],
+                response_mask=m,
+                entropy=ent.detach(),
+                config=cfg,
+            )
+            pg_loss = loss.detach()
+            scale = m.sum() / max(micro.n_tokens, 1)  # share of the mini-batch in this micro-batch
+            if micro.ref_logp is not None:
+                kl_loss, kl_m = reference_kl_loss(logp, micro.ref_logp[kept], m, coef=t.ref_kl_coef, kind=t.ref_kl_kind)
+                loss = loss + kl_loss * scale
+                metrics.update(kl_m)
+            if t.entropy_coeff > 0:
+                bonus, _ = entropy_bonus(ent, m, coef=t.entropy_coeff)
+                loss = loss + bonus * scale
+        with clock("backward"):
+            loss.backward()
+        entropy.add(ent.detach(), mask[kept, P:])
+        return pg_loss, metrics
 
     def _train_step(self, rows: list[dict]) -> dict[str, float]:
         t, G = self.t, self.t.group_size
+        clock = PhaseClock()
         t0 = time.perf_counter()
-        batch = self._rollout(rows)
+        batch = self._rollout(rows, clock)
         t_sample = time.perf_counter() - t0
-        ids, mask, P = batch["input_ids"], batch["attention"], batch["P"]
-        response_mask = mask[:, P:].bool()
-        with torch.no_grad():
-            old_logp = token_logprobs(self.policy, ids, mask, P, chunk_rows=t.micro_batch_size)
-            ref_logp = (
-                token_logprobs(self.reference, ids, mask, P, chunk_rows=t.micro_batch_size)
-                if self.reference is not None
-                else None
-            )
+        response_mask = batch["attention"][:, batch["P"] :].bool()
+        with clock("old_logprobs"):
+            old_logp, ref_logp = self._old_logprobs(batch, t.mini_batch_size * G)
         adv_tokens = batch["advantages"].to(self.device)[:, None].expand_as(old_logp)
         train_mask = response_mask & batch["keep"].to(self.device)[:, None]
         prompts_per_mini = t.mini_batch_size
         sums: dict[str, list[float]] = {}
         grad_norms: list[float] = []
-        entropy_sum, entropy_tokens = 0.0, 0
+        entropy = EntropyTally()
+        stepped = False  # an optimizer step since the rollout (before it, the policy is the rollout policy)
         self.policy.train()
         for _epoch in range(t.ppo_epochs):
             for m0 in range(0, len(rows), prompts_per_mini):
@@ -394,39 +550,26 @@ class LocalEngine:
                     (), device=self.device
                 )  # micro-batch losses are shares of the mini-batch loss: they add up
                 for u0 in range(0, len(seq), t.micro_batch_size):
-                    idx = seq[u0 : u0 + t.micro_batch_size]
-                    logits, logp = response_logits_and_logprobs(self.policy, ids[idx], mask[idx], P)
-                    ent = token_entropy(logits)
-                    m = train_mask[idx]
-                    loss, metrics = self.loss_fn(
-                        log_prob=logp,
-                        old_log_prob=old_logp[idx],
-                        advantages=adv_tokens[idx],
-                        response_mask=m,
-                        entropy=ent.detach(),
-                        config=cfg,
+                    micro = MicroBatch(
+                        seq[u0 : u0 + t.micro_batch_size],
+                        batch,
+                        train_mask,
+                        old_logp,
+                        ref_logp,
+                        adv_tokens,
+                        n_tokens,
+                        on_policy=not stepped,
                     )
-                    mini_pg_loss = mini_pg_loss + loss.detach()
-                    scale = m.sum() / max(n_tokens, 1)  # share of the mini-batch in this micro-batch
-                    if ref_logp is not None:
-                        kl_loss, kl_m = reference_kl_loss(
-                            logp, ref_logp[idx], m, coef=t.ref_kl_coef, kind=t.ref_kl_kind
-                        )
-                        loss = loss + kl_loss * scale
-                        metrics.update(kl_m)
-                    if t.entropy_coeff > 0:
-                        bonus, _ = entropy_bonus(ent, m, coef=t.entropy_coeff)
-                        loss = loss + bonus * scale
-                    loss.backward()
+                    loss, metrics = self._micro_step(micro, cfg, clock, entropy)
+                    mini_pg_loss = mini_pg_loss + loss
                     for k, v in metrics_to_floats(metrics).items():
                         sums.setdefault(k, []).append(v)
-                    valid = response_mask[idx]
-                    entropy_sum += float((ent.detach() * valid).sum())
-                    entropy_tokens += int(valid.sum())
                 sums.setdefault("pg_loss", []).append(float(mini_pg_loss))
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.grad_clip)))
-                self.optimizer.step()
-                self.scheduler.step()
+                with clock("optimizer"):
+                    grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.grad_clip)))
+                    self.optimizer.step()
+                    self.scheduler.step()
+                stepped = True
         self.policy.eval()
         seconds = time.perf_counter() - t0
         n_resp_tokens = int(response_mask.sum())
@@ -438,13 +581,14 @@ class LocalEngine:
             "reward_undecided": batch["reward_undecided"],
             "groups_with_signal": signal.float().mean().item(),
             "accuracy_groups_with_signal": acc_groups[signal].mean().item() if signal.any() else float("nan"),
-            "policy_entropy": entropy_sum / entropy_tokens if entropy_tokens else float("nan"),
+            "policy_entropy": entropy.mean(),
             "response_length": response_mask.sum(1).float().mean().item(),
             "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
             "step_time": seconds,
             "sampling_time": t_sample,
             "tokens_per_s": n_resp_tokens / seconds,
             "lr": self.scheduler.get_last_lr()[0],
+            **{f"{TIME_PREFIX}{phase}": s for phase, s in clock.seconds.items()},
         }
         for k, v in sums.items():  # token counts add up over micro-batches; the rest is averaged
             out[k] = float(np.sum(v)) if k in _COUNTS else float(np.mean(v))

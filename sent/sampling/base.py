@@ -17,8 +17,14 @@ class Completion:
     token_ids: tuple[int, ...]
     """Generated token ids, the end-of-turn token included when generation stopped on it."""
     logprob: float
-    """Sum of the model's log-probabilities of ``token_ids`` (the raw model distribution)."""
+    """Sum of the model's log-probabilities of ``token_ids`` (the raw model distribution, before
+    temperature and top-p); NaN when the caller asked for no log-probabilities."""
     finish_reason: Literal["stop", "length"]
+    token_logprobs: tuple[float, ...] | None = None
+    """Per-token log-probabilities of ``token_ids`` under the raw model distribution, where the
+    sampler computes them (``hf``); None otherwise."""
+    prompt_token_ids: tuple[int, ...] | None = None
+    """The prompt's token ids as the model saw them (chat template applied, no padding)."""
 
     @property
     def n_tokens(self) -> int:
@@ -35,8 +41,10 @@ class Sampler(Protocol):
         top_p: float,
         max_new_tokens: int,
         seed: int,
+        logprobs: bool = True,
     ) -> list[list[Completion]]:
-        """``n`` completions of each chat prompt, in prompt order. Deterministic in ``seed``."""
+        """``n`` completions of each chat prompt, in prompt order. Deterministic in ``seed``.
+        With ``logprobs=False`` no log-probability is computed (``Completion.logprob`` is NaN)."""
         ...
 
 

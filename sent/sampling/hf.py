@@ -3,9 +3,16 @@
 Settings are passed as a fresh `GenerationConfig` (``top_k=0``), so the model's own generation
 defaults (often ``top_k=50``) never change the sampling distribution. Randomness comes from a
 forked RNG seeded per batch, so sampling leaves the caller's RNG state alone (the training
-engine checkpoints it). Sequence log-probabilities come from one forward pass over the finished
-sequences (`sent.models.token_logprobs`), which bounds memory where keeping generate's
-per-step logits would not.
+engine checkpoints it).
+
+Log-probabilities come from generate's own forward passes: a logits processor placed before
+temperature and top-p (Hugging Face runs caller processors before its warpers) keeps one step's
+log-softmax of the raw logits and reads off the token sampled from it at the next step. So they
+are the raw model distribution's, for any temperature or top-p, cost no extra forward pass, and
+hold one ``(rows, vocab)`` tensor at a time where keeping generate's per-step logits would hold
+all of them. They agree with a full forward pass over the finished sequences
+(`sent.models.token_logprobs`) to float rounding: the KV-cached decode adds in another order
+(tests/test_sampling.py states the tolerance).
 """
 
 from __future__ import annotations
@@ -16,8 +23,37 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sent.models import load_model, load_tokenizer, token_logprobs
+from sent.models import load_model, load_tokenizer
 from sent.sampling.base import Completion, Messages, register_sampler
+
+
+class _SampledLogprobs:
+    """A logits processor that records the raw log-probability of each sampled token.
+
+    Called once per decoding step with the tokens so far and that step's scores: it reads the
+    previous step's log-softmax at the token just appended, and keeps this step's for the next.
+    `finish` reads the last step's at the final tokens. Scores pass through unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None
+        self.columns: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.columns.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, generated: torch.Tensor) -> torch.Tensor:
+        """``(rows, generated columns)`` log-probabilities of ``generated``."""
+        if self.previous is None:
+            return torch.zeros(generated.shape, dtype=torch.float32, device=generated.device)
+        self.columns.append(self.previous.gather(-1, generated[:, -1:]).squeeze(-1))
+        out = torch.stack(self.columns, dim=1)
+        if out.shape != generated.shape:
+            raise RuntimeError(f"recorded {tuple(out.shape)} log-probabilities for {tuple(generated.shape)} tokens")
+        return out
 
 
 class HFSampler:
@@ -57,8 +93,9 @@ class HFSampler:
         top_p: float,
         max_new_tokens: int,
         seed: int,
+        logprobs: bool = True,
     ) -> list[list[Completion]]:
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         tok, model = self.tokenizer, self.model
         eos = tok.eos_token_id
@@ -73,38 +110,53 @@ class HFSampler:
             eos_token_id=eos,
         )
         texts = self.prompt_texts(prompts)
+        prompt_ids = tok(texts, add_special_tokens=False)["input_ids"]
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         results: list[list[Completion]] = []
         batches = range(0, len(texts), self.batch_size)
         for b, start in enumerate(tqdm(batches, desc="sampling", unit="batch", disable=not self.progress)):
-            enc = tok(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            )
+            batch_ids = prompt_ids[start : start + self.batch_size]
+            enc = tok.pad({"input_ids": batch_ids}, return_tensors="pt", padding=True)
             enc = {k: v.to(device) for k, v in enc.items()}
+            recorder = _SampledLogprobs() if logprobs else None
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed * 1_000_003 + b)
-                seqs = model.generate(**enc, generation_config=gen_cfg)
-            if temperature <= 0:
-                seqs = seqs.repeat_interleave(n, dim=0)
+                seqs = model.generate(
+                    **enc,
+                    generation_config=gen_cfg,
+                    logits_processor=LogitsProcessorList([recorder]) if recorder else None,
+                )
             prompt_len = enc["input_ids"].shape[1]
             gen = seqs[:, prompt_len:]
+            token_lps = recorder.finish(gen) if recorder else None
+            if temperature <= 0:
+                gen = gen.repeat_interleave(n, dim=0)
+                token_lps = token_lps.repeat_interleave(n, dim=0) if recorder else None
             # valid generated tokens: up to and including the first EOS (padding only follows it)
             is_eos = (gen == eos).long()
             gen_mask = (is_eos.cumsum(-1) - is_eos) == 0
-            full_mask = torch.cat([enc["attention_mask"].repeat_interleave(n, 0), gen_mask.long()], dim=1)
-            lps = (token_logprobs(model, seqs, full_mask, prompt_len) * gen_mask).sum(-1).tolist()
+            gen_list, mask_list = gen.tolist(), gen_mask.tolist()
+            lps_list = (token_lps * gen_mask).tolist() if recorder else None
             for row in range(gen.shape[0]):
-                ids = gen[row][gen_mask[row]].tolist()
+                length = sum(mask_list[row])
+                ids = gen_list[row][:length]
                 stopped = bool(ids) and ids[-1] == eos
                 text = tok.decode(ids[:-1] if stopped else ids, skip_special_tokens=True)
+                token_lp = tuple(lps_list[row][:length]) if lps_list else None
                 if row % n == 0:
                     results.append([])
-                results[-1].append(Completion(text, tuple(ids), float(lps[row]), "stop" if stopped else "length"))
+                results[-1].append(
+                    Completion(
+                        text,
+                        tuple(ids),
+                        float(sum(token_lp)) if token_lp is not None else float("nan"),
+                        "stop" if stopped else "length",
+                        token_logprobs=token_lp,
+                        prompt_token_ids=tuple(batch_ids[row // n]),
+                    )
+                )
         model.train(was_training)
         return results
 

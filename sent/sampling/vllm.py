@@ -1,9 +1,9 @@
 """The ``vllm`` sampler: vLLM's offline ``LLM.generate``.
 
 One `SamplingParams` per prompt: ``n``, temperature, top_p, ``max_tokens`` always set (vLLM's
-default is 16), ``logprobs=0`` (so ``cumulative_logprob`` is filled) and a per-prompt seed
-(``seed + prompt index``), so that sample k of different prompts is not correlated and results
-do not depend on how vLLM batches requests. Tensor-parallel size from the config.
+default is 16), ``logprobs=0`` when the caller wants log-probabilities (so ``cumulative_logprob``
+is filled) and a per-prompt seed (``seed + prompt index``), so that sample k of different prompts
+is not correlated and results do not depend on how vLLM batches requests. Tensor-parallel size from the config.
 vLLM needs a GPU (no CPU wheel on PyPI); its module is imported only when this sampler is built.
 """
 
@@ -61,6 +61,7 @@ class VLLMSampler:
         top_p: float,
         max_new_tokens: int,
         seed: int,
+        logprobs: bool = True,
     ) -> list[list[Completion]]:
         tok = self.llm.get_tokenizer()
         texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
@@ -70,7 +71,7 @@ class VLLMSampler:
                 temperature=temperature,
                 top_p=top_p,
                 max_tokens=max_new_tokens,
-                logprobs=0,
+                logprobs=0 if logprobs else None,
                 seed=seed + i,
             )
             for i in range(len(texts))
@@ -86,6 +87,7 @@ class VLLMSampler:
                         token_ids=tuple(c.token_ids),
                         logprob=float(c.cumulative_logprob if c.cumulative_logprob is not None else float("nan")),
                         finish_reason="stop" if c.finish_reason == "stop" else "length",
+                        prompt_token_ids=tuple(out.prompt_token_ids) if out.prompt_token_ids is not None else None,
                     )
                     for c in completions
                 ]
