@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 PHASES = ("generate", "scoring", "old_logprobs", "forward", "backward", "optimizer")
 MARK = "@@bench "
+TIME_PREFIX = "time/"  # the local engine's per-phase metrics
 
 
 def _config(args: argparse.Namespace):
@@ -70,7 +71,7 @@ def _peak_rss_mib() -> float:
 
 
 def run_local(args: argparse.Namespace) -> None:
-    from sent.engines.local import TIME_PREFIX, LocalEngine
+    from sent.engines.local import LocalEngine
 
     cfg = _config(args)
     with tempfile.TemporaryDirectory() as run_dir:
