@@ -264,6 +264,9 @@ def pipeline_report(record: dict) -> str:
         table = run_dir / name / "results.md"
         if table.is_file():
             lines += [f"\n{title} ({table}):", table.read_text(encoding="utf-8").rstrip()]
+    comparison = run_dir / "comparison.md"
+    if comparison.is_file():
+        lines += [f"\n{comparison.read_text(encoding='utf-8').rstrip()}"]
     timing = record.get("timing")
     if timing:
         lines.append(

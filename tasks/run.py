@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -254,6 +255,10 @@ def close_run(ctx: RunContext, error: str | None = None, interrupted: bool = Fal
     }
     for path in _reports(artefacts, evals, out):
         tracker.log_artifact(ctx.mlflow_run_id, path, "reports")
+    comparison = _comparison(ctx, artefacts, out)
+    if comparison:
+        tracker.log_artifact(ctx.mlflow_run_id, out / COMPARISON, "reports")
+        tracker.log_metrics(ctx.mlflow_run_id, comparison)
     for name, metrics in _eval_summary(evals).items():
         tracker.log_metrics(ctx.mlflow_run_id, {f"{name}.{k}": v for k, v in metrics.items()})
     mine = [a for a in artefacts.values() if ctx.flow_run_id and a.meta.get("flow_run_id") == ctx.flow_run_id]
@@ -271,6 +276,54 @@ def close_run(ctx: RunContext, error: str | None = None, interrupted: bool = Fal
     tracker.log_artifact(ctx.mlflow_run_id, out / RECORD)
     tracker.end_run(ctx.mlflow_run_id, failed=error is not None, killed=interrupted)
     return json_safe(record)
+
+
+COMPARISON = "comparison.md"
+
+
+def _metric_key(group: str) -> str:
+    return "trained" if group.startswith("trained") else re.sub(r"[^0-9A-Za-z_.-]+", "_", group)
+
+
+def _comparison(ctx: RunContext, artefacts: dict[str, Artefact], out: Path) -> dict[str, float]:
+    """The trained model against its start, per problem (`sent.stats`): ``comparison.md`` and
+    ``comparison.json`` in ``out``, and the differences as metrics (none without both evaluations)."""
+    from sent.evaluation import EvaluationError, benchmark_path
+    from sent.stats import benchmark_levels, compare_evaluations, comparison_json, comparison_markdown, problem_scores
+
+    details = {s: Path(artefacts[s].path).parent / "details.parquet" for s in ("eval:base", "eval") if s in artefacts}
+    if len(details) < 2 or not all(p.is_file() for p in details.values()):
+        return {}
+    cfg = ctx.load()
+    ev, toy = cfg.evaluation, cfg.toy
+    levels = {}
+    for name in ev.benchmarks:
+        try:
+            path = benchmark_path(name, ev.data_dir, toy.data_dir if toy is not None else None)
+        except EvaluationError:
+            continue
+        if path.is_file():
+            levels[name] = benchmark_levels(path)
+    trained = {f"toy L{level}" for level in toy.rl_levels} if toy is not None else set()
+    rows = compare_evaluations(
+        problem_scores(details["eval:base"]), problem_scores(details["eval"]), levels=levels, trained=trained
+    )
+    metric = f"avg@{ev.n}"
+    write_json(comparison_json(rows), out / "comparison.json")
+    tmp = out / f".{COMPARISON}.tmp"
+    tmp.write_text(
+        f"Trained model against its start, {metric} per problem (paired, Student t):\n\n"
+        + comparison_markdown(rows, metric)
+        + "\n",
+        encoding="utf-8",
+    )
+    tmp.replace(out / COMPARISON)
+    return {
+        f"compare.{_metric_key(r.group)}.{k}": getattr(r, k)
+        for r in rows
+        for k in ("difference", "ci_low", "ci_high")
+        if math.isfinite(getattr(r, k))
+    }
 
 
 def _eval_summary(evals: dict[str, dict]) -> dict[str, dict[str, float]]:

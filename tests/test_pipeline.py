@@ -186,7 +186,28 @@ def test_datasets_artefacts_and_eval_metrics_match_the_files(project, first_run)
     assert eval_run.data.metrics["mean.avg_at_2"] == pytest.approx(results["mean"]["avg@2"])
     assert eval_run.data.metrics["toy.pass_at_1"] == pytest.approx(results["benchmarks"]["toy"]["pass@1"])
     parent_artifacts = {f.path for f in t.client.list_artifacts(record["mlflow"]["run_id"], "reports")}
-    assert {"reports/training_curves.png", "reports/evaluation_avg_at_2.png"} <= parent_artifacts
+    assert {
+        "reports/training_curves.png",
+        "reports/evaluation_avg_at_2.png",
+        "reports/comparison.md",
+    } <= parent_artifacts
+    # the paired comparison, per level of the toy benchmark, recomputed here from the two details files
+    from sent.stats import benchmark_levels, compare_evaluations, problem_scores
+
+    run_dir = Path(record["run_dir"])
+    comparison = json.loads((run_dir / "comparison.json").read_text())
+    toy_file = Path(record["resolved_config"]["toy"]["data_dir"]) / "test.jsonl"
+    expected = compare_evaluations(
+        problem_scores(run_dir / "eval-base" / "details.parquet"),
+        problem_scores(run_dir / "eval-final" / "details.parquet"),
+        levels={"toy": benchmark_levels(toy_file)},
+        trained={f"toy L{lv}" for lv in record["resolved_config"]["toy"]["rl_levels"]},
+    )
+    assert [r["group"] for r in comparison] == [r.group for r in expected]
+    assert comparison[-1]["group"] == "all" and comparison[-2]["group"].startswith("trained: toy L1")
+    parent = t.client.get_run(record["mlflow"]["run_id"]).data.metrics
+    assert parent["compare.all.difference"] == pytest.approx(expected[-1].difference)
+    assert parent["compare.trained.difference"] == pytest.approx(expected[-2].difference)
 
     prefect = prefect_artifacts(flow_run_id)
     assert {"curriculum-summary", "evaluation", "evaluation-base", "mlflow-run"} <= set(prefect)
@@ -309,6 +330,7 @@ def test_the_command_line_runs_the_flow_and_reports(in_project, first_run, capsy
     out = capsys.readouterr().out
     assert f"pipeline run finished: {in_project / 'data' / 'runs' / 'first'}" in out
     assert "starting model (" in out and "trained model (" in out and "| **mean** |" in out
+    assert "Trained model against its start, avg@2 per problem (paired, Student t)" in out and "| all |" in out
     assert "orchestration and tracking" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     assert main(["pipeline", "--config", "pipeline.yaml", "--steps", "train"]) == 2
     assert "error: unknown steps ['train']" in capsys.readouterr().err
