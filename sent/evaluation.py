@@ -132,6 +132,16 @@ def load_benchmark(path: str | Path) -> list[BenchmarkProblem]:
     return problems
 
 
+def benchmark_levels(path: str | Path) -> dict[str, str]:
+    """``{problem id: "L<level>"}`` of a benchmark file whose rows have a ``level`` (the toy world,
+    MATH500); empty for one without. A malformed row is an error naming the file and the line."""
+    return {
+        str(row["id"]): f"L{row['level']}"
+        for _, row in _jsonl_objects(Path(path), "benchmark")
+        if row.get("level") is not None
+    }
+
+
 def load_benchmark_from_hub(repo_id: str, *, split: str = "test", fields: dict[str, str] | None = None):
     """For users with hub access: a benchmark from a `datasets` repository, mapped to
     ``{id, problem, answer}`` (``fields`` maps our names to the repository's columns)."""

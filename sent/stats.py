@@ -5,12 +5,12 @@ the share of correct samples). The difference of two models is taken per problem
 the problems have in common (their difficulty) cancels: mean difference ``d``, standard error
 ``sd(d_i) / sqrt(m)`` over the m problems, and a two-sided Student-t interval with m - 1 degrees
 of freedom. Groups are the benchmark's levels where its JSONL has a ``level`` field (the toy
-world, MATH500), each benchmark otherwise, the levels a run trained on, and all problems.
+world, MATH500; `sent.evaluation.benchmark_levels`), each benchmark otherwise, the levels a run
+trained on, and all problems.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -65,18 +65,6 @@ def problem_scores(details_path: str | Path) -> dict[tuple[str, str], float]:
         .agg(pl.col("correct").cast(pl.Float64).mean().alias("score"))
     )
     return {(r["benchmark"], r["id"]): 100.0 * r["score"] for r in per_problem.iter_rows(named=True)}
-
-
-def benchmark_levels(path: str | Path) -> dict[str, str]:
-    """``{problem id: "L<level>"}`` from a benchmark JSONL whose rows have a ``level`` (else empty)."""
-    levels = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                if row.get("level") is not None:
-                    levels[str(row["id"])] = f"L{row['level']}"
-    return levels
 
 
 def compare_evaluations(

@@ -288,8 +288,8 @@ def _metric_key(group: str) -> str:
 def _comparison(ctx: RunContext, artefacts: dict[str, Artefact], out: Path) -> dict[str, float]:
     """The trained model against its start, per problem (`sent.stats`): ``comparison.md`` and
     ``comparison.json`` in ``out``, and the differences as metrics (none without both evaluations)."""
-    from sent.evaluation import EvaluationError, benchmark_path
-    from sent.stats import benchmark_levels, compare_evaluations, comparison_json, comparison_markdown, problem_scores
+    from sent.evaluation import EvaluationError, benchmark_levels, benchmark_path
+    from sent.stats import compare_evaluations, comparison_json, comparison_markdown, problem_scores
 
     details = {s: Path(artefacts[s].path).parent / "details.parquet" for s in ("eval:base", "eval") if s in artefacts}
     if len(details) < 2 or not all(p.is_file() for p in details.values()):

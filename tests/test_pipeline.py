@@ -192,7 +192,8 @@ def test_datasets_artefacts_and_eval_metrics_match_the_files(project, first_run)
         "reports/comparison.md",
     } <= parent_artifacts
     # the paired comparison, per level of the toy benchmark, recomputed here from the two details files
-    from sent.stats import benchmark_levels, compare_evaluations, problem_scores
+    from sent.evaluation import benchmark_levels
+    from sent.stats import compare_evaluations, problem_scores
 
     run_dir = Path(record["run_dir"])
     comparison = json.loads((run_dir / "comparison.json").read_text())

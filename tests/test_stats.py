@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sent.evaluation import benchmark_levels
 from sent.stats import (
-    benchmark_levels,
     compare_evaluations,
     comparison_markdown,
     paired_difference,
