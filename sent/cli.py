@@ -1,4 +1,4 @@
-"""The ``sent`` command line: each phase alone (curate, train, eval) or the whole pipeline as a Prefect flow."""
+"""The ``sent`` command line: each phase alone (curate, train, eval), or the pipeline and the ablation as flows."""
 
 from __future__ import annotations
 
@@ -254,6 +254,49 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from sent.ablation import plan_ablation
+    from sent.tracking import check_reachable, resolve_tracking_uri
+
+    # every arm validated, and the tracking store reached, before a Prefect server is started
+    plan = plan_ablation(
+        args.config, arms=args.arms, seeds=args.seeds, overrides=args.overrides, reference=args.reference
+    )
+    check_reachable(resolve_tracking_uri(_load(args).tracking.tracking_uri))
+    prefect_environment()
+    from flows.ablation import sent_ablation
+    from tasks.common import StepError
+
+    _setup_logging(args.verbose)
+    out = args.out or str(Path("data") / "runs" / f"ablation-{Path(args.config).stem}")
+    print(f"ablation: {len(plan.arms)} arms x {len(plan.seeds)} seeds = {len(plan.runs)} runs into {out}")
+    try:
+        summary = sent_ablation(
+            config=args.config,
+            arms=[a.name for a in plan.arms],
+            seeds=list(plan.seeds),
+            out=out,
+            overrides=args.overrides,
+            reference=plan.reference,
+            parallel=args.parallel,
+        )
+    except StepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        advice = prefect_unavailable(exc)
+        if advice is None:
+            raise
+        print(f"error: {advice}", file=sys.stderr)
+        return 2
+    report = Path(out) / "ablation.md"
+    print(f"\nablation report: {report}\n")
+    print(report.read_text(encoding="utf-8"))
+    if summary.get("missing"):
+        print(f"not finished: {', '.join(summary['missing'])}")
+    return 0
+
+
 def pipeline_report(record: dict) -> str:
     """Where a finished pipeline run's results are, and how to look at them."""
     run_dir = Path(record["run_dir"])
@@ -359,6 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--refresh-cache", action="store_true", help="recompute cached steps")
     pipe.set_defaults(func=_cmd_pipeline)
 
+    abl = sub.add_parser("ablate", help="the paper's ablation: arms (sets of overrides) x seeds, compared in pairs")
+    _add_config_args(abl, default="configs/toy.yaml")
+    abl.add_argument(
+        "--arms",
+        help="comma-separated arms (built in: grpo,kl_cov,clip_cov,entropy_mask,sent,sent_random_stages,"
+        "sent_one_stage,grpo_curriculum; more in ablation.arms); default ablation.default_arms",
+    )
+    abl.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2 (default ablation.seeds)")
+    abl.add_argument("--reference", help="the arm the others are compared with (default ablation.reference)")
+    abl.add_argument("--out", help="ablation directory (default data/runs/ablation-<config>); existing = resume")
+    abl.add_argument("--parallel", type=positive_int, default=1, help="arm x seed runs at a time, one process each")
+    abl.set_defaults(func=_cmd_ablate)
+
     toy = sub.add_parser("toy", help="the toy world").add_subparsers(dest="toy_command", required=True)
     boot = toy.add_parser("bootstrap", help="generate the toy problems and warm-start the toy model (cached)")
     _add_config_args(boot, default="configs/toy.yaml")
@@ -368,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sent.ablation import AblationError
     from sent.config import ConfigError
     from sent.curate import CurationError
     from sent.data_contract import ContractError
@@ -391,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         with handle_signals():
             return args.func(args)
     except (
+        AblationError,
         ConfigError,
         ContractError,
         CurationError,

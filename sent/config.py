@@ -108,6 +108,11 @@ class CurriculumConfig(_Section):
     method: Literal["quantile", "threshold"] = "quantile"
     thresholds: list[float] | None = None
     entropy: Literal["discrete", "weighted"] = Field("discrete", description="which SE orders the curriculum")
+    order: Literal["entropy", "random"] = Field(
+        "entropy",
+        description="entropy: stages by SE, low first; random: stages of the same sizes, problems assigned at "
+        "random (seeded by the run's seed), an ablation of the SE ordering",
+    )
     drop_zero_signal: bool = Field(False, description="drop problems whose N answers are all right or all wrong")
     shard_rows: int = Field(4096, gt=0, description="rows per Parquet shard")
 
@@ -161,6 +166,11 @@ class VerlConfig(_Section):
 
 class TrainingConfig(_Section):
     engine: Literal["local", "verl"] = "local"
+    seed: int | None = Field(
+        None,
+        description="seed of the batch order and the rollouts; None: the run's seed. An ablation sets it per "
+        "replicate, so replicates share the curation and the evaluation's sampling seeds",
+    )
     verl: VerlConfig = VerlConfig()
     loss: str = Field("sent", description="registered policy loss (sent.losses)")
     policy_loss: PolicyLossSettings = PolicyLossSettings()  # type: ignore[valid-type]
@@ -258,6 +268,39 @@ class TrackingConfig(_Section):
     log_checkpoints: bool = Field(False, description="also copy each stage's final weights into MLflow")
 
 
+BUILTIN_ARMS: dict[str, tuple[str, ...]] = {
+    # the token-level losses, each without the curriculum: all problems in one stage
+    "grpo": ("training.loss=ppo_clip", "curriculum.n_stages=1", "curriculum.method=quantile"),
+    "kl_cov": ("training.loss=kl_cov", "curriculum.n_stages=1", "curriculum.method=quantile"),
+    "clip_cov": ("training.loss=clip_cov", "curriculum.n_stages=1", "curriculum.method=quantile"),
+    "entropy_mask": ("training.loss=entropy_mask", "curriculum.n_stages=1", "curriculum.method=quantile"),
+    # SENT: the SE curriculum of the config and the SENT loss
+    "sent": ("training.loss=sent", "curriculum.order=entropy"),
+    # the curriculum ablations
+    "sent_random_stages": ("training.loss=sent", "curriculum.order=random"),
+    "sent_one_stage": ("training.loss=sent", "curriculum.n_stages=1", "curriculum.method=quantile"),
+    "grpo_curriculum": ("training.loss=ppo_clip", "curriculum.order=entropy"),
+}
+"""The paper's ablation as arms: name -> overrides on top of the config. With one stage, the
+stage holds every problem, so ``epochs_per_stage`` gives the same total steps as K stages (to
+within K - 1 steps of rounding). `sent_one_stage` against `sent` and `grpo` against
+`grpo_curriculum` ask whether the SE curriculum helps; `sent_one_stage` against `grpo` and `sent`
+against `grpo_curriculum` whether the token loss does."""
+
+
+class AblationConfig(_Section):
+    """`sent ablate`: arms (named sets of overrides) x seeds, trained on one shared curation."""
+
+    arms: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="more arms (or a built-in redefined): name -> key.path=value overrides of training.* and "
+        "curriculum.* on top of the config",
+    )
+    default_arms: list[str] = Field(list(BUILTIN_ARMS), description="the arms run when none are named")
+    seeds: list[int] = Field([0, 1, 2], description="training seeds (training.seed) when none are named")
+    reference: str = Field("grpo", description="the arm every other arm is compared with, per problem")
+
+
 class SentConfig(_Section):
     seed: int = 0
     run_name: str | None = None
@@ -270,6 +313,7 @@ class SentConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
+    ablation: AblationConfig = AblationConfig()
     toy: ToyConfig | None = Field(None, description="present in configs that run on the toy world")
     source: str | None = Field(None, description="the file this was loaded from (set by load_config)")
     overrides: list[str] = Field(default_factory=list, description="key.path=value overrides applied")
@@ -360,6 +404,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(
             _format_errors(exc, f"in {path}" + (f" with {list(overrides)}" if overrides else ""))
         ) from None
+
+
+def training_seed(cfg: SentConfig) -> int:
+    """The seed of a run's training (``training.seed``, else the run's seed)."""
+    return cfg.seed if cfg.training.seed is None else cfg.training.seed
 
 
 def loss_config(cfg: SentConfig) -> PolicyLossConfig:

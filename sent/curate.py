@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -428,6 +429,8 @@ def assign(cfg: SentConfig, scores: list[dict[str, Any]]) -> None:
                 f"curriculum.entropy={c.entropy!r} is not finite for every problem (missing log-probs?)"
             )
         stages = assign_stages(values, n_stages=c.n_stages, method=c.method, thresholds=c.thresholds)
+        if c.order == "random":  # the same stage sizes, without the SE ordering (an ablation)
+            stages = np.random.default_rng(cfg.seed).permutation(stages)
         for r, s in zip(keep, stages, strict=True):
             r["filtered"], r["stage"] = False, int(s)
 
@@ -612,10 +615,35 @@ def _curate_locked(
 
     # 3. scores and stages
     scores = score_problems(cfg, problems, samples)
+    counts = {
+        "input_rows": len(rows),
+        "accepted": len(problems),
+        "rejected": len(rejected),
+        "samples": samples.num_rows,
+        # what the grader could not decide within its budgets (see semantic.problem_budget_s)
+        "se_undecided_problems": sum(r["se_undecided"] > 0 for r in scores),
+        "grade_undecided_samples": sum(r["grade_undecided"] for r in scores),
+    }
+    timing = {"sampling": t_sampling}
+    manifest = _publish_curriculum(cfg, out_dir, identity, scores, counts, timing, t_start)
+    state_path.unlink(missing_ok=True)
+    logger.info("curation written to %s", out_dir)
+    return CurationResult(out_dir, manifest, reused=False)
+
+
+def _publish_curriculum(
+    cfg: SentConfig,
+    out_dir: Path,
+    identity: dict[str, Any],
+    scores: list[dict[str, Any]],
+    counts: dict[str, int],
+    timing: dict[str, float],
+    t_start: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Stages, ``scores.parquet``, shards, plots and ``manifest.json`` (last) from scored problems."""
     assign(cfg, scores)
     write_rows(scores, out_dir / "scores.parquet", SCORES_SCHEMA)
-
-    # 4. shards, plots, manifest
     k_stages = cfg.curriculum.n_stages
     write_stages(cfg, pq.read_table(out_dir / "scores.parquet"), out_dir)
     from sent.plots import plot_curation
@@ -645,19 +673,11 @@ def _curate_locked(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "identity": identity,
         "config": cfg.public_dump(),
-        "counts": {
-            "input_rows": len(rows),
-            "accepted": len(problems),
-            "rejected": len(rejected),
-            "filtered": sum(r["filtered"] for r in scores),
-            "samples": samples.num_rows,
-            # what the grader could not decide within its budgets (see semantic.problem_budget_s)
-            "se_undecided_problems": sum(r["se_undecided"] > 0 for r in scores),
-            "grade_undecided_samples": sum(r["grade_undecided"] for r in scores),
-        },
+        "counts": {**counts, "filtered": sum(r["filtered"] for r in scores)},
         "curriculum": {
             "n_stages": k_stages,
             "method": cfg.curriculum.method,
+            "order": cfg.curriculum.order,
             "entropy": cfg.curriculum.entropy,
             "stages": summary,
             # a legal outcome (e.g. every problem has the same SE): said here, refused by training
@@ -665,10 +685,61 @@ def _curate_locked(
             "pearson_r_se_vs_1_minus_pass_rate": corr,
             "mean_pass_rate": float(np.mean([r["pass_rate"] for r in scores])) if scores else float("nan"),
         },
-        "timing_s": {"total": time.perf_counter() - t_start, "sampling": t_sampling},
+        "timing_s": {"total": time.perf_counter() - t_start, **timing},
+        **extra,
         "files": [file_entry(p, out_dir) for p in listed],
     }
-    manifest = write_json(manifest, out_dir / MANIFEST)
-    state_path.unlink(missing_ok=True)
-    logger.info("curation written to %s", out_dir)
+    return write_json(manifest, out_dir / MANIFEST)
+
+
+SCORING_SECTIONS = tuple(s for s in CONFIG_SECTIONS if s != "curriculum")
+"""What decides the scores of a curation (the curriculum only stages them)."""
+
+
+def restage(cfg: SentConfig, scored_dir: str | Path, out_dir: str | Path) -> CurationResult:
+    """A curriculum by ``cfg.curriculum`` from the scores of the finished curation in
+    ``scored_dir``, without sampling anything: ``out_dir`` gets its own ``scores.parquet`` (with
+    the new stages), shards, plots and manifest (``restaged_from`` names the source). The other
+    sections that decide the scores (model, data, prompt, sampling, semantic, seed) must equal the
+    source's. A finished restaging of the same source and curriculum is reused."""
+    t_start = time.perf_counter()
+    scored_dir, out_dir = Path(scored_dir), Path(out_dir)
+    source = load_manifest(scored_dir)  # verifies every file of the source
+    mine = cfg.public_dump()
+    differ = [s for s in SCORING_SECTIONS if source["config"].get(s) != mine[s]]
+    if source["config"].get("seed") != mine["seed"]:
+        differ.append("seed")
+    if differ:
+        raise CurationError(
+            f"{scored_dir} was scored with other {', '.join(differ)} settings: only the curriculum section may differ"
+        )
+    identity = {
+        "restaged_from": source["identity"],
+        "curriculum": cfg.section_digest("curriculum"),
+        "seed": cfg.seed,
+    }
+    finished = _finished(out_dir, identity)
+    if finished is not None:
+        return finished
+    with exclusive(out_dir, "sent curate (restage)"):
+        finished = _finished(out_dir, identity)
+        if finished is not None:
+            return finished
+        state_path = out_dir / STATE
+        if state_path.is_file() and json.loads(state_path.read_text()).get("identity") == identity:
+            for p in out_dir.iterdir():  # an interrupted restaging: cheap to redo from the start
+                if p.name not in (LOCK_FILE, STATE):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        elif any(p.name != LOCK_FILE for p in out_dir.iterdir()):
+            raise CurationError(f"{out_dir} exists and is not a curation directory; choose another --out")
+        write_json({"identity": identity, "config": cfg.public_dump()}, state_path)
+        scores = pq.read_table(scored_dir / "scores.parquet").to_pylist()
+        for r in scores:
+            r["filtered"], r["stage"] = False, None
+        counts = {k: v for k, v in source["counts"].items() if k != "filtered"}
+        manifest = _publish_curriculum(
+            cfg, out_dir, identity, scores, counts, {}, t_start, restaged_from=str(scored_dir.resolve())
+        )
+        state_path.unlink()
+    logger.info("curriculum restaged from %s into %s", scored_dir, out_dir)
     return CurationResult(out_dir, manifest, reused=False)

@@ -168,6 +168,15 @@ def write_json(obj: Any, path: Path) -> Any:
     return safe
 
 
+def write_text(text: str, path: Path) -> Path:
+    """Write a text file (a report) atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    _atomic_replace(tmp, path)
+    return path
+
+
 def file_entry(path: Path, root: Path) -> dict[str, Any]:
     entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     if path.suffix == ".parquet":

@@ -127,3 +127,57 @@ def comparison_markdown(rows: Sequence[PairedDifference], metric: str = "avg@n")
 
 def comparison_json(rows: Sequence[PairedDifference]) -> list[dict]:
     return [{**asdict(r), "excludes_zero": r.excludes_zero} for r in rows]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The mean of replicate values (e.g. one metric over seeds) with its Student-t interval."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+    confidence: float = 0.95
+
+
+def mean_interval(values: Sequence[float], *, confidence: float = 0.95) -> Interval:
+    """Mean ± the two-sided Student-t interval with n - 1 degrees of freedom (NaN bounds for one value)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or not len(x):
+        raise ValueError(f"an interval needs a non-empty list of values; got shape {x.shape}")
+    mean = float(x.mean())
+    if len(x) < 2:
+        return Interval(mean, float("nan"), float("nan"), 1, confidence)
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return Interval(mean, mean - half, mean + half, len(x), confidence)
+
+
+def pooled_paired_difference(
+    reference: Mapping[int, Mapping[tuple[str, str], float]],
+    arm: Mapping[int, Mapping[tuple[str, str], float]],
+    *,
+    keys: Collection[tuple[str, str]] | None = None,
+    group: str = "all",
+    confidence: float = 0.95,
+) -> PairedDifference:
+    """``arm - reference`` per problem, pooled over the seeds both have.
+
+    ``reference`` and ``arm`` map a seed to ``{(benchmark, id): score}``. With common random
+    numbers (the same seed trains both and the same sampling seeds evaluate them), a problem's
+    difference is its mean over the shared seeds; the Student-t interval is then taken over
+    problems, the independent unit (a problem's seeds are not independent of each other: they
+    share its difficulty). ``keys`` restricts the problems (a level, the trained levels)."""
+    seeds = sorted(set(reference) & set(arm))
+    if not seeds:
+        raise ValueError("the reference and the arm share no seed: nothing to pair")
+    shared = set.intersection(*(set(reference[s]) & set(arm[s]) for s in seeds))
+    if keys is not None:
+        shared &= set(keys)
+    problems = sorted(shared)
+    if not problems:
+        raise ValueError(f"group {group!r}: no problem scored in every shared seed")
+    ref = [float(np.mean([reference[s][k] for s in seeds])) for k in problems]
+    other = [float(np.mean([arm[s][k] for s in seeds])) for k in problems]
+    return paired_difference(ref, other, group=group, confidence=confidence)

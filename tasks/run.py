@@ -24,11 +24,11 @@ from prefect import task
 from prefect.artifacts import create_link_artifact
 
 from sent.config import SentConfig, load_config
-from sent.data_contract import json_safe, write_json
+from sent.data_contract import json_safe, write_json, write_text
 from sent.lineage import code_version
 from sent.redaction import redact_uri
 from sent.tracking import Tracker, lineage_tags, resolve_tracking_uri
-from tasks.common import Artefact, RunContext, StepError
+from tasks.common import Artefact, RunContext, StepError, level_groups
 
 logger = logging.getLogger(__name__)
 RECORD = "run.json"
@@ -288,36 +288,24 @@ def _metric_key(group: str) -> str:
 def _comparison(ctx: RunContext, artefacts: dict[str, Artefact], out: Path) -> dict[str, float]:
     """The trained model against its start, per problem (`sent.stats`): ``comparison.md`` and
     ``comparison.json`` in ``out``, and the differences as metrics (none without both evaluations)."""
-    from sent.evaluation import EvaluationError, benchmark_levels, benchmark_path
     from sent.stats import compare_evaluations, comparison_json, comparison_markdown, problem_scores
 
     details = {s: Path(artefacts[s].path).parent / "details.parquet" for s in ("eval:base", "eval") if s in artefacts}
     if len(details) < 2 or not all(p.is_file() for p in details.values()):
         return {}
     cfg = ctx.load()
-    ev, toy = cfg.evaluation, cfg.toy
-    levels = {}
-    for name in ev.benchmarks:
-        try:
-            path = benchmark_path(name, ev.data_dir, toy.data_dir if toy is not None else None)
-        except EvaluationError:
-            continue
-        if path.is_file():
-            levels[name] = benchmark_levels(path)
-    trained = {f"toy L{level}" for level in toy.rl_levels} if toy is not None else set()
+    levels, trained = level_groups(cfg)
     rows = compare_evaluations(
         problem_scores(details["eval:base"]), problem_scores(details["eval"]), levels=levels, trained=trained
     )
-    metric = f"avg@{ev.n}"
+    metric = f"avg@{cfg.evaluation.n}"
     write_json(comparison_json(rows), out / "comparison.json")
-    tmp = out / f".{COMPARISON}.tmp"
-    tmp.write_text(
+    write_text(
         f"Trained model against its start, {metric} per problem (paired, Student t):\n\n"
         + comparison_markdown(rows, metric)
         + "\n",
-        encoding="utf-8",
+        out / COMPARISON,
     )
-    tmp.replace(out / COMPARISON)
     return {
         f"compare.{_metric_key(r.group)}.{k}": getattr(r, k)
         for r in rows

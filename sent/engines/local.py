@@ -54,7 +54,7 @@ import torch
 
 from sent import interrupt
 from sent.advantages import grpo_advantages
-from sent.config import SentConfig, TrainingConfig, loss_config
+from sent.config import SentConfig, TrainingConfig, loss_config, training_seed
 from sent.data_contract import json_safe, load_curriculum
 from sent.entropy import token_entropy
 from sent.locks import exclusive
@@ -72,7 +72,7 @@ from sent.sampling.hf import HFSampler
 
 logger = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]
-_COUNTS = frozenset({"n_low_entropy", "n_penalised", "n_selected", "n_valid_tokens"})
+_COUNTS = frozenset({"n_low_entropy", "n_penalised", "n_selected", "n_valid_tokens", "n_trained_tokens"})
 FINAL, CHECKPOINTS = "final", "checkpoints"
 TIME_PREFIX = "time/"
 """Per-phase seconds of a step: ``time/generate``, ``time/scoring``, ``time/batching``,
@@ -200,7 +200,7 @@ def _batch_order(n_rows: int, cfg: SentConfig) -> tuple[np.ndarray, int]:
     t = cfg.training
     steps = max(1, math.floor(t.epochs_per_stage * n_rows / t.train_batch_size))
     epochs = math.ceil(steps * t.train_batch_size / n_rows) + 1
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(training_seed(cfg))
     order = [rng.permutation(n_rows) if t.shuffle else np.arange(n_rows) for _ in range(epochs)]
     return np.concatenate(order), steps
 
@@ -393,7 +393,7 @@ class LocalEngine:
                 temperature=t.temperature,
                 top_p=t.top_p,
                 max_new_tokens=t.max_response_tokens,
-                seed=self.cfg.seed * 1_000_003 + self.step,
+                seed=training_seed(self.cfg) * 1_000_003 + self.step,
                 logprobs=reuse,
             )
         completions = [c for group in outs for c in group]
@@ -565,6 +565,7 @@ class LocalEngine:
                     for k, v in metrics_to_floats(metrics).items():
                         sums.setdefault(k, []).append(v)
                 sums.setdefault("pg_loss", []).append(float(mini_pg_loss))
+                sums.setdefault("n_trained_tokens", []).append(n_tokens)  # what the losses' counts are shares of
                 with clock("optimizer"):
                     grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.grad_clip)))
                     self.optimizer.step()

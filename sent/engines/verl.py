@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sent.config import SentConfig
+from sent.config import SentConfig, training_seed
 
 logger = logging.getLogger(__name__)
 TRAINER_MODULE = "verl.trainer.main_ppo"
@@ -175,7 +175,7 @@ def plan_stage(
         f"data.max_response_length={t.max_response_tokens}",
         f"data.train_batch_size={t.train_batch_size}",
         f"data.shuffle={hydra_value(t.shuffle)}",
-        f"data.seed={cfg.seed}",
+        f"data.seed={training_seed(cfg)}",
         "data.filter_overlong_prompts=true",
         "data.truncation=error",
         f"data.trust_remote_code={hydra_value(cfg.model.trust_remote_code)}",
