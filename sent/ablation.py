@@ -125,9 +125,8 @@ def plan_ablation(
     seed_list = parse_seeds(seeds) or list(base.ablation.seeds)
     if not seed_list:
         raise AblationError("no seeds: give --seeds, or ablation.seeds in the config")
-    shared = {s: base.model_dump(mode="json")[s] for s in base.model_dump() if s not in ARM_SECTIONS}
-    shared.pop("overrides", None)
-    runs = []
+    shared = {k: v for k, v in base.model_dump(mode="json").items() if k not in (*ARM_SECTIONS, "overrides")}
+    checked = []
     for name in names:
         arm_overrides = table[name]
         bad = [o for o in arm_overrides if o.partition("=")[0].strip().split(".")[0] not in ARM_SECTIONS]
@@ -140,11 +139,16 @@ def plan_ablation(
         except ConfigError as exc:
             raise AblationError(f"arm {name!r}: {exc}") from None
         dumped = cfg.model_dump(mode="json")
-        changed = [s for s, v in shared.items() if s != "overrides" and dumped[s] != v]
+        changed = [k for k, v in shared.items() if dumped[k] != v]
         if changed:  # e.g. an override that reaches a shared section through a validator
             raise AblationError(f"arm {name!r} changes the shared section(s) {changed}")
-        for seed in seed_list:
-            runs.append(ArmRun(name, seed, (*overrides, *arm_overrides, f"training.seed={seed}")))
+        checked.append((name, arm_overrides))
+    # seed by seed: an ablation stopped part way has every arm of its first seeds
+    runs = [
+        ArmRun(name, seed, (*overrides, *arm_overrides, f"training.seed={seed}"))
+        for seed in seed_list
+        for name, arm_overrides in checked
+    ]
     return AblationPlan(
         config=str(config),
         base_overrides=tuple(overrides),

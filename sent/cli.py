@@ -221,6 +221,26 @@ def prefect_unavailable(exc: BaseException) -> str | None:
     return None
 
 
+class _FlowRefused(Exception):
+    """A flow that could not run as asked; its message is the line to print."""
+
+
+def _run_flow(flow, **params):
+    """Call a Prefect flow; a step it cannot run, or a Prefect API that cannot be used, becomes
+    `_FlowRefused` with the advice to print."""
+    from tasks.common import StepError
+
+    try:
+        return flow(**params)
+    except StepError as exc:
+        raise _FlowRefused(str(exc)) from None
+    except RuntimeError as exc:
+        advice = prefect_unavailable(exc)
+        if advice is None:
+            raise
+        raise _FlowRefused(advice) from None
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from sent.tracking import check_reachable, resolve_tracking_uri
 
@@ -228,28 +248,18 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     check_reachable(resolve_tracking_uri(_load(args).tracking.tracking_uri))
     prefect_environment()
     from flows.pipeline import sent_pipeline
-    from tasks.common import StepError
 
     _setup_logging(args.verbose)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
-    try:
-        record = sent_pipeline(
-            config=args.config,
-            overrides=args.overrides,
-            steps=steps,
-            reuse=args.reuse,
-            run_dir=args.run_dir,
-            refresh_cache=args.refresh_cache,
-        )
-    except StepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        advice = prefect_unavailable(exc)
-        if advice is None:
-            raise
-        print(f"error: {advice}", file=sys.stderr)
-        return 2
+    record = _run_flow(
+        sent_pipeline,
+        config=args.config,
+        overrides=args.overrides,
+        steps=steps,
+        reuse=args.reuse,
+        run_dir=args.run_dir,
+        refresh_cache=args.refresh_cache,
+    )
     print(pipeline_report(record))
     return 0
 
@@ -265,30 +275,20 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     check_reachable(resolve_tracking_uri(_load(args).tracking.tracking_uri))
     prefect_environment()
     from flows.ablation import sent_ablation
-    from tasks.common import StepError
 
     _setup_logging(args.verbose)
     out = args.out or str(Path("data") / "runs" / f"ablation-{Path(args.config).stem}")
     print(f"ablation: {len(plan.arms)} arms x {len(plan.seeds)} seeds = {len(plan.runs)} runs into {out}")
-    try:
-        summary = sent_ablation(
-            config=args.config,
-            arms=[a.name for a in plan.arms],
-            seeds=list(plan.seeds),
-            out=out,
-            overrides=args.overrides,
-            reference=plan.reference,
-            parallel=args.parallel,
-        )
-    except StepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        advice = prefect_unavailable(exc)
-        if advice is None:
-            raise
-        print(f"error: {advice}", file=sys.stderr)
-        return 2
+    summary = _run_flow(
+        sent_ablation,
+        config=args.config,
+        arms=[a.name for a in plan.arms],
+        seeds=list(plan.seeds),
+        out=out,
+        overrides=args.overrides,
+        reference=plan.reference,
+        parallel=args.parallel,
+    )
     report = Path(out) / "ablation.md"
     print(f"\nablation report: {report}\n")
     print(report.read_text(encoding="utf-8"))
@@ -459,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         TrainingError,
         VerlEngineError,
     ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except _FlowRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:

@@ -139,7 +139,7 @@ def _restage_key(inputs: dict) -> str:
 
 @task(
     name="restage",
-    task_run_name="curriculum:{ctx.run_dir}",
+    task_run_name="restage",
     cache_policy=cache_on(_restage_key),
     persist_result=True,
     **IO_RETRY_OPTIONS,

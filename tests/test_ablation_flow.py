@@ -9,18 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sent_testing import pipeline_config
+from sent_testing import pipeline_config, prefect_harness
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    results = tmp_path_factory.mktemp("prefect-results")
-    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(results)}), prefect_test_harness():
+    with prefect_harness(tmp_path_factory.mktemp("prefect-results")):
         yield
 
 

@@ -435,9 +435,10 @@ class LocalEngine:
 
     def _old_logprobs(self, batch: dict[str, Any], first_mini: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The rollout policy's log-probabilities and the reference model's (None without the
-        reference KL loss). The first ``first_mini`` sequences (the first mini-batch) are trained
-        on-policy, where the old log-probabilities are the current ones (`_micro_step`), so a
-        recomputation skips them; the sampler's cover every sequence at no cost."""
+        reference KL loss; 0 for the sequences that ``filter_groups`` leaves out, which no loss
+        reads). The first ``first_mini`` sequences (the first mini-batch) are trained on-policy,
+        where the old log-probabilities are the current ones (`_micro_step`), so a recomputation
+        skips them; the sampler's cover every sequence at no cost."""
         ids, mask, P, rows = batch["input_ids"], batch["attention"], batch["P"], self.t.micro_batch_size
         with torch.no_grad():
             old = batch["sampled_logp"]
@@ -446,7 +447,12 @@ class LocalEngine:
                 if first_mini < len(ids):
                     rest = slice(first_mini, None)
                     old[rest] = token_logprobs(self.policy, ids[rest], mask[rest], P, chunk_rows=rows)
-            ref = token_logprobs(self.reference, ids, mask, P, chunk_rows=rows) if self.reference is not None else None
+            ref = None
+            if self.reference is not None:  # only the sequences a loss reads: those of groups with signal
+                ref = torch.zeros(mask[:, P:].shape, device=self.device)
+                need = batch["keep"].to(self.device).nonzero().squeeze(-1)
+                if len(need):
+                    ref[need] = token_logprobs(self.reference, ids[need], mask[need], P, chunk_rows=rows)
         return old, ref
 
     def _micro_step(
