@@ -268,6 +268,12 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
         "| arm | seeds | " + " | ".join(metrics) + " |",
         "| --- | --- | " + " | ".join("---" for _ in metrics) + " |",
     ]
+    if summary.get("start"):
+        lines.append(
+            "| (starting model) | – | "
+            + " | ".join(f"{summary['start'].get(m, float('nan')):.2f}" for m in metrics)
+            + " |"
+        )
     for arm, e in summary["arms"].items():
         lines.append(f"| {arm} | {len(e['seeds'])} | " + " | ".join(_fmt(e[m]) for m in metrics) + " |")
     lines += [

@@ -253,6 +253,10 @@ def ablation_report(
         trained_keys=trained_keys or None,
         arms=[a.name for a in plan.arms if any(o.arm == a.name for o in outcomes)],
     )
+    out_base = Path(base.run_dir) / "eval-base" / "results.json"
+    if out_base.is_file():  # the starting model, for scale
+        base_results = json.loads(out_base.read_text())["mean"]
+        summary["start"] = {m: 100 * base_results[m] for m in summary["metrics"] if m in base_results}
     summary["trained_groups"] = sorted(trained_groups)
     summary["runs"] = {f"{f['arm']}/seed-{f['seed']}": f["run_dir"] for f in finished}
     summary["missing"] = sorted(

@@ -175,9 +175,9 @@ def plain_grpo_steps(cfg, curriculum, n_steps):
         policy.eval()
         counts = {"n_low_entropy", "n_penalised", "n_valid_tokens"}
         metrics = {k: float(sum(v)) if k in counts else sum(v) / len(v) for k, v in sums.items()}
-        metrics.update(
-            reward_mean=rewards.mean().item(), grad_norm=sum(norms) / len(norms), policy_entropy=ent_sum / ent_n
-        )
+        metrics.update(reward_mean=rewards.mean().item(), grad_norm=sum(norms) / len(norms) if norms else 0.0)
+        if ent_n:  # a step without a group of mixed rewards trains nothing (its entropy is undefined)
+            metrics.update(policy_entropy=ent_sum / ent_n)
         history.append(metrics)
     return history, policy.state_dict()
 
