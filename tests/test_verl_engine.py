@@ -112,7 +112,7 @@ def curriculum(tiny_toy, tmp_path_factory):
     """A real (small) curation of the tiny toy world."""
     from sent.curate import curate
 
-    cfg = toy_config(tiny_toy, "sampling.n=2", "data.limit=24", "curriculum.shard_rows=5")
+    cfg = toy_config(tiny_toy, "sampling.n=4", "data.limit=24", "curriculum.shard_rows=2")
     out = tmp_path_factory.mktemp("curriculum") / "curate"
     curate(cfg, out=out)
     return cfg, out
