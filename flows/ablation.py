@@ -64,8 +64,14 @@ def run_ablation(plan: AblationPlan, out: str, parallel: int = 1) -> dict[str, A
                     futures = [
                         runner.submit(arm_run_task, {"base": base, "run": r, "curation": curation}) for r in plan.runs
                     ]
-                    for future in futures:
-                        finished.append(future.result())
+                    failures = []
+                    for future in futures:  # every finished run reaches the report, also past a failed one
+                        try:
+                            finished.append(future.result())
+                        except Exception as exc:
+                            failures.append(exc)
+                    if failures:
+                        raise failures[0]
             else:
                 for run in plan.runs:
                     finished.append(run_arm(base, run, curation))
