@@ -231,14 +231,21 @@ def _steps_logged(log: str) -> list[int]:
 @pytest.fixture(scope="module")
 def resumed(project, tmp_path_factory, tiny_toy):
     """Stage 1 (3 steps of 2 prompts, a checkpoint each) killed with SIGKILL after its first
-    checkpoint, then the same command again."""
-    _root, record = project
+    checkpoint, then the same command again. The stage is the pipeline's curation restaged as one
+    stage (no sampling): how the SE split of 32 problems falls depends on the fixture model, and
+    the pipeline's stage 1 may hold fewer than the 6 problems three steps need."""
+    from sent.config import load_config
+    from sent.curate import restage
+
+    root, record = project
     tmp = tmp_path_factory.mktemp("verl-kill")
     cfg = pipeline_config(tiny_toy, training=_verl_sections(save_every=1, train_batch_size=2, mini_batch_size=2))
     config = tmp / "stage.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    curriculum = Path(record["artefacts"]["curate"]["path"])
-    rows = record["artefacts"]["curate"]["meta"]["stages"][0]["count"]
+    one_stage = load_config(root / "pipeline.yaml", ["curriculum.n_stages=1"])
+    curated = restage(one_stage, record["artefacts"]["curate"]["path"], tmp / "one-stage")
+    curriculum = curated.out_dir
+    rows = curated.manifest["stages"][0]["count"]
     assert rows >= 6, f"stage 1 has {rows} problems: 3 steps of 2 need 6"
     out = tmp / "run"
     command = _train_command(config, curriculum, out)
