@@ -245,7 +245,7 @@ def resumed(project, tmp_path_factory, tiny_toy):
     one_stage = load_config(root / "pipeline.yaml", ["curriculum.n_stages=1"])
     curated = restage(one_stage, record["artefacts"]["curate"]["path"], tmp / "one-stage")
     curriculum = curated.out_dir
-    rows = curated.manifest["stages"][0]["count"]
+    rows = curated.manifest["curriculum"]["stages"][0]["count"]
     assert rows >= 6, f"stage 1 has {rows} problems: 3 steps of 2 need 6"
     out = tmp / "run"
     command = _train_command(config, curriculum, out)
