@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 
 from sent.config import BUILTIN_ARMS, ConfigError, SentConfig, load_config
+from sent.errors import SentError
 
 ARM_SECTIONS = ("training", "curriculum")
 """What an arm may change: the rest (model, data, sampling, scoring, evaluation, seed) is shared,
 or the arms would not share a curation and an evaluation."""
 
 
-class AblationError(ValueError):
+class AblationError(SentError, ValueError):
     """An ablation that cannot run as asked (an unknown arm, an arm that changes a shared setting)."""
 
 

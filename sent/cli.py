@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from sent import __version__
+from sent.errors import SentError
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
@@ -222,19 +223,19 @@ def prefect_unavailable(exc: BaseException) -> str | None:
 
 
 class _FlowRefused(Exception):
-    """A flow that could not run as asked; its message is the line to print."""
+    """A Prefect API that cannot be used; its message is the advice to print."""
+
+    exit_code = 2
 
 
 def _run_flow(flow, **params):
-    """Call a Prefect flow; a step it cannot run, or a Prefect API that cannot be used, becomes
-    `_FlowRefused` with the advice to print."""
-    from tasks.common import StepError
-
+    """Call a Prefect flow; a Prefect API that cannot be used becomes `_FlowRefused` with the advice
+    to print (a step the flow cannot run raises its own `SentError`)."""
     try:
         return flow(**params)
-    except StepError as exc:
-        raise _FlowRefused(str(exc)) from None
     except RuntimeError as exc:
+        if isinstance(exc, SentError):
+            raise
         advice = prefect_unavailable(exc)
         if advice is None:
             raise
@@ -424,17 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sent.ablation import AblationError
-    from sent.config import ConfigError
-    from sent.curate import CurationError
-    from sent.data_contract import ContractError
-    from sent.engines.local import TrainingError
-    from sent.engines.verl import VerlEngineError
-    from sent.evaluation import EvaluationError
     from sent.interrupt import Interrupted, handle_signals
-    from sent.locks import LockedError
-    from sent.models import ModelNotFoundError
-    from sent.tracking import TrackingError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -447,23 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with handle_signals():
             return args.func(args)
-    except (
-        AblationError,
-        ConfigError,
-        ContractError,
-        CurationError,
-        EvaluationError,
-        LockedError,
-        ModelNotFoundError,
-        TrackingError,
-        TrainingError,
-        VerlEngineError,
-    ) as exc:
+    except (SentError, _FlowRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except _FlowRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except Interrupted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

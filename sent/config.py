@@ -21,13 +21,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from sent.errors import SentError
 from sent.losses import PolicyLossConfig
 
 PAPER_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 """METHOD.md §5: the zero-shot prompt of training, curation and evaluation."""
 
 
-class ConfigError(ValueError):
+class ConfigError(SentError, ValueError):
     """A configuration file or override that does not validate; the message names file and key."""
 
 

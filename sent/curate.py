@@ -56,6 +56,7 @@ from sent.data_contract import (
     write_rows,
     write_table,
 )
+from sent.errors import SentError
 from sent.locks import LOCK_FILE, exclusive
 from sent.rewards import extract_answer, grade_answer, warm_up_verifier
 from sent.semantic import cluster_within, discrete_entropy, get_judge, weighted_entropy
@@ -65,7 +66,7 @@ STATE = "curation.json"
 CONFIG_SECTIONS = ("model", "data", "prompt", "sampling", "semantic", "curriculum")
 
 
-class CurationError(RuntimeError):
+class CurationError(SentError, RuntimeError):
     """The input or the run cannot be curated; the message says which file, row and field."""
 
 

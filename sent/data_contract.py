@@ -31,6 +31,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sent.errors import SentError
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -110,7 +112,7 @@ REJECTED_SCHEMA = pa.schema(
 )
 
 
-class ContractError(ValueError):
+class ContractError(SentError, ValueError):
     """A curation directory that does not match its manifest (missing, truncated or altered)."""
 
 

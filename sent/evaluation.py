@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from sent import interrupt
+from sent.errors import SentError
 from sent.rewards import extract_answer, is_equivalent
 from sent.semantic import cluster
 
@@ -49,7 +50,7 @@ DETAILS_SCHEMA = pa.schema(
 )
 
 
-class EvaluationError(ValueError):
+class EvaluationError(SentError, ValueError):
     """An unknown benchmark, or a benchmark or responses file that does not parse."""
 
 

@@ -16,10 +16,12 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from sent.errors import SentError
+
 LOCK_FILE = ".lock"
 
 
-class LockedError(RuntimeError):
+class LockedError(SentError, RuntimeError):
     """The directory is being written by another process (the message names it)."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from sent.errors import SentError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -28,7 +30,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-class ModelNotFoundError(OSError):
+class ModelNotFoundError(SentError, OSError):
     """A model or tokenizer that is neither a local directory nor loadable from the hub."""
 
 

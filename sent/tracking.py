@@ -32,6 +32,7 @@ import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
+from sent.errors import SentError
 from sent.redaction import redact, redact_text, redact_uri
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ _CUT = "...[truncated]"
 _PACKAGES = ("sent", "torch", "transformers", "verl", "vllm", "prefect", "mlflow")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(SentError, RuntimeError):
     """A tracking configuration that cannot work (the message says which setting)."""
 
 

@@ -23,6 +23,7 @@ from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel, Field
 
 from sent.config import SentConfig, load_config
+from sent.errors import SentError
 from sent.interrupt import Interrupted
 from sent.lineage import path_digest
 
@@ -49,7 +50,7 @@ _TRANSIENT_ERRNOS = {
 }
 
 
-class StepError(RuntimeError):
+class StepError(SentError, RuntimeError):
     """A pipeline step that cannot run as asked (the message says what to run or pass instead)."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sent.cli import main
 
 
@@ -28,3 +30,59 @@ def test_prefect_errors_become_advice():
     slow = RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server. stdout: ...")
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in prefect_unavailable(slow)
     assert prefect_unavailable(RuntimeError("something else")) is None  # other errors keep their traceback
+
+
+# Every error a user can cause, with the built-in base it kept (so `except ValueError` still works).
+USER_ERRORS = [
+    ("sent.ablation", "AblationError", ValueError),
+    ("sent.config", "ConfigError", ValueError),
+    ("sent.curate", "CurationError", RuntimeError),
+    ("sent.data_contract", "ContractError", ValueError),
+    ("sent.engines.local", "TrainingError", RuntimeError),
+    ("sent.engines.verl", "VerlEngineError", RuntimeError),
+    ("sent.engines.verl_cpu", "VerlCpuError", RuntimeError),
+    ("sent.engines.verl_plugin", "UnsupportedVerlError", RuntimeError),
+    ("sent.evaluation", "EvaluationError", ValueError),
+    ("sent.locks", "LockedError", RuntimeError),
+    ("sent.models", "ModelNotFoundError", OSError),
+    ("sent.tracking", "TrackingError", RuntimeError),
+    ("tasks.common", "StepError", RuntimeError),
+]
+
+
+def _error_class(module: str, name: str) -> type[Exception]:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize(("module", "name", "builtin"), USER_ERRORS, ids=[e[1] for e in USER_ERRORS])
+def test_a_user_error_prints_its_message_on_one_line_and_exits_2(monkeypatch, capsys, module, name, builtin):
+    import sent.cli
+    from sent.errors import SentError
+
+    error = _error_class(module, name)
+    assert issubclass(error, SentError) and issubclass(error, builtin)
+
+    def refuse(_args):
+        raise error("input.jsonl row 3: field 'answer' is empty; fill it or drop the row")
+
+    monkeypatch.setattr(sent.cli, "_cmd_grade", refuse)
+    assert main(["grade", "--response", "x", "--answer", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: input.jsonl row 3: field 'answer' is empty; fill it or drop the row\n"
+
+
+def test_every_error_class_in_the_package_is_a_sent_error():
+    """A new ``class XError(...)`` in sent/ or tasks/ must derive from SentError (or be listed above)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    declared = {
+        (str(path.relative_to(root).with_suffix("")).replace("/", "."), m.group(1))
+        for folder in ("sent", "tasks", "flows")
+        for path in (root / folder).rglob("*.py")
+        for m in re.finditer(r"^class (\w+Error)\(", path.read_text(encoding="utf-8"), re.M)
+    }
+    assert declared - {("sent.errors", "SentError")} == {(module, name) for module, name, _ in USER_ERRORS}

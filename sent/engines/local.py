@@ -57,6 +57,7 @@ from sent.advantages import grpo_advantages
 from sent.config import SentConfig, TrainingConfig, loss_config, training_seed
 from sent.data_contract import json_safe, load_curriculum
 from sent.entropy import token_entropy
+from sent.errors import SentError
 from sent.locks import exclusive
 from sent.losses import (
     PolicyLossConfig,
@@ -154,7 +155,7 @@ def score_rollout(rows: list[dict], outs: list[list[Completion]], t: TrainingCon
     return scores
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SentError, RuntimeError):
     """A stage that cannot start or continue; the message says why and what to do."""
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from sent.config import SentConfig, training_seed
+from sent.errors import SentError
 
 logger = logging.getLogger(__name__)
 TRAINER_MODULE = "verl.trainer.main_ppo"
@@ -44,7 +45,7 @@ _LOG_TAIL = 200
 _STEP_LINE = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
 
 
-class VerlEngineError(RuntimeError):
+class VerlEngineError(SentError, RuntimeError):
     """A verl stage that cannot be planned or did not finish (the message carries the log's tail)."""
 
 

@@ -58,6 +58,8 @@ import sys
 import types
 from pathlib import Path
 
+from sent.errors import SentError
+
 logger = logging.getLogger(__name__)
 CHECKED_VERL = ("0.9.1",)
 CHECKED_VLLM = ("0.24.0",)
@@ -65,7 +67,7 @@ PLATFORM_NAME = "cpu"
 DEVICE_ENV = "SENT_VERL_DEVICE"
 
 
-class VerlCpuError(RuntimeError):
+class VerlCpuError(SentError, RuntimeError):
     """verl's CPU mode cannot run here: an unchecked verl or vLLM version, or a missing package."""
 
 

@@ -44,6 +44,7 @@ import torch
 from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, register_policy_loss
 from verl.workers.config import PolicyLossConfig as VerlPolicyLossConfig
 
+from sent.errors import SentError
 from sent.losses import POLICY_LOSSES, PolicyLossConfig, metrics_to_floats
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ def with_entropy(ppo_loss):
     return ppo_loss_with_entropy
 
 
-class UnsupportedVerlError(RuntimeError):
+class UnsupportedVerlError(SentError, RuntimeError):
     """The installed verl is outside `SUPPORTED_VERL`: the loss and entropy wiring name its functions."""
 
 
