@@ -8,10 +8,11 @@ from typing import Any
 from prefect import flow
 
 from sent.interrupt import Interrupted, check, handle_signals
+from sent.steps import Step, last_trained
 from tasks.common import Artefact, RunContext
 from tasks.curate import curate_step
 from tasks.evaluate import evaluate_step
-from tasks.run import close_run, last_trained, open_run, record_step
+from tasks.run import close_run, open_run, record_step
 from tasks.toy import base_model, bootstrap_toy
 from tasks.train import train_step
 
@@ -30,11 +31,11 @@ def compose(ctx: RunContext, *, refresh_cache: bool = False) -> dict[str, Artefa
         elif step == "curate":
             made = fresh(curate_step)(ctx, artefacts.get("bootstrap"))
         elif step.startswith("train:"):
-            k = int(step.split(":")[1])
+            k = Step.parse(step).stage
             if k == 1:
                 start, offset = base_model(ctx), 0
             else:
-                start = artefacts[f"train:{k - 1}"]
+                start = artefacts[str(Step.train(k - 1))]
                 offset = start.meta.get("global_step_end", 0)
             made = fresh(train_step)(ctx, k, artefacts["curate"], start, offset)
         elif step == "eval:base":

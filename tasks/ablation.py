@@ -21,6 +21,7 @@ from prefect import task
 
 from sent.ablation import AblationPlan, ArmRun, RunOutcome, summarise, token_shares, write_report
 from sent.lineage import code_version, digest_of
+from sent.steps import Step
 from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, level_groups, produced
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def open_arm_run(base: RunContext, run: ArmRun) -> RunContext:
     params = {"arm": run.arm, "training_seed": run.seed, "training": cfg.training.model_dump(mode="json")}
     params["curriculum"] = cfg.curriculum.model_dump(mode="json")
     run_id = tracker.start_run(run.name, parent_id=base.mlflow_run_id, tags=tags, params=params)
-    steps = [f"train:{k}" for k in range(1, cfg.curriculum.n_stages + 1)] + ["eval"]
+    steps = [str(Step.train(k)) for k in range(1, cfg.curriculum.n_stages + 1)] + ["eval"]
     return base.model_copy(
         update={
             "overrides": list(run.overrides),

@@ -23,9 +23,9 @@ from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel, Field
 
 from sent.config import SentConfig, load_config
-from sent.errors import SentError
 from sent.interrupt import Interrupted
 from sent.lineage import path_digest
+from sent.steps import StepError
 
 logger = logging.getLogger(__name__)
 # Prefect hands its handlers to the loggers in PREFECT_LOGGING_EXTRA_LOGGERS but leaves their level at the
@@ -48,10 +48,6 @@ _TRANSIENT_ERRNOS = {
     errno.EHOSTUNREACH,
     errno.ESTALE,
 }
-
-
-class StepError(SentError, RuntimeError):
-    """A pipeline step that cannot run as asked (the message says what to run or pass instead)."""
 
 
 class Artefact(BaseModel):

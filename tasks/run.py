@@ -23,92 +23,16 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_link_artifact
 
-from sent.config import SentConfig, load_config
+from sent.config import load_config
 from sent.data_contract import json_safe, write_json, write_text
 from sent.lineage import code_version
 from sent.redaction import redact_uri
+from sent.steps import Step, StepError, depends_on, plan_steps, reused_inputs
 from sent.tracking import Tracker, lineage_tags, resolve_tracking_uri
-from tasks.common import Artefact, RunContext, StepError, level_groups
+from tasks.common import Artefact, RunContext, level_groups
 
 logger = logging.getLogger(__name__)
 RECORD = "run.json"
-_STEP = re.compile(r"^(bootstrap|curate|train:(\d+)|eval:base|eval)$")
-
-
-def default_steps(cfg: SentConfig) -> list[str]:
-    steps = ["bootstrap"] if cfg.toy is not None else []
-    return [*steps, "curate", *(f"train:{k}" for k in range(1, cfg.curriculum.n_stages + 1)), "eval:base", "eval"]
-
-
-def _order(step: str) -> tuple[int, int]:
-    m = _STEP.match(step)
-    assert m is not None
-    rank = {"bootstrap": 0, "curate": 1, "eval:base": 3, "eval": 4}
-    return (2, int(m.group(2))) if m.group(2) else (rank[step], 0)
-
-
-def plan_steps(cfg: SentConfig, steps: list[str] | None, reused: dict[str, Artefact]) -> list[str]:
-    """Validate and order the steps; every input a step needs must come from an earlier step of this
-    run or from the reused artefacts, so a run never fails halfway for a missing input."""
-    if not steps:
-        return default_steps(cfg)
-    bad = [s for s in steps if not _STEP.match(s.strip())]
-    if bad:
-        raise StepError(f"unknown steps {bad}: use bootstrap, curate, train:K, eval:base, eval")
-    ordered = sorted({s.strip() for s in steps}, key=_order)
-    k_max = cfg.curriculum.n_stages
-    available = set(reused)
-    for step in ordered:
-        m = _STEP.match(step)
-        if step == "bootstrap" and cfg.toy is None:
-            raise StepError(f"bootstrap needs a toy section in {cfg.source}")
-        if m.group(2):
-            k = int(m.group(2))
-            if not 1 <= k <= k_max:
-                raise StepError(f"{step}: the curriculum has stages 1..{k_max} (curriculum.n_stages)")
-            if "curate" not in available:
-                raise StepError(f"{step} needs a curriculum: add the curate step, or reuse a run that has one")
-            if k > 1 and f"train:{k - 1}" not in available:
-                raise StepError(
-                    f"{step} starts from stage {k - 1}'s weights: add train:{k - 1}, or reuse a run that trained it"
-                )
-        if step == "eval" and not any(a.startswith("train:") for a in available):
-            raise StepError("eval evaluates the last trained stage: add a train step, or reuse a run that trained one")
-        available.add(step)
-    return ordered
-
-
-def depends_on(step: str, upstream: str) -> bool:
-    """Whether ``step``'s artefact is derived from ``upstream``'s (so rerunning ``upstream`` outdates it)."""
-    if step == upstream:
-        return True
-    if upstream == "bootstrap":
-        return True
-    if upstream == "curate":
-        return step.startswith("train:") or step == "eval"
-    if upstream.startswith("train:"):
-        k = int(upstream.split(":")[1])
-        return step == "eval" or (step.startswith("train:") and int(step.split(":")[1]) > k)
-    return False
-
-
-def reused_inputs(planned: list[str], reused: dict[str, Artefact]) -> list[str]:
-    """The reused artefacts that the planned steps read."""
-    needed = set()
-    trains = sorted(int(s.split(":")[1]) for s in planned if s.startswith("train:"))
-    if trains and "curate" not in planned:
-        needed.add("curate")
-    for k in trains:
-        if k > 1 and f"train:{k - 1}" not in planned:
-            needed.add(f"train:{k - 1}")
-    if "eval" in planned and not trains:
-        needed.add(last_trained(reused))
-    return sorted(needed & set(reused))
-
-
-def last_trained(artefacts: dict[str, Artefact]) -> str:
-    """The step name of the highest trained stage among ``artefacts``."""
-    return max((s for s in artefacts if s.startswith("train:")), key=lambda s: int(s.split(":")[1]))
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any]:
@@ -332,7 +256,7 @@ def _reports(artefacts: dict[str, Artefact], evals: dict[str, dict], out: Path) 
 
     paths = []
     histories = {
-        int(step.split(":")[1]): read_history(Path(a.path).parent)
+        Step.parse(step).stage: read_history(Path(a.path).parent)
         for step, a in sorted(artefacts.items())
         if step.startswith("train:") and (Path(a.path).parent / "metrics.jsonl").is_file()
     }

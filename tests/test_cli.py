@@ -45,8 +45,8 @@ USER_ERRORS = [
     ("sent.evaluation", "EvaluationError", ValueError),
     ("sent.locks", "LockedError", RuntimeError),
     ("sent.models", "ModelNotFoundError", OSError),
+    ("sent.steps", "StepError", RuntimeError),
     ("sent.tracking", "TrackingError", RuntimeError),
-    ("tasks.common", "StepError", RuntimeError),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The pipeline's building blocks: step planning, artefacts and their digests, retries on I/O only,
+"""The pipeline's building blocks (step planning is in test_steps.py): artefacts and their digests, retries on I/O only,
 the GPU concurrency slot (the real Prefect engine where Prefect is involved)."""
 
 from __future__ import annotations
@@ -22,36 +22,6 @@ def art(step, path="/nonexistent", kind="model"):
     from tasks.common import Artefact
 
     return Artefact(kind=kind, step=step, path=path, digest="name:x")
-
-
-def test_default_steps_and_ordering(cfg):
-    from tasks.run import default_steps, plan_steps
-
-    assert default_steps(cfg) == ["bootstrap", "curate", "train:1", "train:2", "eval:base", "eval"]
-    assert plan_steps(cfg, None, {}) == default_steps(cfg)
-    assert plan_steps(cfg, ["eval", " train:1", "curate", "curate"], {}) == ["curate", "train:1", "eval"]
-    reused = {"curate": art("curate"), "train:1": art("train:1")}
-    assert plan_steps(cfg, ["eval", "train:2"], reused) == ["train:2", "eval"]
-
-
-def test_what_a_recomputed_step_outdates():
-    from tasks.run import depends_on
-
-    assert depends_on("train:2", "curate") and depends_on("eval", "curate") and not depends_on("eval:base", "curate")
-    assert depends_on("train:3", "train:2") and not depends_on("train:1", "train:2")
-    assert depends_on("eval", "train:1") and not depends_on("curate", "train:1")
-    assert all(depends_on(s, "bootstrap") for s in ("curate", "train:1", "eval:base", "eval"))
-    assert not depends_on("train:1", "eval")
-
-
-def test_reused_inputs_are_only_what_the_planned_steps_read():
-    from tasks.run import last_trained, reused_inputs
-
-    reused = {s: art(s) for s in ("curate", "train:1", "train:2", "train:10", "eval")}
-    assert reused_inputs(["train:2", "eval"], reused) == ["curate", "train:1"]
-    assert reused_inputs(["eval"], reused) == ["train:10"]  # numeric, not lexical order
-    assert last_trained(reused) == "train:10"
-    assert reused_inputs(["curate", "train:1"], reused) == []
 
 
 def test_artefacts_know_when_their_files_changed(tmp_path):

@@ -1,0 +1,140 @@
+"""The pipeline's steps: their names, order and dependencies, without Prefect.
+
+A run is made of steps, written as text on the command line, in Prefect parameters and in
+``run.json``: ``bootstrap`` (toy configs only), ``curate``, ``train:1`` ... ``train:K``,
+``eval:base`` (the starting model) and ``eval`` (the last trained stage). `Step.parse` reads one
+and `str` writes it back; steps sort in the order they run. `plan_steps` checks, before anything
+runs, that every input a step needs comes from an earlier step or from a reused run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from sent.config import SentConfig
+from sent.errors import SentError
+
+_GRAMMAR = re.compile(r"^(bootstrap|curate|train:(\d+)|eval:base|eval)$")
+# the position of each kind of step in a run; training stages sort by their number within rank 2
+_RANK = {"bootstrap": 0, "curate": 1, "train": 2, "eval:base": 3, "eval": 4}
+
+
+class StepError(SentError, RuntimeError):
+    """A pipeline step that cannot run as asked (the message says what to run or pass instead)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a run: ``kind`` is bootstrap, curate, train, eval:base or eval; ``stage`` is the
+    curriculum stage of a train step (1-based) and None for the others."""
+
+    kind: str
+    stage: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Step:
+        """``"train:2"`` -> ``Step("train", 2)``; surrounding spaces are ignored."""
+        m = _GRAMMAR.match(text.strip())
+        if m is None:
+            raise StepError(f"unknown step {text!r}: use bootstrap, curate, train:K, eval:base, eval")
+        return cls("train", int(m.group(2))) if m.group(2) else cls(m.group(1))
+
+    @classmethod
+    def train(cls, stage: int) -> Step:
+        return cls("train", stage)
+
+    @property
+    def is_train(self) -> bool:
+        return self.kind == "train"
+
+    def __str__(self) -> str:
+        return f"train:{self.stage}" if self.is_train else self.kind
+
+    def __lt__(self, other: Step) -> bool:
+        return self._position() < other._position()
+
+    def _position(self) -> tuple[int, int]:
+        return _RANK[self.kind], self.stage or 0
+
+    def depends_on(self, upstream: Step) -> bool:
+        """Whether this step's artefact is derived from ``upstream``'s, so that rerunning
+        ``upstream`` outdates it. The toy bootstrap feeds every step; the curriculum feeds training
+        and the final evaluation; stage k feeds the later stages and the final evaluation."""
+        if self == upstream or upstream.kind == "bootstrap":
+            return True
+        if upstream.kind == "curate":
+            return self.is_train or self.kind == "eval"
+        if upstream.is_train:
+            return self.kind == "eval" or (self.is_train and self.stage > upstream.stage)
+        return False
+
+
+def default_steps(cfg: SentConfig) -> list[str]:
+    """Every step of a full run of ``cfg``, in order."""
+    first = ["bootstrap"] if cfg.toy is not None else []
+    trains = [str(Step.train(k)) for k in range(1, cfg.curriculum.n_stages + 1)]
+    return [*first, "curate", *trains, "eval:base", "eval"]
+
+
+def plan_steps(cfg: SentConfig, steps: Iterable[str] | None, reused: Collection[str]) -> list[str]:
+    """Validate and order ``steps`` (all of them when None); every input a step needs must come
+    from an earlier step of this run or from ``reused`` (the step names of a reused run's
+    artefacts), so a run never fails halfway for a missing input."""
+    if not steps:
+        return default_steps(cfg)
+    texts = list(steps)
+    bad = [s for s in texts if _GRAMMAR.match(s.strip()) is None]
+    if bad:
+        raise StepError(f"unknown steps {bad}: use bootstrap, curate, train:K, eval:base, eval")
+    ordered = sorted({Step.parse(s) for s in texts})
+    k_max = cfg.curriculum.n_stages
+    available = set(_steps_among(reused))
+    for step in ordered:
+        if step.kind == "bootstrap" and cfg.toy is None:
+            raise StepError(f"bootstrap needs a toy section in {cfg.source}")
+        if step.is_train:
+            if not 1 <= step.stage <= k_max:
+                raise StepError(f"{step}: the curriculum has stages 1..{k_max} (curriculum.n_stages)")
+            if Step("curate") not in available:
+                raise StepError(f"{step} needs a curriculum: add the curate step, or reuse a run that has one")
+            if step.stage > 1 and Step.train(step.stage - 1) not in available:
+                raise StepError(
+                    f"{step} starts from stage {step.stage - 1}'s weights: add train:{step.stage - 1}, "
+                    "or reuse a run that trained it"
+                )
+        if step.kind == "eval" and not any(a.is_train for a in available):
+            raise StepError("eval evaluates the last trained stage: add a train step, or reuse a run that trained one")
+        available.add(step)
+    return [str(s) for s in ordered]
+
+
+def depends_on(step: str, upstream: str) -> bool:
+    """`Step.depends_on` for step names."""
+    return Step.parse(step).depends_on(Step.parse(upstream))
+
+
+def reused_inputs(planned: Iterable[str], reused: Collection[str]) -> list[str]:
+    """The step names among ``reused`` whose artefacts the ``planned`` steps read."""
+    steps = [Step.parse(s) for s in planned]
+    stages = sorted(s.stage for s in steps if s.is_train)
+    needed = set()
+    if stages and Step("curate") not in steps:
+        needed.add("curate")
+    for k in stages:
+        if k > 1 and Step.train(k - 1) not in steps:
+            needed.add(str(Step.train(k - 1)))
+    if Step("eval") in steps and not stages:
+        needed.add(last_trained(reused))
+    return sorted(needed & set(reused))
+
+
+def last_trained(steps: Iterable[str]) -> str:
+    """The highest trained stage among the step names ``steps`` (a run's artefacts, say)."""
+    return str(max(s for s in _steps_among(steps) if s.is_train))
+
+
+def _steps_among(names: Iterable[str]) -> list[Step]:
+    """The names that are steps, parsed (a run's record may hold other artefacts too)."""
+    return [Step.parse(n) for n in names if _GRAMMAR.match(n.strip())]
