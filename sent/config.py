@@ -5,7 +5,7 @@ training, evaluation, tracking); unknown keys and wrong types are errors that na
 and the file. ``key.path=value`` overrides (values parsed as YAML) are applied before validation
 and recorded in `SentConfig.overrides`.
 
-The ``training.policy_loss`` section is generated from `sent.losses.PolicyLossConfig`, so every
+The ``training.policy_loss`` section is generated from `sent.loss_config.PolicyLossConfig`, so every
 loss coefficient is defined (with its default and meaning) in exactly one place.
 """
 
@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from sent.errors import SentError
-from sent.losses import PolicyLossConfig
+from sent.loss_config import PolicyLossConfig
 
 PAPER_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 """METHOD.md §5: the zero-shot prompt of training, curation and evaluation."""

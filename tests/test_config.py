@@ -130,3 +130,17 @@ def test_prompt_messages_follow_the_paper():
             "content": "Compute 1+2.\nPlease reason step by step, and put your final answer within \\boxed{}.",
         }
     ]
+
+
+def test_loading_a_config_imports_neither_torch_nor_the_losses():
+    """`sent.loss_config` holds the loss coefficients, so a config check does not pay for torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from sent.config import load_config; "
+        f"load_config({str(ROOT / 'configs' / 'toy.yaml')!r}); "
+        "print(sorted(m for m in ('torch', 'sent.losses', 'numpy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

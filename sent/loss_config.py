@@ -1,0 +1,76 @@
+"""The coefficients of the policy losses (`sent.losses`), without torch.
+
+`PolicyLossConfig` is a plain dataclass so that a config can be loaded and checked
+(`sent.config`, the ``training.policy_loss`` section is generated from it) without importing
+torch: ``sent --help`` and a config check stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+LossAggMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+@dataclass(frozen=True)
+class PolicyLossConfig:
+    """Coefficients of every registered policy loss (each loss reads the fields it needs)."""
+
+    loss_agg_mode: LossAggMode = "token-mean"
+    """How token losses become a scalar (see `agg_loss`)."""
+    loss_scale_factor: float | None = None
+    """Divisor of ``seq-mean-token-sum-norm``; ``None`` means the padded response length T."""
+    clip_ratio: float = 0.2
+    """PPO clip range epsilon."""
+    clip_ratio_low: float | None = None
+    """Lower clip range (``1 - eps_low``); ``None`` means ``clip_ratio``."""
+    clip_ratio_high: float | None = None
+    """Upper clip range (``1 + eps_high``, DAPO's clip-higher); ``None`` means ``clip_ratio``."""
+    clip_ratio_c: float = 3.0
+    """Dual-clip bound c > 1 for negative advantages (Ye et al. 2019)."""
+    kl_cov_ratio: float = 2e-4
+    """rho: share of the candidate tokens, by largest covariance, that get the KL penalty."""
+    ppo_kl_coef: float = 0.1
+    """beta: weight of ``|log pi - log pi_old|`` on the penalised tokens."""
+    clip_cov_ratio: float = 2e-4
+    """Clip-Cov: share of valid tokens whose gradient is detached."""
+    clip_cov_lb: float = 1.0
+    """Clip-Cov: lower covariance bound of the candidates."""
+    clip_cov_ub: float = 5.0
+    """Clip-Cov: upper covariance bound of the candidates."""
+    low_entropy_fraction: float = 0.8
+    """f (SENT): share of valid tokens, by lowest entropy, that form the low-entropy set L."""
+    high_cov_coef: float = 2.0
+    """c_hi (SENT): penalty multiplier of the k' tokens of L with the largest covariance."""
+    low_cov_coef: float = 0.5
+    """c_lo (SENT): penalty multiplier of the k' tokens of L with the smallest covariance."""
+    sent_ppo_clip: bool = False
+    """SENT: use the clipped PPO surrogate as the base loss (the release uses ``-A * ratio``)."""
+    low_entropy_penalty: Literal["covariance", "all"] = "covariance"
+    """SENT: ``covariance`` (released) penalises the high/low-covariance tokens of L; ``all`` is the
+    earlier v1: beta * |dlogp| on every token of L and high-entropy tokens dropped from the loss."""
+    entropy_mask_fraction: float = 0.2
+    """q (80/20): share of valid tokens, by highest entropy, that carry the policy gradient."""
+    dp_size: int = 1
+    """Set by a distributed engine: data-parallel ranks the loss is averaged over (verl's
+    ``global_batch_info``); with ``dp_size > 1`` the two global counts below are required."""
+    global_batch_num_tokens: int | None = None
+    """Set by a distributed engine: valid tokens in the global batch (``token-mean``)."""
+    global_batch_size: int | None = None
+    """Set by a distributed engine: sequences in the global batch (``seq-mean-*``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("kl_cov_ratio", "clip_cov_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        for name in ("low_entropy_fraction", "entropy_mask_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.clip_ratio_c <= 1:
+            raise ValueError(f"clip_ratio_c must be > 1, got {self.clip_ratio_c}")
+        if self.clip_cov_lb >= self.clip_cov_ub:
+            raise ValueError("clip_cov_lb must be < clip_cov_ub")
+        for name in ("clip_ratio", "ppo_kl_coef", "high_cov_coef", "low_cov_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
