@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "numpy", "transformers", "prefect", "mlflow", "pyarrow", "polars")
-PROBE = "; import sys; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+PROBE = "\nimport sys; print(','.join(m for m in {heavy!r} if m in sys.modules))"
 CASES = {
     "python -c pass": "pass",
     "sent --help": "import contextlib, io\nfrom sent.cli import main\nwith contextlib.redirect_stdout(io.StringIO()):\n"

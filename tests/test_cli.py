@@ -86,3 +86,18 @@ def test_every_error_class_in_the_package_is_a_sent_error():
         for m in re.finditer(r"^class (\w+Error)\(", path.read_text(encoding="utf-8"), re.M)
     }
     assert declared - {("sent.errors", "SentError")} == {(module, name) for module, name, _ in USER_ERRORS}
+
+
+def test_help_imports_no_heavy_library():
+    """`sent --help` answers at once: no torch, MLflow or Prefect (the commands import what they use)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import contextlib, io, sys\nfrom sent.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('torch', 'mlflow', 'prefect', 'pyarrow', 'numpy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
