@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sent import __version__, interrupt
-from sent.config import ModelConfig, SentConfig
+from sent.config import SentConfig
 from sent.curriculum import assign_stages, stage_summary
 from sent.data_contract import (
     CURRICULUM_SCHEMA,
@@ -59,6 +59,7 @@ from sent.data_contract import (
 from sent.errors import SentError
 from sent.locks import LOCK_FILE, exclusive
 from sent.rewards import extract_answer, grade_answer, warm_up_verifier
+from sent.sampling.configured import build_sampler
 from sent.semantic import cluster_within, discrete_entropy, get_judge, weighted_entropy
 
 logger = logging.getLogger(__name__)
@@ -282,36 +283,6 @@ def validate(
 # --------------------------------------------------------------------------------------------
 # 2. sampling, grading and clustering, chunk by chunk
 # --------------------------------------------------------------------------------------------
-
-
-def build_sampler(cfg: SentConfig, model: ModelConfig, *, progress: bool = True):
-    """The configured sampler for ``model`` (the policy, or semantic.scoring_model)."""
-    from sent.sampling import make_sampler
-
-    s = cfg.sampling
-    if s.backend == "hf":
-        return make_sampler(
-            "hf",
-            model_path=model.path,
-            tokenizer_path=model.tokenizer,
-            device=model.device,
-            dtype=model.dtype,
-            trust_remote_code=model.trust_remote_code,
-            batch_size=s.batch_size,
-            progress=progress,
-        )
-    return make_sampler(
-        "vllm",
-        model_path=model.path,
-        tokenizer_path=model.tokenizer,
-        dtype=model.dtype,
-        trust_remote_code=model.trust_remote_code,
-        tensor_parallel_size=s.tensor_parallel_size,
-        gpu_memory_utilization=s.gpu_memory_utilization,
-        max_model_len=s.max_model_len or cfg.data.max_prompt_tokens + s.max_new_tokens,
-        seed=cfg.seed,
-        progress=progress,
-    )
 
 
 def _judge(cfg: SentConfig):

@@ -294,7 +294,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Sample ``n`` responses per problem from the model at ``model_path`` and score them."""
     from sent.config import ModelConfig
-    from sent.curate import build_sampler
+    from sent.sampling.configured import build_sampler
 
     ev = cfg.evaluation
     benchmarks = list(benchmarks or ev.benchmarks)
@@ -304,8 +304,7 @@ def evaluate_model(
     toy_dir = cfg.toy.data_dir if cfg.toy is not None else None
     if sampler is None:
         model = ModelConfig(**{**cfg.model.model_dump(), "path": str(model_path), "tokenizer": None})
-        eval_cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"backend": ev.backend})})
-        sampler = build_sampler(eval_cfg, model)
+        sampler = build_sampler(cfg, model, backend=ev.backend)
     per_benchmark, details = {}, []
     for name in benchmarks:
         interrupt.check(f"before evaluating {name}")

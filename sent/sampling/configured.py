@@ -1,0 +1,39 @@
+"""The sampler a config asks for: the one place that maps config sections to sampler arguments."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sent.sampling.base import Sampler, make_sampler
+
+if TYPE_CHECKING:
+    from sent.config import ModelConfig, SentConfig
+
+
+def build_sampler(cfg: SentConfig, model: ModelConfig, *, backend: str | None = None, progress: bool = True) -> Sampler:
+    """The configured sampler for ``model`` (the policy, or ``semantic.scoring_model``);
+    ``backend`` overrides ``sampling.backend`` (the evaluation has its own)."""
+    s = cfg.sampling
+    if (backend or s.backend) == "hf":
+        return make_sampler(
+            "hf",
+            model_path=model.path,
+            tokenizer_path=model.tokenizer,
+            device=model.device,
+            dtype=model.dtype,
+            trust_remote_code=model.trust_remote_code,
+            batch_size=s.batch_size,
+            progress=progress,
+        )
+    return make_sampler(
+        "vllm",
+        model_path=model.path,
+        tokenizer_path=model.tokenizer,
+        dtype=model.dtype,
+        trust_remote_code=model.trust_remote_code,
+        tensor_parallel_size=s.tensor_parallel_size,
+        gpu_memory_utilization=s.gpu_memory_utilization,
+        max_model_len=s.max_model_len or cfg.data.max_prompt_tokens + s.max_new_tokens,
+        seed=cfg.seed,
+        progress=progress,
+    )
