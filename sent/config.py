@@ -11,9 +11,13 @@ loss coefficient is defined (with its default and meaning) in exactly one place.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
+import inspect
+import itertools
 import json
+import textwrap
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -40,25 +44,29 @@ class ModelConfig(_Section):
     path: str = Field(description="local directory or Hugging Face hub id of the policy model")
     tokenizer: str | None = Field(None, description="tokenizer path or id; default: the model's")
     trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype; auto: bfloat16 on a GPU that supports it, else float32"
+    )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
 
 
 class FieldMap(_Section):
     """Column names of the input problems."""
 
-    problem: str = "problem"
-    answer: str = "answer"
+    problem: str = Field("problem", description="column with the problem statement")
+    answer: str = Field("answer", description="column with the reference answer")
     id: str | None = Field("id", description="unique id column; None numbers the rows")
     source: str | None = Field(None, description="column with the data source name; None uses data.data_source")
 
 
 class DataConfig(_Section):
     train_path: str = Field(description="problems: a .jsonl or .parquet file, or a `datasets` directory")
-    format: Literal["auto", "jsonl", "parquet", "datasets"] = "auto"
-    fields: FieldMap = FieldMap()
+    format: Literal["auto", "jsonl", "parquet", "datasets"] = Field(
+        "auto", description="input format; auto: from the file name (.jsonl, .parquet) or a `datasets` directory"
+    )
+    fields: FieldMap = Field(FieldMap(), description="column names of the input problems")
     data_source: str = Field("math", description="`data_source` of the curriculum rows (verl's reward routing)")
-    ability: str = "math"
+    ability: str = Field("math", description="`ability` of the curriculum rows (a verl dataset column)")
     max_prompt_tokens: int = Field(1024, gt=0, description="longer chat prompts are rejected")
     max_rejected_fraction: float = Field(0.05, ge=0, le=1, description="fail when more rows are rejected")
     limit: int | None = Field(None, gt=0, description="use only the first N input rows (the CLI's --limit wins)")
@@ -75,20 +83,32 @@ class PromptConfig(_Section):
 
 
 class SamplingConfig(_Section):
-    backend: Literal["hf", "vllm"] = "hf"
+    """How curation samples its N responses per problem."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers generate (CPU or one GPU); vllm: offline vLLM (GPUs)"
+    )
     n: int = Field(8, gt=0, description="N: responses sampled per problem")
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, description="sampling temperature (0: greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: the smallest set of tokens with this mass")
     max_new_tokens: int = Field(2048, gt=0, description="response budget, as in training")
     batch_size: int = Field(64, gt=0, description="prompts per generate call (hf)")
     chunk_size: int = Field(256, gt=0, description="problems per resumable sampling checkpoint")
-    tensor_parallel_size: int = Field(1, gt=0, description="vLLM")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM")
+    tensor_parallel_size: int = Field(1, gt=0, description="vllm: GPUs one engine is split over")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="vllm: share of each GPU's memory for weights and KV cache"
+    )
     max_model_len: int | None = Field(None, description="vLLM context length; default prompt + response budget")
 
 
 class SemanticConfig(_Section):
-    judge: Literal["math", "exact", "embedding"] = "math"
+    """Semantic entropy: how the N answers of a problem are clustered into equivalence classes."""
+
+    judge: Literal["math", "exact", "embedding"] = Field(
+        "math",
+        description="math: symbolic equivalence of final answers (math-verify); exact: the same normal form; "
+        "embedding: cosine similarity of sentence embeddings above embedding_threshold",
+    )
     judge_timeout: float = Field(
         5.0, gt=0, description="seconds for one comparison, and for grading one response against its reference"
     )
@@ -100,14 +120,20 @@ class SemanticConfig(_Section):
     )
     pool_missing: bool = Field(False, description="responses without an answer form one class")
     embedding_model: str | None = Field(None, description="embedding judge weights; default MiniLM")
-    embedding_threshold: float = Field(0.9, ge=-1, le=1)
+    embedding_threshold: float = Field(0.9, ge=-1, le=1, description="embedding judge: cosine similarity of one class")
     scoring_model: ModelConfig | None = Field(None, description="score SE with another model than the policy")
 
 
 class CurriculumConfig(_Section):
-    n_stages: int = Field(2, gt=0, description="K")
-    method: Literal["quantile", "threshold"] = "quantile"
-    thresholds: list[float] | None = None
+    """How problems are split into training stages by semantic entropy (`sent.curriculum`)."""
+
+    n_stages: int = Field(2, gt=0, description="K: training stages, each starting from the last one's weights")
+    method: Literal["quantile", "threshold"] = Field(
+        "quantile", description="quantile: stages of equal size by SE rank; threshold: stages cut at `thresholds`"
+    )
+    thresholds: list[float] | None = Field(
+        None, description="threshold method: the K - 1 increasing SE boundaries (x < t_1 is stage 1, ...)"
+    )
     entropy: Literal["discrete", "weighted"] = Field("discrete", description="which SE orders the curriculum")
     order: Literal["entropy", "random"] = Field(
         "entropy",
@@ -124,10 +150,31 @@ class CurriculumConfig(_Section):
         return self
 
 
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under a class's fields (PEP 257 attribute docstrings), by field name."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        node.target.id: " ".join(doc.value.value.split())
+        for node, doc in itertools.pairwise(body)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and isinstance(doc, ast.Expr)
+        and isinstance(doc.value, ast.Constant)
+        and isinstance(doc.value.value, str)
+    }
+
+
 def _policy_loss_section() -> type[BaseModel]:
+    """`PolicyLossConfig` as a config section: the same fields, defaults and descriptions."""
     hints = typing.get_type_hints(PolicyLossConfig)
-    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(PolicyLossConfig)}
-    return create_model("PolicyLossSettings", __base__=_Section, **fields)
+    docs = _attribute_docs(PolicyLossConfig)
+    fields = {
+        f.name: (hints[f.name], Field(f.default, description=docs.get(f.name)))
+        for f in dataclasses.fields(PolicyLossConfig)
+    }
+    model = create_model("PolicyLossSettings", __base__=_Section, **fields)
+    model.__doc__ = PolicyLossConfig.__doc__
+    return model
 
 
 PolicyLossSettings = _policy_loss_section()
@@ -140,18 +187,18 @@ class VerlConfig(_Section):
         "cuda",
         description="cpu: verl's real trainer without GPUs (sent.engines.verl_cpu), to check a config; not for speed",
     )
-    nnodes: int = Field(1, gt=0)
-    n_gpus_per_node: int = Field(8, gt=0)
+    nnodes: int = Field(1, gt=0, description="machines of the job (trainer.nnodes)")
+    n_gpus_per_node: int = Field(8, gt=0, description="GPUs per machine (trainer.n_gpus_per_node)")
     ray_address: str | None = Field(
         None, description="None: main_ppo starts a local Ray; else `ray job submit --address` (e.g. http://head:8265)"
     )
-    rollout_name: Literal["vllm", "sglang"] = "vllm"
+    rollout_name: Literal["vllm", "sglang"] = Field("vllm", description="verl's rollout engine")
     rollout_tp: int = Field(1, gt=0, description="tensor parallel size of the rollout engine")
-    gpu_memory_utilization: float = Field(0.6, gt=0, le=1)
+    gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="the rollout engine's share of GPU memory")
     use_dynamic_bsz: bool = Field(True, description="token-budget micro-batches (then micro_batch_size is unused)")
-    max_token_len_per_gpu: int = Field(16384, gt=0)
-    param_offload: bool = False
-    optimizer_offload: bool = False
+    max_token_len_per_gpu: int = Field(16384, gt=0, description="dynamic batches: tokens per GPU per forward pass")
+    param_offload: bool = Field(False, description="FSDP: keep parameters in CPU memory between uses")
+    optimizer_offload: bool = Field(False, description="FSDP: keep the optimiser state in CPU memory")
     entropy_source: Literal["exact", "surprisal", "auto"] = Field(
         "exact", description="token entropy for the loss: exact (calculate_entropy=true) or surprisal"
     )
@@ -159,40 +206,54 @@ class VerlConfig(_Section):
         None, description="verl validation parquet files; default: the evaluation benchmarks, converted"
     )
     val_limit: int | None = Field(256, gt=0, description="problems per benchmark in the default validation set")
-    merge_backend: Literal["fsdp", "megatron"] = "fsdp"
+    merge_backend: Literal["fsdp", "megatron"] = Field(
+        "fsdp", description="checkpoint format the model merger reads into Hugging Face weights"
+    )
     trainer_module: str = Field("verl.trainer.main_ppo", description="run as `python -m`; e.g. a verl recipe's main")
     merger_module: str = Field("verl.model_merger", description="run as `python -m <module> merge ...`")
     extra_overrides: list[str] = Field(default_factory=list, description="further Hydra overrides, applied last")
 
 
 class TrainingConfig(_Section):
-    engine: Literal["local", "verl"] = "local"
+    """Staged GRPO with a policy loss: the rollouts, the optimiser and the reward."""
+
+    engine: Literal["local", "verl"] = Field(
+        "local", description="local: one process (CPU or one GPU, sent.engines.local); verl: verl on Ray"
+    )
     seed: int | None = Field(
         None,
         description="seed of the batch order and the rollouts; None: the run's seed. An ablation sets it per "
         "replicate, so replicates share the curation and the evaluation's sampling seeds",
     )
-    verl: VerlConfig = VerlConfig()
+    verl: VerlConfig = Field(VerlConfig(), description="the verl engine's resources and verl-only settings")
     loss: str = Field("sent", description="registered policy loss (sent.losses)")
-    policy_loss: PolicyLossSettings = PolicyLossSettings()  # type: ignore[valid-type]
+    policy_loss: PolicyLossSettings = Field(  # type: ignore[valid-type]
+        PolicyLossSettings(), description="coefficients of the policy losses (sent.loss_config.PolicyLossConfig)"
+    )
     group_size: int = Field(8, gt=0, description="G: responses per prompt in a rollout")
     train_batch_size: int = Field(256, gt=0, description="prompts per step")
     mini_batch_size: int = Field(128, gt=0, description="prompts per optimiser step")
     micro_batch_size: int = Field(4, gt=0, description="sequences per forward/backward")
-    ppo_epochs: int = Field(1, gt=0)
-    epochs_per_stage: float = Field(5, gt=0)
-    lr: float = Field(1e-6, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = Field(1.0, gt=0)
-    max_prompt_tokens: int = Field(1024, gt=0)
-    max_response_tokens: int = Field(2048, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    ppo_epochs: int = Field(1, gt=0, description="passes over each step's rollouts")
+    epochs_per_stage: float = Field(
+        5, gt=0, description="passes over a stage's problems: steps = floor(epochs * problems / train_batch_size)"
+    )
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate (constant)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2)")
+    grad_clip: float = Field(1.0, gt=0, description="clip the gradient's global norm to this")
+    max_prompt_tokens: int = Field(
+        1024, gt=0, description="longest chat prompt a rollout takes (verl: max_prompt_length)"
+    )
+    max_response_tokens: int = Field(2048, gt=0, description="response budget of a rollout, in tokens")
+    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="rollout nucleus sampling")
     ref_kl_coef: float = Field(0.001, ge=0, description="reference KL loss weight (0 disables)")
-    ref_kl_kind: Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl"] = "low_var_kl"
-    entropy_coeff: float = Field(0.0, ge=0)
-    norm_adv_by_std: bool = True
+    ref_kl_kind: Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl"] = Field(
+        "low_var_kl", description="estimator of the reference KL (verl's kl_penalty names; low_var_kl is k3, clamped)"
+    )
+    entropy_coeff: float = Field(0.0, ge=0, description="weight of an entropy bonus (0 disables)")
+    norm_adv_by_std: bool = Field(True, description="GRPO: divide advantages by the group's reward std")
     filter_groups: bool = Field(
         False, description="leave groups whose G rewards are all equal out of the update (they carry no signal)"
     )
@@ -207,8 +268,10 @@ class TrainingConfig(_Section):
         "(no extra pass; equal to a recomputation to float rounding) or from a separate no-grad pass",
     )
     shuffle: bool = Field(True, description="shuffle within a stage (False keeps SE order)")
-    save_every: int = Field(50, gt=0)
-    resume: Literal["auto", "never"] = "auto"
+    save_every: int = Field(50, gt=0, description="steps between checkpoints (and one at the end of a stage)")
+    resume: Literal["auto", "never"] = Field(
+        "auto", description="auto: continue a stage from its newest checkpoint; never: start it again"
+    )
     entropy_collapse_fraction: float = Field(0.5, gt=0, lt=1, description="warn below this share of start entropy")
     val_every: int = Field(10, gt=0, description="validation frequency (verl test_freq)")
 
@@ -221,37 +284,42 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    benchmarks: list[str] = ["aime24", "aime25", "amc23", "math500", "olympiadbench", "minerva"]
+    """The benchmarks a model is scored on, and how its responses are sampled."""
+
+    benchmarks: list[str] = Field(
+        ["aime24", "aime25", "amc23", "math500", "olympiadbench", "minerva"],
+        description="benchmark names (<name>.jsonl in data_dir; `toy` is the toy world's test split)",
+    )
     data_dir: str | None = Field(None, description="directory of <benchmark>.jsonl files")
-    n: int = Field(16, gt=0)
-    k: list[int] = [1, 8, 16]
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(8000, gt=0)
-    backend: Literal["hf", "vllm"] = "hf"
+    n: int = Field(16, gt=0, description="responses sampled per problem (avg@n, maj@n)")
+    k: list[int] = Field([1, 8, 16], description="the k of pass@k (unbiased estimator; k <= n)")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature (0: greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    max_new_tokens: int = Field(8000, gt=0, description="response budget, in tokens")
+    backend: Literal["hf", "vllm"] = Field("hf", description="the sampler (as sampling.backend)")
     limit: int | None = Field(None, gt=0, description="first N problems of each benchmark (smoke runs)")
 
 
 class ToyConfig(_Section):
     """The toy world and its bootstrap model (`sent toy bootstrap`)."""
 
-    seed: int = 0
-    train_per_level: int = Field(3000, gt=0)
-    test_per_level: int = Field(200, gt=0)
+    seed: int = Field(0, description="seed of the generated problems and of the bootstrap's SFT")
+    train_per_level: int = Field(3000, gt=0, description="generated training problems per level (SFT and RL)")
+    test_per_level: int = Field(200, gt=0, description="held-out test problems per level (the toy benchmark)")
     data_dir: str = Field("data/toy", description="train.jsonl, test.jsonl and rl.jsonl land here")
     rl_levels: list[int] = Field(
         [1, 2, 3], description="levels of the RL problems (rl.jsonl): where the bootstrap model has headroom"
     )
     model_dir: str = Field("data/models/toy", description="the bootstrap model (HF format) lands here")
     vocab_size: int = Field(384, ge=300, description="byte-level BPE: 256 bytes + 3 specials + merges")
-    hidden_size: int = 128
-    intermediate_size: int = 512
-    num_layers: int = 4
-    num_heads: int = 4
+    hidden_size: int = Field(128, gt=0, description="the toy model (Qwen2 architecture): width")
+    intermediate_size: int = Field(512, gt=0, description="MLP width")
+    num_layers: int = Field(4, gt=0, description="decoder layers")
+    num_heads: int = Field(4, gt=0, description="attention heads")
     sft_steps: int = Field(900, gt=0, description="supervised warm-start steps")
-    sft_batch_size: int = Field(32, gt=0)
-    sft_lr: float = Field(3e-3, gt=0)
-    sft_warmup: int = Field(30, ge=0)
+    sft_batch_size: int = Field(32, gt=0, description="SFT sequences per step")
+    sft_lr: float = Field(3e-3, gt=0, description="SFT peak learning rate")
+    sft_warmup: int = Field(30, ge=0, description="SFT linear warm-up steps")
     eval_per_level: int = Field(100, gt=0, description="test problems per level for the accuracy report")
 
 
@@ -261,7 +329,7 @@ class TrackingConfig(_Section):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<abs>/data/mlflow.db"
     )
-    experiment: str = "sent"
+    experiment: str = Field("sent", description="MLflow experiment of the runs (created if missing)")
     artifact_root: str = Field(
         "data/mlartifacts", description="artifact location of experiments this project creates (local stores)"
     )
@@ -303,18 +371,22 @@ class AblationConfig(_Section):
 
 
 class SentConfig(_Section):
-    seed: int = 0
-    run_name: str | None = None
-    model: ModelConfig
-    data: DataConfig
-    prompt: PromptConfig = PromptConfig()
-    sampling: SamplingConfig = SamplingConfig()
-    semantic: SemanticConfig = SemanticConfig()
-    curriculum: CurriculumConfig = CurriculumConfig()
-    training: TrainingConfig = TrainingConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    ablation: AblationConfig = AblationConfig()
+    """A run's whole configuration, one section per phase (`load_config` reads it from YAML)."""
+
+    seed: int = Field(0, description="the run's seed: sampling in curation and evaluation, and training by default")
+    run_name: str | None = Field(
+        None, description="a label kept in the run's recorded params (run directories are named by date)"
+    )
+    model: ModelConfig = Field(description="the policy model")
+    data: DataConfig = Field(description="the training problems")
+    prompt: PromptConfig = Field(PromptConfig(), description="the chat prompt around each problem")
+    sampling: SamplingConfig = Field(SamplingConfig(), description="curation's sampling")
+    semantic: SemanticConfig = Field(SemanticConfig(), description="semantic entropy")
+    curriculum: CurriculumConfig = Field(CurriculumConfig(), description="the stages")
+    training: TrainingConfig = Field(TrainingConfig(), description="staged GRPO")
+    evaluation: EvaluationConfig = Field(EvaluationConfig(), description="the benchmarks")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow")
+    ablation: AblationConfig = Field(AblationConfig(), description="`sent ablate`")
     toy: ToyConfig | None = Field(None, description="present in configs that run on the toy world")
     source: str | None = Field(None, description="the file this was loaded from (set by load_config)")
     overrides: list[str] = Field(default_factory=list, description="key.path=value overrides applied")

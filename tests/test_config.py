@@ -144,3 +144,39 @@ def test_loading_a_config_imports_neither_torch_nor_the_losses():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def _fields(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        yield f"{prefix}{name}", field
+        for arg in getattr(field.annotation, "__args__", (field.annotation,)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                yield from _fields(arg, f"{prefix}{name}.")
+
+
+def test_every_config_key_is_described():
+    from sent.config import SentConfig
+
+    keys = dict(_fields(SentConfig))
+    assert len(keys) > 130  # every section is walked, policy_loss and verl included
+    assert [k for k, f in keys.items() if not (f.description or "").strip()] == []
+
+
+def test_the_config_reference_in_configs_readme_is_up_to_date():
+    from sent.config_reference import BEGIN, END, reference
+
+    text = (ROOT / "configs" / "README.md").read_text(encoding="utf-8")
+    block = BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END
+    assert block == reference(), "run: python -m sent.config_reference --write configs/README.md"
+
+
+def test_the_reference_lists_every_key_once():
+    from sent.config import SentConfig
+    from sent.config_reference import reference
+
+    rows = [line.split("|")[1].strip().strip("`") for line in reference().splitlines() if line.startswith("| `")]
+    # semantic.scoring_model's keys are model's, listed once under `model`
+    expected = [k for k, _ in _fields(SentConfig) if not k.startswith("semantic.scoring_model.")]
+    assert len(rows) == len(set(rows)) and sorted(rows) == sorted(expected)
