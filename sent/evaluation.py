@@ -203,6 +203,16 @@ def summarize(per_benchmark: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in per_benchmark.values() if k in m])) for k in keys}
 
 
+def flat_metrics(results: dict[str, Any], *, counts: bool = True) -> dict[str, float]:
+    """An evaluation's results as one flat mapping, for MLflow: ``mean.<metric>`` over benchmarks
+    and ``<benchmark>.<metric>`` for each; ``counts=False`` leaves out each benchmark's
+    ``problems`` and ``n``, which are sizes, not scores (a comparison of two models has no use for them)."""
+    flat = {f"mean.{k}": v for k, v in results["mean"].items()}
+    for bench, metrics in results["benchmarks"].items():
+        flat.update({f"{bench}.{k}": v for k, v in metrics.items() if counts or k not in ("problems", "n")})
+    return flat
+
+
 def markdown_table(per_benchmark: dict[str, dict[str, float]], mean: dict[str, float]) -> str:
     keys = [k for k in mean if k.startswith("pass@")] + [k for k in mean if not k.startswith("pass@")]
     lines = ["| benchmark | problems | " + " | ".join(keys) + " |", "| --- | --- |" + " --- |" * len(keys)]

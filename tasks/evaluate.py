@@ -43,7 +43,7 @@ def _key(inputs: dict) -> str:
 def evaluate_step(ctx: RunContext, model: Artefact, name: str = "eval") -> Artefact:
     """pass@k, avg@n and maj@n of ``model`` on every configured benchmark (``name``: ``eval`` for the
     trained model, ``eval:base`` for the starting one)."""
-    from sent.evaluation import evaluate_model, markdown_table
+    from sent.evaluation import evaluate_model, flat_metrics, markdown_table
 
     cfg = ctx.load()
     model.verified()
@@ -57,10 +57,7 @@ def evaluate_step(ctx: RunContext, model: Artefact, name: str = "eval") -> Artef
         t0 = time.perf_counter()
         results = evaluate_model(cfg, model_path=model.path, out_dir=out)
         compute_s = time.perf_counter() - t0
-        metrics = {f"mean.{k}": v for k, v in results["mean"].items()}
-        for bench, values in results["benchmarks"].items():
-            metrics.update({f"{bench}.{k}": v for k, v in values.items()})
-        tracker.log_metrics(run_id, metrics)
+        tracker.log_metrics(run_id, flat_metrics(results))
         for f in ("results.json", "results.md", "details.parquet"):
             tracker.log_artifact(run_id, out / f)
         create_table_artifact(

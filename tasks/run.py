@@ -240,13 +240,9 @@ def _comparison(ctx: RunContext, artefacts: dict[str, Artefact], out: Path) -> d
 
 def _eval_summary(evals: dict[str, dict]) -> dict[str, dict[str, float]]:
     """``{"eval": {"mean.avg@8": ..}, "eval:base": ..}`` from the evaluations' results."""
-    out = {}
-    for step, results in evals.items():
-        flat = {f"mean.{k}": v for k, v in results["mean"].items()}
-        for bench, metrics in results["benchmarks"].items():
-            flat.update({f"{bench}.{k}": v for k, v in metrics.items() if k not in ("problems", "n")})
-        out[step] = flat
-    return out
+    from sent.evaluation import flat_metrics
+
+    return {step: flat_metrics(results, counts=False) for step, results in evals.items()}
 
 
 def _reports(artefacts: dict[str, Artefact], evals: dict[str, dict], out: Path) -> list[Path]:
