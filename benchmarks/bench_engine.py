@@ -80,7 +80,7 @@ def run_local(args: argparse.Namespace) -> None:
         batch = cfg.training.train_batch_size
         while _wait_for_command() == "step":
             rows = [engine.rows[i] for i in engine.order[engine.step * batch : (engine.step + 1) * batch]]
-            metrics = engine._train_step(rows)
+            metrics = engine._grpo_step(rows)
             engine.step += 1
             phases = {k.removeprefix(TIME_PREFIX): v for k, v in metrics.items() if k.startswith(TIME_PREFIX)}
             phases["generate"] = phases.get("generate", 0.0) + phases.pop("batching", 0.0)

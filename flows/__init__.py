@@ -1,4 +1,4 @@
 """Prefect flows: each phase of the pipeline (curate, train one stage, evaluate) and the whole DAG.
 
-Flow bodies only compose tasks from `tasks/`. The flows arrive with the pipeline issue.
+Flow bodies only compose tasks from `tasks/`.
 """

@@ -17,7 +17,7 @@ from tasks.toy import base_model, bootstrap_toy
 from tasks.train import train_step
 
 
-def compose(ctx: RunContext, *, refresh_cache: bool = False) -> dict[str, Artefact]:
+def run_planned_steps(ctx: RunContext, *, refresh_cache: bool = False) -> dict[str, Artefact]:
     """Run ``ctx.steps`` in order, each fed the artefacts of the steps before it (or of the reused run)."""
 
     def fresh(t):
@@ -59,7 +59,7 @@ def run_steps(
     with handle_signals():  # SIGTERM/SIGINT: stop at the next safe point, then close the run below
         ctx = open_run(config, overrides, steps, run_dir, reuse)
         try:
-            compose(ctx, refresh_cache=refresh_cache)
+            run_planned_steps(ctx, refresh_cache=refresh_cache)
         except BaseException as exc:
             stopped = isinstance(exc, Interrupted | KeyboardInterrupt)
             close_run(ctx, error=f"{type(exc).__name__}: {exc}", interrupted=stopped)

@@ -123,14 +123,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_verl(args: argparse.Namespace, cfg, curriculum: Path, run_dir: Path) -> int:
-    from sent.engines.verl import compose, plan_stage, run_stage, validate
+    from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage, run_stage
 
     start = cfg.model.path if args.stage == 1 else str((run_dir / f"stage-{args.stage - 1}" / "final").resolve())
     plan = plan_stage(
         cfg, stage=args.stage, curriculum_dir=curriculum, run_dir=run_dir, start_model=start, max_steps=args.max_steps
     )
-    composed = compose(plan.overrides)
-    validate(composed)
+    composed = compose_verl_config(plan.overrides)
+    check_verl_config(composed)
     if args.dry_run:
         from omegaconf import OmegaConf
 

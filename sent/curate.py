@@ -196,7 +196,7 @@ def _normalise_problem(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 
-def validate(
+def validate_rows(
     cfg: SentConfig, path: Path, rows: Sequence[tuple[int, Any, str]], tokenizer
 ) -> tuple[list[Problem], list[Rejection]]:
     """Split input rows into accepted problems and rejections (with reasons)."""
@@ -550,7 +550,7 @@ def _curate_locked(
 
     tokenizer = load_tokenizer(model_cfg.tokenizer or model_cfg.path, trust_remote_code=model_cfg.trust_remote_code)
     path = Path(cfg.data.train_path)
-    problems, rejected = validate(cfg, path, rows, tokenizer)
+    problems, rejected = validate_rows(cfg, path, rows, tokenizer)
     if len(problems) + len(rejected) != len(rows):
         raise AssertionError("validation lost rows")  # counts in = accepted + rejected, always
     write_rows([r.__dict__ for r in rejected], out_dir / "rejected.parquet", REJECTED_SCHEMA)

@@ -60,6 +60,12 @@ class PolicyLossConfig:
     global_batch_size: int | None = None
     """Set by a distributed engine: sequences in the global batch (``seq-mean-*``)."""
 
+    def clip_range(self) -> tuple[float, float]:
+        """(epsilon_low, epsilon_high): the asymmetric bounds fall back to ``clip_ratio``."""
+        low = self.clip_ratio_low if self.clip_ratio_low is not None else self.clip_ratio
+        high = self.clip_ratio_high if self.clip_ratio_high is not None else self.clip_ratio
+        return low, high
+
     def __post_init__(self) -> None:
         for name in ("kl_cov_ratio", "clip_cov_ratio"):
             if not 0 < getattr(self, name) <= 1:

@@ -297,18 +297,11 @@ def _static_count_bound(shape: torch.Size, fraction: float) -> int:
     return max(1, int(math.prod(shape) * fraction))
 
 
-def _clip_range(config: PolicyLossConfig) -> tuple[float, float]:
-    """(epsilon_low, epsilon_high): the asymmetric bounds fall back to ``clip_ratio``."""
-    low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
-    high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
-    return low, high
-
-
 def _ppo_terms(log_prob, old_log_prob, advantages, config: PolicyLossConfig):
     """Dual-clip PPO token losses and their clip statistics (verl ``vanilla``'s arithmetic)."""
     neg_kl = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
     ratio = torch.exp(neg_kl)
-    low, high = _clip_range(config)
+    low, high = config.clip_range()
     loss1 = -advantages * ratio
     loss2 = -advantages * torch.clamp(ratio, 1 - low, 1 + high)
     clipped = torch.maximum(loss1, loss2)
@@ -470,7 +463,7 @@ def clip_cov_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=
     mask = response_mask.bool()
     neg_kl = log_prob - old_log_prob
     ratio = torch.exp(neg_kl)
-    low, high = _clip_range(config)
+    low, high = config.clip_range()
     loss1 = -advantages * ratio
     loss2 = -advantages * torch.clamp(ratio, 1 - low, 1 + high)
     clipped_by_ppo = (loss2 > loss1) & mask

@@ -20,7 +20,7 @@ import pytest
 
 from sent.cli import main
 from sent.config import ConfigError, load_config
-from sent.curate import CurationError, curate, read_rows, validate
+from sent.curate import CurationError, curate, read_rows, validate_rows
 from sent.evaluation import EvaluationError, evaluate_responses, read_responses
 from sent.models import load_tokenizer
 
@@ -45,7 +45,7 @@ def _reason_of(tiny_toy, tmp_path, bad_line) -> str:
     path = _jsonl(tmp_path / "in.jsonl", [good[0], bad_line, good[1]])
     cfg = toy_config(tiny_toy, f"data.train_path={path}")
     rows = list(read_rows(path))
-    accepted, rejected = validate(cfg, path, rows, load_tokenizer(tiny_toy.model_dir))
+    accepted, rejected = validate_rows(cfg, path, rows, load_tokenizer(tiny_toy.model_dir))
     assert [p.id for p in accepted] == ["a", "b"], "the good rows are kept"
     (r,) = rejected
     assert (r.source_file, r.row) == (str(path), 2), "the file and the line are named"

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sent.curate import CurationError, curate, read_rows, validate
+from sent.curate import CurationError, curate, read_rows, validate_rows
 from sent.data_contract import (
     CURRICULUM_SCHEMA,
     ContractError,
@@ -50,7 +50,7 @@ def test_validation_keeps_every_row_with_a_reason(tiny_toy, tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", BAD_ROWS)
     cfg = toy_config(tiny_toy, f"data.train_path={path}")
     rows = list(read_rows(path))
-    accepted, rejected = validate(cfg, path, rows, load_tokenizer(tiny_toy.model_dir))
+    accepted, rejected = validate_rows(cfg, path, rows, load_tokenizer(tiny_toy.model_dir))
     assert len(accepted) + len(rejected) == len(BAD_ROWS)
     assert [(p.id, p.answer) for p in accepted] == [("a", "2"), ("g", "8")]
     assert [p.index for p in accepted] == [0, 1]
@@ -251,7 +251,7 @@ def test_parquet_and_datasets_inputs_with_a_field_map(tiny_toy, tmp_path):
     tok = load_tokenizer(tiny_toy.model_dir)
     for path in (tmp_path / "in.parquet", tmp_path / "ds"):
         cfg = toy_config(tiny_toy, f"data.train_path={path}", *fields)
-        accepted, rejected = validate(cfg, path, list(read_rows(path)), tok)
+        accepted, rejected = validate_rows(cfg, path, list(read_rows(path)), tok)
         assert [(p.id, p.problem, p.answer) for p in accepted] == [(r["uid"], r["question"], r["final"]) for r in rows]
         assert not rejected
     assert len(list(read_rows(tmp_path / "in.parquet", limit=2))) == 2

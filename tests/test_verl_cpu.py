@@ -95,7 +95,7 @@ def test_a_verl_worker_loading_the_plugin_on_an_unsupported_verl_fails_loudly():
 
 
 def test_the_cpu_overrides_compose_into_verls_config_and_dataclasses(tiny_toy, tmp_path):
-    from sent.engines.verl import compose, plan_stage, validate
+    from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage
 
     from sent_testing import toy_config
 
@@ -103,8 +103,8 @@ def test_the_cpu_overrides_compose_into_verls_config_and_dataclasses(tiny_toy, t
         tiny_toy, "training.engine=verl", "training.verl.device=cpu", "training.verl.use_dynamic_bsz=false"
     )
     plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path / "c", run_dir=tmp_path / "r", start_model="m")
-    composed = compose(plan.overrides)
-    parts = validate(composed)
+    composed = compose_verl_config(plan.overrides)
+    parts = check_verl_config(composed)
     assert parts["actor"].strategy == "fsdp2" and parts["actor"].engine.strategy == "fsdp2"
     assert parts["actor"].engine.mixed_precision == {
         "param_dtype": "fp32",

@@ -31,17 +31,17 @@ def test_the_gradient_clip_reaches_verls_optimizer(tmp_path):
     """verl 0.9 clips with actor.optim.clip_grad; actor.grad_clip alone never reached it (the presets'
     1.0 equals verl's default, so only another value shows it)."""
     from sent.config import load_config
-    from sent.engines.verl import compose, plan_stage, validate
+    from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage
 
     cfg = load_config(PRESETS[0], ["training.grad_clip=0.25"])
     plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path / "c", run_dir=tmp_path / "r", start_model="m")
-    assert validate(compose(plan.overrides))["actor"].optim.clip_grad == 0.25
+    assert check_verl_config(compose_verl_config(plan.overrides))["actor"].optim.clip_grad == 0.25
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_paper_presets_compose_into_verls_config_and_dataclasses(preset, tmp_path):
     from sent.config import load_config
-    from sent.engines.verl import compose, plan_stage, validate
+    from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage
     from sent.engines.verl_plugin import SentPolicyLossConfig
 
     cfg = load_config(preset)
@@ -53,8 +53,8 @@ def test_paper_presets_compose_into_verls_config_and_dataclasses(preset, tmp_pat
         start_model=str(tmp_path / "run" / "stage-1" / "final"),
         mlflow=("sqlite:////abs/mlflow.db", "0123abcd"),
     )
-    composed = compose(plan.overrides)
-    verl = validate(composed)
+    composed = compose_verl_config(plan.overrides)
+    verl = check_verl_config(composed)
     t, pl = cfg.training, cfg.training.policy_loss
     actor = verl["actor"]
     # SENT's coefficients are real fields of our PolicyLossConfig subclass, built by verl itself
@@ -99,12 +99,12 @@ def test_a_value_verl_rejects_is_caught_by_composition(tmp_path):
     from hydra.errors import ConfigCompositionException
 
     from sent.config import load_config
-    from sent.engines.verl import compose, plan_stage
+    from sent.engines.verl import compose_verl_config, plan_stage
 
     cfg = load_config(PRESETS[0], ["training.verl.extra_overrides=[actor_rollout_ref.actor.no_such_key=1]"])
     plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path, run_dir=tmp_path / "r", start_model="m")
     with pytest.raises(ConfigCompositionException, match="no_such_key"):
-        compose(plan.overrides)
+        compose_verl_config(plan.overrides)
 
 
 @pytest.fixture(scope="module")
@@ -120,15 +120,15 @@ def curriculum(tiny_toy, tmp_path_factory):
 
 def test_a_curated_stage_passes_its_shards_and_step_count(curriculum, tmp_path):
     from sent.data_contract import load_manifest, stage_files
-    from sent.engines.verl import compose, plan_stage, validate
+    from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage
 
     cfg, out = curriculum
     plan = plan_stage(cfg, stage=1, curriculum_dir=out, run_dir=tmp_path / "run", start_model=cfg.model.path)
     manifest = load_manifest(out)
     shards = [str(p.resolve()) for p in stage_files(out, 1, manifest)]
     assert len(shards) >= 2 and plan.curated
-    composed = compose(plan.overrides)
-    validate(composed)
+    composed = compose_verl_config(plan.overrides)
+    check_verl_config(composed)
     assert list(composed.data.train_files) == shards
     rows = manifest["curriculum"]["stages"][0]["count"]
     # floor(epochs_per_stage * rows / train_batch_size), at least 1 (as the local engine counts)
@@ -140,12 +140,12 @@ def test_verls_rlhf_dataset_reads_our_shards_with_the_toy_tokenizer(curriculum, 
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     from sent.data_contract import stage_files
-    from sent.engines.verl import compose, plan_stage
+    from sent.engines.verl import compose_verl_config, plan_stage
     from sent.models import load_tokenizer
 
     cfg, out = curriculum
     plan = plan_stage(cfg, stage=1, curriculum_dir=out, run_dir=tmp_path / "run", start_model=cfg.model.path)
-    composed = compose([*plan.overrides, "data.dataloader_num_workers=0"])
+    composed = compose_verl_config([*plan.overrides, "data.dataloader_num_workers=0"])
     tokenizer = load_tokenizer(tiny_toy.model_dir)
     files = [str(f) for f in stage_files(out, 1)]
     dataset = RLHFDataset(data_files=files, tokenizer=tokenizer, config=composed.data)
@@ -169,11 +169,11 @@ def test_our_reward_function_as_verls_reward_manager_calls_it(tmp_path):
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
     from sent.config import load_config
-    from sent.engines.verl import compose, plan_stage
+    from sent.engines.verl import compose_verl_config, plan_stage
 
     cfg = load_config(PRESETS[0])
     plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path, run_dir=tmp_path / "r", start_model="m")
-    composed = compose(plan.overrides)
+    composed = compose_verl_config(plan.overrides)
     fn = get_custom_reward_fn(OmegaConf.create({"reward": OmegaConf.to_container(composed.reward)}))
     cases = [
         ("The sum is \\boxed{\\frac{1}{2}}.", "0.5", 1.0),

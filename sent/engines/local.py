@@ -525,7 +525,7 @@ class LocalEngine:
         entropy.add(ent.detach(), mask[kept, P:])
         return pg_loss, metrics
 
-    def _train_step(self, rows: list[dict]) -> dict[str, float]:
+    def _grpo_step(self, rows: list[dict]) -> dict[str, float]:
         t, G = self.t, self.t.group_size
         clock = PhaseClock()
         t0 = time.perf_counter()
@@ -634,7 +634,7 @@ class LocalEngine:
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"stage {self.stage}", disable=not self.progress)
         while self.step < self.total_steps:
             rows = [self.rows[i] for i in self.order[self.step * B : (self.step + 1) * B]]
-            metrics = self._train_step(rows)
+            metrics = self._grpo_step(rows)
             self.step += 1
             self._watch_entropy(metrics)
             metrics["step"] = float(self.step)

@@ -7,8 +7,9 @@ GRPO advantages, rollout ``n``/temperature/top_p, batch sizes, lr, lengths, the 
 real fields), exact token entropy (``calculate_entropy=true``, see `sent.engines.verl_plugin`),
 the reference KL loss, the stage's shards as an explicit file list (verl takes no directories or
 globs), our reward function, nodes/GPUs, MLflow logging into our run tree, checkpoints and
-``resume_mode``. `compose` validates the overrides the way ``main_ppo`` reads them: Hydra's
-compose API on verl's packaged ``ppo_trainer`` config, then verl's dataclasses.
+``resume_mode``. `compose_verl_config` and `check_verl_config` validate the overrides the way
+``main_ppo`` reads them: Hydra's compose API on verl's packaged ``ppo_trainer`` config, then
+verl's dataclasses.
 
 `run_stage` launches the job (a subprocess with local Ray, or ``ray job submit`` to a cluster),
 streams its log into ours, and merges the final FSDP checkpoint into Hugging Face weights
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sent.config import SentConfig, training_seed
+from sent.config import SentConfig, loss_config, training_seed
 from sent.errors import SentError
 
 logger = logging.getLogger(__name__)
@@ -164,8 +165,7 @@ def plan_stage(
         steps = max_steps if steps is None else min(steps, max_steps)
     experiment = f"{run_dir.name}-stage-{stage}"
     pl = t.policy_loss
-    clip_low = pl.clip_ratio_low if pl.clip_ratio_low is not None else pl.clip_ratio
-    clip_high = pl.clip_ratio_high if pl.clip_ratio_high is not None else pl.clip_ratio
+    clip_low, clip_high = loss_config(cfg).clip_range()
     micro = t.micro_batch_size
     overrides = [
         # data: the stage's shards in curriculum order within the file list; verl shuffles per epoch
@@ -294,7 +294,7 @@ def plan_stage(
     )
 
 
-def compose(overrides: list[str]):
+def compose_verl_config(overrides: list[str]):
     """verl's ``ppo_trainer`` config with ``overrides``, composed with Hydra as ``main_ppo`` does."""
     import verl.trainer
     from hydra import compose as hydra_compose
@@ -307,7 +307,7 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="ppo_trainer", overrides=list(overrides))
 
 
-def validate(config) -> dict[str, Any]:
+def check_verl_config(config) -> dict[str, Any]:
     """verl's own checks of a composed config (``validate_config``: batch sizes against GPUs, ...),
     then its conversion into verl's dataclasses (their ``__post_init__`` checks); returns them."""
     from verl.utils.config import omega_conf_to_dataclass, validate_config

@@ -1,4 +1,4 @@
-"""Our policy losses inside unmodified verl: the only module of `sent` that imports verl.
+"""Our policy losses inside unmodified verl, loaded in verl's own processes.
 
 verl loads this module on ``import verl`` through the ``verl.plugins`` entry point declared in
 ``pyproject.toml``; it registers every loss of `sent.losses` into verl's ``POLICY_LOSS_REGISTRY``:
