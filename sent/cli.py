@@ -123,9 +123,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_verl(args: argparse.Namespace, cfg, curriculum: Path, run_dir: Path) -> int:
+    from sent.engines.stage import start_model_for
     from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage, run_stage
 
-    start = cfg.model.path if args.stage == 1 else str((run_dir / f"stage-{args.stage - 1}" / "final").resolve())
+    # a dry run may show stage K before stage K-1 is trained: its start is where those weights will be
+    start = start_model_for(cfg, run_dir.resolve(), args.stage, must_exist=not args.dry_run)
     plan = plan_stage(
         cfg, stage=args.stage, curriculum_dir=curriculum, run_dir=run_dir, start_model=start, max_steps=args.max_steps
     )

@@ -175,7 +175,7 @@ def restage_step(ctx: RunContext, curation: Artefact, out: str) -> Artefact:
 
 
 def _outcome(run: ArmRun, trained: list[Artefact], evaluation: Artefact) -> RunOutcome:
-    from sent.engines.local import read_history
+    from sent.engines.stage import read_history
     from sent.stats import problem_scores
 
     results = json.loads(Path(evaluation.path).read_text())

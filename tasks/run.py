@@ -247,7 +247,7 @@ def _eval_summary(evals: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 def _reports(artefacts: dict[str, Artefact], evals: dict[str, dict], out: Path) -> list[Path]:
     """``training_curves.png`` (stages end to end) and ``evaluation_<metric>.png`` in ``out``."""
-    from sent.engines.local import read_history
+    from sent.engines.stage import read_history
     from sent.plots import plot_evaluation, plot_training
 
     paths = []

@@ -56,8 +56,17 @@ from sent import interrupt
 from sent.advantages import grpo_advantages
 from sent.config import SentConfig, TrainingConfig, loss_config, training_seed
 from sent.data_contract import json_safe, load_curriculum
+from sent.engines.stage import (
+    FINAL,
+    TrainingError,
+    clear_finished,
+    stage_dir,
+    stage_steps,
+    start_model_for,
+    write_history,
+    write_summary,
+)
 from sent.entropy import token_entropy
-from sent.errors import SentError
 from sent.locks import exclusive
 from sent.losses import (
     PolicyLossConfig,
@@ -74,7 +83,7 @@ from sent.sampling.hf import HFSampler
 logger = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]
 _COUNTS = frozenset({"n_low_entropy", "n_penalised", "n_selected", "n_valid_tokens", "n_trained_tokens"})
-FINAL, CHECKPOINTS = "final", "checkpoints"
+CHECKPOINTS = "checkpoints"
 TIME_PREFIX = "time/"
 """Per-phase seconds of a step: ``time/generate``, ``time/scoring``, ``time/batching``,
 ``time/old_logprobs``, ``time/forward`` (policy forward, entropy and loss), ``time/backward`` and
@@ -155,10 +164,6 @@ def score_rollout(rows: list[dict], outs: list[list[Completion]], t: TrainingCon
     return scores
 
 
-class TrainingError(SentError, RuntimeError):
-    """A stage that cannot start or continue; the message says why and what to do."""
-
-
 @dataclass(frozen=True)
 class StageResult:
     stage: int
@@ -168,38 +173,15 @@ class StageResult:
     start_model: str
 
 
-def stage_dir(run_dir: Path, stage: int) -> Path:
-    return Path(run_dir) / f"stage-{stage}"
-
-
-def start_model_for(cfg: SentConfig, run_dir: Path, stage: int) -> str:
-    """Stage 1 starts from the configured model, stage K+1 from stage K's final weights."""
-    if stage == 1:
-        return cfg.model.path
-    previous = stage_dir(run_dir, stage - 1) / FINAL
-    if not (previous / "stage.json").is_file():
-        raise TrainingError(
-            f"stage {stage} starts from stage {stage - 1}'s final weights, but {previous} does not exist; "
-            f"train stage {stage - 1} first"
-        )
-    return str(previous)
-
-
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     """A metrics record read back from JSON: null (a NaN when written) is NaN again."""
     return {k: float("nan") if v is None else v for k, v in metrics.items()}
 
 
-def read_history(stage_out: Path) -> list[dict[str, float]]:
-    """The per-step metrics of a stage (``stage-K/metrics.jsonl``, as both engines write it)."""
-    text = (Path(stage_out) / "metrics.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def _batch_order(n_rows: int, cfg: SentConfig) -> tuple[np.ndarray, int]:
     """Row indices for every step of the stage, and the number of steps."""
     t = cfg.training
-    steps = max(1, math.floor(t.epochs_per_stage * n_rows / t.train_batch_size))
+    steps = stage_steps(cfg, n_rows)
     epochs = math.ceil(steps * t.train_batch_size / n_rows) + 1
     rng = np.random.default_rng(training_seed(cfg))
     order = [rng.permutation(n_rows) if t.shuffle else np.arange(n_rows) for _ in range(epochs)]
@@ -266,15 +248,7 @@ class LocalEngine:
         self.run_dir = Path(run_dir)
         self.out = stage_dir(self.run_dir, stage)
         self.callback, self.progress = callback, progress
-        if (self.out / FINAL / "stage.json").is_file():
-            if not fresh:
-                raise TrainingError(
-                    f"stage {stage} already finished at {self.out / FINAL}; retrain it explicitly with fresh=True "
-                    "(--fresh), which keeps the old run beside it"
-                )
-            backup = self.out.with_name(f"{self.out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            self.out.rename(backup)
-            logger.warning("stage %d: previous run moved to %s", stage, backup)
+        clear_finished(self.out, stage, fresh=fresh)
         # an explicit start (a stage K-1 trained elsewhere, e.g. a reused pipeline run) wins over the run's own
         self.start_model = str(start_model) if start_model is not None else start_model_for(cfg, self.run_dir, stage)
         table = load_curriculum(curriculum_dir, stage)
@@ -341,11 +315,7 @@ class LocalEngine:
     def _write_history(self) -> None:
         """``metrics.jsonl``: one line per step so far (rewritten atomically, so that after a
         resume it holds exactly the steps of the resumed history)."""
-        path = self.out / "metrics.jsonl"
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        self.out.mkdir(parents=True, exist_ok=True)
-        tmp.write_text("".join(json.dumps(json_safe(m)) + "\n" for m in self.history))
-        tmp.replace(path)
+        write_history(self.out, self.history)
 
     def _save(self, final: bool = False) -> Path:
         name = FINAL if final else f"{CHECKPOINTS}/step-{self.step:06d}"
@@ -363,7 +333,7 @@ class LocalEngine:
                 "loss": self.t.loss,
                 "last_metrics": self.history[-1] if self.history else {},
             }
-            (tmp / "stage.json").write_text(json.dumps(summary, indent=2))
+            write_summary(tmp, summary)
         else:
             tensors = {
                 "optimizer": self.optimizer.state_dict(),

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from sent.config import SentConfig, loss_config, training_seed
+from sent.data_contract import json_safe
+from sent.engines.stage import FINAL, clear_finished, stage_dir, stage_steps, write_history, write_summary
 from sent.errors import SentError
 
 logger = logging.getLogger(__name__)
@@ -133,9 +135,7 @@ def stage_train_files(curriculum_dir: Path, stage: int) -> tuple[list[Path], boo
 
 def total_steps(cfg: SentConfig, n_rows: int | None) -> int | None:
     """Optimizer steps of a stage, as the local engine counts them (``epochs_per_stage`` may be fractional)."""
-    if n_rows is None:
-        return None
-    return max(1, math.floor(cfg.training.epochs_per_stage * n_rows / cfg.training.train_batch_size))
+    return None if n_rows is None else stage_steps(cfg, n_rows)
 
 
 def plan_stage(
@@ -157,7 +157,7 @@ def plan_stage(
     if Path(start_model).exists():  # a local model: absolute, for Ray workers and cluster jobs elsewhere
         start_model = str(Path(start_model).resolve())
     curriculum_dir, run_dir = Path(curriculum_dir), Path(run_dir).resolve()
-    out = run_dir / f"stage-{stage}"
+    out = stage_dir(run_dir, stage)
     train_files, curated, n_rows = stage_train_files(curriculum_dir, stage)
     val_files = [Path(f).resolve() for f in v.val_files] if v.val_files else [out / "verl" / "val.parquet"]
     steps = total_steps(cfg, n_rows)
@@ -282,7 +282,7 @@ def plan_stage(
         val_files=val_files,
         out_dir=out,
         checkpoint_dir=out / "verl" / "checkpoints",
-        merged_dir=out / "final",
+        merged_dir=out / FINAL,
         experiment_name=experiment,
         total_steps=steps,
         overrides=overrides,
@@ -427,14 +427,7 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
             "verl drops a partial batch, so no step would run. Lower train_batch_size, curate more problems "
             "(data.limit), or use fewer stages (curriculum.n_stages)."
         )
-    if (plan.merged_dir / "stage.json").is_file():
-        if not fresh:
-            raise VerlEngineError(
-                f"stage {plan.stage} already finished at {plan.merged_dir}; retrain it with fresh=True (--fresh)"
-            )
-        backup = plan.out_dir.with_name(f"{plan.out_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        plan.out_dir.rename(backup)
-        logger.warning("stage %d: previous run moved to %s", plan.stage, backup)
+    clear_finished(plan.out_dir, plan.stage, fresh=fresh, error=VerlEngineError)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.training.verl.val_files and not plan.val_files[0].is_file():
         write_validation_set(cfg, plan.val_files[0])
@@ -448,7 +441,7 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
             step, metrics = parsed
             history.append({"step": float(step), **metrics})
             with metrics_path.open("a") as f:  # kept as it comes: a killed job's steps survive its resume
-                f.write(json.dumps(history[-1]) + "\n")
+                f.write(json.dumps(json_safe(history[-1])) + "\n")
             if callback is not None:
                 callback(step, metrics)
 
@@ -471,7 +464,7 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
         "seconds": time.perf_counter() - t0,
         "last_metrics": history[-1] if history else {},
     }
-    (tmp / "stage.json").write_text(json.dumps(summary, indent=2))
+    write_summary(tmp, summary)
     tmp.rename(plan.merged_dir)
     write_step_history(metrics_path)
     return summary
@@ -495,7 +488,5 @@ def write_step_history(path: Path) -> list[dict[str, float]]:
                 row = json.loads(line)
                 by_step[row["step"]] = row
     rows = [by_step[k] for k in sorted(by_step)]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    write_history(path.parent, rows)
     return rows

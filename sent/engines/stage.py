@@ -1,0 +1,103 @@
+"""What every training engine shares about a stage: where it lives, how many steps it takes,
+whether it is finished, and how its history and summary are written.
+
+A stage of a run lives in ``<run_dir>/stage-K/``: ``metrics.jsonl`` (one line per step, in step
+order), engine-specific state (checkpoints, verl's job), and ``final/`` with the stage's weights
+and ``stage.json`` (its summary). ``final/stage.json`` is written last, inside a temporary
+directory that is then renamed, so its presence means the stage finished. Stage 1 starts from
+``model.path`` and stage K+1 from stage K's ``final/``. No torch here: the verl engine's driver
+and the command line use this module too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sent.config import SentConfig
+from sent.data_contract import json_safe
+from sent.errors import SentError
+
+logger = logging.getLogger(__name__)
+FINAL = "final"
+SUMMARY = "stage.json"
+HISTORY = "metrics.jsonl"
+
+
+class TrainingError(SentError, RuntimeError):
+    """A stage that cannot start or continue; the message says why and what to do."""
+
+
+def stage_dir(run_dir: str | Path, stage: int) -> Path:
+    return Path(run_dir) / f"stage-{stage}"
+
+
+def is_finished(stage_out: str | Path) -> bool:
+    """Whether the stage in ``stage_out`` finished (its ``final/stage.json`` exists)."""
+    return (Path(stage_out) / FINAL / SUMMARY).is_file()
+
+
+def start_model_for(cfg: SentConfig, run_dir: str | Path, stage: int, *, must_exist: bool = True) -> str:
+    """Stage 1 starts from the configured model, stage K+1 from stage K's final weights (which
+    must exist, unless ``must_exist`` is False: a plan shown before they do)."""
+    if stage == 1:
+        return cfg.model.path
+    previous = stage_dir(run_dir, stage - 1) / FINAL
+    if must_exist and not (previous / SUMMARY).is_file():
+        raise TrainingError(
+            f"stage {stage} starts from stage {stage - 1}'s final weights, but {previous} does not exist; "
+            f"train stage {stage - 1} first"
+        )
+    return str(previous)
+
+
+def stage_steps(cfg: SentConfig, n_rows: int) -> int:
+    """Optimiser steps of a stage of ``n_rows`` problems: ``floor(epochs_per_stage * n_rows /
+    train_batch_size)``, at least one (``epochs_per_stage`` may be fractional)."""
+    t = cfg.training
+    return max(1, math.floor(t.epochs_per_stage * n_rows / t.train_batch_size))
+
+
+def clear_finished(stage_out: str | Path, stage: int, *, fresh: bool, error: type[Exception] = TrainingError) -> None:
+    """Refuse to retrain a finished stage unless ``fresh``; with ``fresh``, move the old stage
+    directory aside (``stage-K.old-<time>``) so that nothing resumes from it."""
+    out = Path(stage_out)
+    if not is_finished(out):
+        return
+    if not fresh:
+        raise error(
+            f"stage {stage} already finished at {out / FINAL}; retrain it explicitly with fresh=True (--fresh), "
+            "which keeps the old run beside it"
+        )
+    backup = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.rename(backup)
+    logger.warning("stage %d: previous run moved to %s", stage, backup)
+
+
+def read_history(stage_out: str | Path) -> list[dict[str, float]]:
+    """The per-step metrics of a stage (``stage-K/metrics.jsonl``, as every engine writes it)."""
+    text = (Path(stage_out) / HISTORY).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def write_history(stage_out: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """``metrics.jsonl`` with ``rows``, one line each, replaced atomically (NaN is written as null)."""
+    path = Path(stage_out) / HISTORY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{HISTORY}.tmp")
+    tmp.write_text("".join(json.dumps(json_safe(r)) + "\n" for r in rows))
+    tmp.replace(path)
+    return path
+
+
+def write_summary(final_tmp: str | Path, summary: dict[str, Any]) -> Path:
+    """``stage.json`` in the stage's final directory while it is still temporary (the caller renames
+    the directory to ``final/`` after this, so the summary is complete when it appears)."""
+    path = Path(final_tmp) / SUMMARY
+    path.write_text(json.dumps(json_safe(summary), indent=2))
+    return path
