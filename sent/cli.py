@@ -110,10 +110,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _train_verl(args, cfg, curriculum, run_dir)
     if args.dry_run:
         raise SystemExit("--dry-run shows a verl job; the local engine has nothing to show before it runs")
-    from sent.engines.local import train_stage
+    from sent.engines.stage import train_stage
 
     result = train_stage(
-        cfg, stage=args.stage, curriculum_dir=curriculum, run_dir=run_dir, max_steps=args.max_steps, fresh=args.fresh
+        cfg,
+        stage=args.stage,
+        curriculum_dir=curriculum,
+        run_dir=run_dir,
+        engine="local",
+        max_steps=args.max_steps,
+        fresh=args.fresh,
     )
     last = result.history[-1] if result.history else {}
     print(f"stage {result.stage}: {result.steps} steps from {result.start_model}; final weights: {result.final_dir}")
@@ -123,8 +129,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_verl(args: argparse.Namespace, cfg, curriculum: Path, run_dir: Path) -> int:
-    from sent.engines.stage import start_model_for
-    from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage, run_stage
+    from sent.engines.stage import start_model_for, train_stage
+    from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage
 
     # a dry run may show stage K before stage K-1 is trained: its start is where those weights will be
     start = start_model_for(cfg, run_dir.resolve(), args.stage, must_exist=not args.dry_run)
@@ -145,8 +151,17 @@ def _train_verl(args: argparse.Namespace, cfg, curriculum: Path, run_dir: Path) 
         print("# the resolved verl config")
         print(OmegaConf.to_yaml(composed, resolve=False))
         return 0
-    summary = run_stage(plan, cfg, fresh=args.fresh)
-    print(f"stage {plan.stage}: {summary['steps']} verl steps from {start}; final weights: {plan.merged_dir}")
+    result = train_stage(
+        cfg,
+        stage=args.stage,
+        curriculum_dir=curriculum,
+        run_dir=run_dir,
+        engine="verl",
+        start_model=start,
+        max_steps=args.max_steps,
+        fresh=args.fresh,
+    )
+    print(f"stage {result.stage}: {result.steps} verl steps from {start}; final weights: {result.final_dir}")
     return 0
 
 

@@ -68,8 +68,7 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
     Per-step metrics go to the stage's child run (step = the stage's step) and, prefixed
     ``train/``, to the parent run at ``global_step + step``, so the parent shows all stages end to end."""
     from sent.data_contract import load_manifest
-    from sent.engines.local import train_stage
-    from sent.engines.stage import FINAL, read_history, stage_dir
+    from sent.engines.stage import FINAL, read_history, stage_dir, train_stage
 
     cfg = ctx.load()
     curriculum.verified()
@@ -107,33 +106,37 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
 
         done = _finished(out / FINAL, start)
         engine_meta: dict = {}
-        where = {"stage": stage, "curriculum_dir": curriculum.path, "run_dir": ctx.run_dir, "start_model": start.path}
-        if done is None and cfg.training.engine == "verl":
-            from sent.engines.verl import plan_stage, run_stage
-
-            # verl's own MLflow logger writes the stage's curves into the child run
-            plan = plan_stage(cfg, **where, mlflow=(ctx.tracking_uri, run_id))
-            tracker.set_tags(run_id, {"sent.engine": "verl", "sent.verl_experiment": plan.experiment_name})
-            tracker.log_artifact(run_id, _write_text(out / "verl" / "command.sh", plan.shell() + "\n"))
-
-            t0 = time.perf_counter()
-            summary = run_stage(plan, cfg, callback=to_parent)  # the child run gets verl's own logging
-            compute_s = time.perf_counter() - t0
-            history = read_history(out)
-            steps, final_dir = summary["steps"], plan.merged_dir
-            # lineage: which verl checkpoint the next stage's weights were merged from
-            engine_meta = {"engine": "verl", "verl_checkpoint": summary["checkpoint"]}
-            reported.update(range(1, len(history) + 1))  # verl logged them into the child run itself
-        elif done is not None:
+        if done is not None:
             logger.info("stage %d already finished in %s; reusing it", stage, out / FINAL)
             history = read_history(out)
             steps, final_dir = done["steps"], out / FINAL
             compute_s = 0.0
         else:
+            verl = cfg.training.engine == "verl"
+
+            def record_plan(plan) -> None:
+                tracker.set_tags(run_id, {"sent.engine": "verl", "sent.verl_experiment": plan.experiment_name})
+                tracker.log_artifact(run_id, _write_text(out / "verl" / "command.sh", plan.shell() + "\n"))
+
             t0 = time.perf_counter()
-            result = train_stage(cfg, **where, callback=report, progress=sys.stderr.isatty())
-            history, steps, final_dir = result.history, result.steps, result.final_dir
+            result = train_stage(
+                cfg,
+                stage=stage,
+                curriculum_dir=curriculum.path,
+                run_dir=ctx.run_dir,
+                start_model=start.path,
+                # verl's own MLflow logger writes the stage's curves into the child run: only the parent is ours
+                callback=to_parent if verl else report,
+                progress=sys.stderr.isatty(),
+                mlflow=(ctx.tracking_uri, run_id),
+                on_plan=record_plan,
+            )
             compute_s = time.perf_counter() - t0
+            history, steps, final_dir = result.history, result.steps, result.final_dir
+            # lineage: which verl checkpoint the next stage's weights were merged from
+            engine_meta = result.meta
+            if verl:
+                reported.update(range(1, len(history) + 1))  # verl logged them into the child run itself
         for i, metrics in enumerate(history, start=1):  # steps restored from a checkpoint were not reported
             if i not in reported:
                 report(i, metrics)

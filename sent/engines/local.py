@@ -58,6 +58,7 @@ from sent.config import SentConfig, TrainingConfig, loss_config, training_seed
 from sent.data_contract import json_safe, load_curriculum
 from sent.engines.stage import (
     FINAL,
+    StageResult,
     TrainingError,
     clear_finished,
     stage_dir,
@@ -162,15 +163,6 @@ def score_rollout(rows: list[dict], outs: list[list[Completion]], t: TrainingCon
                 )
             scores.append(graded[c.text])
     return scores
-
-
-@dataclass(frozen=True)
-class StageResult:
-    stage: int
-    final_dir: Path
-    steps: int
-    history: list[dict[str, float]]
-    start_model: str
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:

@@ -15,7 +15,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,24 @@ SUMMARY = "stage.json"
 HISTORY = "metrics.jsonl"
 
 
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
 class TrainingError(SentError, RuntimeError):
     """A stage that cannot start or continue; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A trained stage: its final weights, step count and per-step metrics; ``meta`` holds what
+    is the engine's own (verl: ``{"engine": "verl", "verl_checkpoint": ...}``)."""
+
+    stage: int
+    final_dir: Path
+    steps: int
+    history: list[dict[str, float]]
+    start_model: str
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def stage_dir(run_dir: str | Path, stage: int) -> Path:
@@ -101,3 +118,58 @@ def write_summary(final_tmp: str | Path, summary: dict[str, Any]) -> Path:
     path = Path(final_tmp) / SUMMARY
     path.write_text(json.dumps(json_safe(summary), indent=2))
     return path
+
+
+def train_stage(
+    cfg: SentConfig,
+    *,
+    stage: int,
+    curriculum_dir: str | Path,
+    run_dir: str | Path,
+    engine: str | None = None,
+    start_model: str | Path | None = None,
+    max_steps: int | None = None,
+    callback: MetricsCallback | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    mlflow: tuple[str, str] | None = None,
+    on_plan: Callable[[Any], None] | None = None,
+) -> StageResult:
+    """Train curriculum stage ``stage`` into ``<run_dir>/stage-<stage>`` with ``engine`` (default
+    ``training.engine``): the one entry point of the command line and the pipeline's task.
+
+    ``start_model`` defaults to `start_model_for`. ``callback(step, metrics)`` gets each step's
+    metrics as it ends (verl: parsed from its log). verl only: ``mlflow`` is ``(tracking_uri,
+    run_id)`` for verl's own logger, and ``on_plan(plan)`` sees the job's `StagePlan` before it
+    starts (to record its command, say)."""
+    engine = engine or cfg.training.engine
+    start = str(start_model) if start_model is not None else start_model_for(cfg, run_dir, stage)
+    if engine == "local":
+        from sent.engines.local import LocalEngine
+
+        return LocalEngine(
+            cfg,
+            stage=stage,
+            curriculum_dir=curriculum_dir,
+            run_dir=run_dir,
+            max_steps=max_steps,
+            callback=callback,
+            fresh=fresh,
+            progress=progress,
+            start_model=start,
+        ).run()
+    from sent.engines.verl import plan_stage, run_stage
+
+    where = {"stage": stage, "curriculum_dir": curriculum_dir, "run_dir": run_dir, "start_model": start}
+    plan = plan_stage(cfg, **where, mlflow=mlflow, max_steps=max_steps)
+    if on_plan is not None:
+        on_plan(plan)
+    summary = run_stage(plan, cfg, callback=callback, fresh=fresh)
+    return StageResult(
+        stage,
+        plan.merged_dir,
+        summary["steps"],
+        read_history(plan.out_dir),
+        plan.start_model,
+        meta={"engine": "verl", "verl_checkpoint": summary["checkpoint"]},
+    )
