@@ -100,36 +100,43 @@ def _cmd_toy_bootstrap(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from sent.curate import default_out_dir
+    from sent.engines.stage import train_stage
 
     _setup_logging(args.verbose)
     cfg = _load(args)
     engine = args.engine or cfg.training.engine
     curriculum = Path(args.curriculum or default_out_dir(cfg, cfg.data.limit))
     run_dir = Path(args.out or Path("data/runs") / f"train-{curriculum.name}-{cfg.training.loss}")
-    if engine == "verl":
-        return _train_verl(args, cfg, curriculum, run_dir)
-    if args.dry_run:
+    if engine == "verl":  # verl's own checks of the job's config, before minutes of start-up
+        shown = _check_verl_job(args, cfg, curriculum, run_dir)
+        if args.dry_run:
+            print(shown)
+            return 0
+    elif args.dry_run:
         raise SystemExit("--dry-run shows a verl job; the local engine has nothing to show before it runs")
-    from sent.engines.stage import train_stage
-
     result = train_stage(
         cfg,
         stage=args.stage,
         curriculum_dir=curriculum,
         run_dir=run_dir,
-        engine="local",
+        engine=engine,
         max_steps=args.max_steps,
         fresh=args.fresh,
     )
+    unit = "verl steps" if engine == "verl" else "steps"
+    print(f"stage {result.stage}: {result.steps} {unit} from {result.start_model}; final weights: {result.final_dir}")
     last = result.history[-1] if result.history else {}
-    print(f"stage {result.stage}: {result.steps} steps from {result.start_model}; final weights: {result.final_dir}")
-    if last:
+    if "accuracy" in last and "policy_entropy" in last:
         print(f"  last step: accuracy {last['accuracy']:.3f}, policy entropy {last['policy_entropy']:.4f}")
     return 0
 
 
-def _train_verl(args: argparse.Namespace, cfg, curriculum: Path, run_dir: Path) -> int:
-    from sent.engines.stage import start_model_for, train_stage
+def _check_verl_job(args: argparse.Namespace, cfg, curriculum: Path, run_dir: Path) -> str:
+    """Plan the stage's verl job and check its config with verl's own code; returns what
+    ``--dry-run`` prints (the command and the resolved config)."""
+    from omegaconf import OmegaConf
+
+    from sent.engines.stage import start_model_for
     from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage
 
     # a dry run may show stage K before stage K-1 is trained: its start is where those weights will be
@@ -139,30 +146,13 @@ def _train_verl(args: argparse.Namespace, cfg, curriculum: Path, run_dir: Path) 
     )
     composed = compose_verl_config(plan.overrides)
     check_verl_config(composed)
-    if args.dry_run:
-        from omegaconf import OmegaConf
-
-        print(f"# stage {plan.stage} of {run_dir} on verl: the command")
-        print(plan.shell())
-        if not plan.curated:
-            print(f"# (not curated yet: the stage will read {plan.train_files[0].parent}/part-*.parquet)")
-        if args.stage > 1 and not Path(start).is_dir():
-            print(f"# (stage {args.stage - 1} not trained yet: its merged weights will be at {start})")
-        print("# the resolved verl config")
-        print(OmegaConf.to_yaml(composed, resolve=False))
-        return 0
-    result = train_stage(
-        cfg,
-        stage=args.stage,
-        curriculum_dir=curriculum,
-        run_dir=run_dir,
-        engine="verl",
-        start_model=start,
-        max_steps=args.max_steps,
-        fresh=args.fresh,
-    )
-    print(f"stage {result.stage}: {result.steps} verl steps from {start}; final weights: {result.final_dir}")
-    return 0
+    lines = [f"# stage {plan.stage} of {run_dir} on verl: the command", plan.shell()]
+    if not plan.curated:
+        lines.append(f"# (not curated yet: the stage will read {plan.train_files[0].parent}/part-*.parquet)")
+    if args.stage > 1 and not Path(start).is_dir():
+        lines.append(f"# (stage {args.stage - 1} not trained yet: its merged weights will be at {start})")
+    lines += ["# the resolved verl config", OmegaConf.to_yaml(composed, resolve=False)]
+    return "\n".join(lines)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
