@@ -451,9 +451,8 @@ def _format_errors(exc: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SentConfig:
-    """Load and validate a YAML config, applying ``key.path=value`` overrides."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """One YAML file as a mapping; every way it can be unreadable is a `ConfigError` naming it."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -467,6 +466,40 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
+    return raw
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merge key by key; any other value (a list too) replaces."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """``path``'s mapping over the one it ``extends:`` (a file path relative to it), recursively."""
+    raw = _read_yaml(path)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must be the path of one config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in (*chain, path.resolve()):
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve(), base_path))
+        raise ConfigError(f"{path}: extends makes a cycle: {cycle}")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {base!r}, but {base_path} does not exist")
+    return _merge(_read_with_bases(base_path, (*chain, path.resolve())), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SentConfig:
+    """Load and validate a YAML config, applying ``key.path=value`` overrides. A config may
+    start from another with ``extends: <file>`` (relative to it): its keys are merged over the
+    base's, mappings key by key, so a preset keeps only what differs."""
+    path = Path(path)
+    raw = _read_with_bases(path)
     for override in overrides:
         apply_override(raw, override)
     raw["source"] = str(path)

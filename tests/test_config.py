@@ -10,7 +10,9 @@ from sent.config import ConfigError, load_config, loss_config
 from sent.losses import PolicyLossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+# files named _*.yaml are partials, loaded only through another config's `extends:`
+ALL_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not p.name.startswith("_"))
+PRESETS = [p for p in ALL_CONFIGS if p.parent.name == "paper"]
 
 
 def test_there_are_configs():
@@ -30,7 +32,7 @@ def test_every_config_loads(path):
     assert isinstance(loss_config(cfg), PolicyLossConfig)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "paper").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_paper_presets_carry_the_method(path):
     # METHOD.md §3-§5
     cfg = load_config(path)
@@ -180,3 +182,40 @@ def test_the_reference_lists_every_key_once():
     # semantic.scoring_model's keys are model's, listed once under `model`
     expected = [k for k, _ in _fields(SentConfig) if not k.startswith("semantic.scoring_model.")]
     assert len(rows) == len(set(rows)) and sorted(rows) == sorted(expected)
+
+
+def test_a_config_extends_another_mapping_by_mapping(tmp_path):
+    """Mappings merge key by key, lists and scalars replace; paths are relative to the extending file."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "_common.yaml").write_text(
+        "seed: 3\nmodel: {path: m, dtype: bfloat16}\ndata: {train_path: d.jsonl}\n"
+        "evaluation: {benchmarks: [aime24, amc23], n: 4}\n"
+    )
+    (tmp_path / "child.yaml").write_text(
+        "extends: base/_common.yaml\nmodel: {path: other}\nevaluation: {benchmarks: [math500]}\n"
+    )
+    cfg = load_config(tmp_path / "child.yaml", ["seed=5"])
+    assert (cfg.model.path, cfg.model.dtype, cfg.data.train_path) == ("other", "bfloat16", "d.jsonl")
+    assert cfg.evaluation.benchmarks == ["math500"] and cfg.evaluation.n == 4
+    assert cfg.seed == 5 and cfg.source == str(tmp_path / "child.yaml")
+
+
+@pytest.mark.parametrize(
+    ("extends", "message"),
+    [
+        ("missing.yaml", r"child.yaml: extends 'missing.yaml', but .*missing.yaml does not exist"),
+        ("child.yaml", r"child.yaml: extends makes a cycle: .*child.yaml -> .*child.yaml"),
+        ("[a.yaml, b.yaml]", r"extends must be the path of one config file, got \['a.yaml', 'b.yaml'\]"),
+    ],
+)
+def test_a_bad_extends_names_the_file(tmp_path, extends, message):
+    (tmp_path / "child.yaml").write_text(f"extends: {extends}\nmodel: {{path: m}}\ndata: {{train_path: d}}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_the_paper_presets_keep_only_their_differences():
+    # each preset is its model, response budget and parallelism over configs/paper/_base.yaml
+    for path in PRESETS:
+        lines = [x for x in path.read_text().splitlines() if x.strip() and not x.lstrip().startswith("#")]
+        assert lines[0] == "extends: _base.yaml" and len(lines) <= 15, path.name
