@@ -281,18 +281,18 @@ IN_PROCESS = [
 
 @pytest.mark.parametrize(("a", "b", "expected"), IN_PROCESS)
 def test_in_process_tiers_decide_without_the_worker(a, b, expected, monkeypatch):
-    import sent.rewards as rewards
+    import sent.grading.scoring as scoring
 
     def no_worker(*_):
         raise AssertionError("reached the math-verify worker")
 
-    monkeypatch.setattr(rewards, "_symbolic_equivalent", no_worker)
+    monkeypatch.setattr(scoring, "_symbolic_equivalent", no_worker)  # where the tiers look it up
     assert is_equivalent(a, b) is expected
     assert is_equivalent(b, a) is expected
 
 
 def test_power_tower_is_not_evaluated_in_process():
-    from sent.rewards import _value_at
+    from sent.grading.expr import _value_at
 
     t0 = time.perf_counter()
     assert _value_at("9^{9^{9^{9}}}", 0, frozenset()) is None  # float overflow, at once
@@ -300,7 +300,7 @@ def test_power_tower_is_not_evaluated_in_process():
 
 
 def test_imaginary_unit_is_not_probed_as_a_real_variable():
-    from sent.rewards import _compare_by_value
+    from sent.grading.expr import _compare_by_value
 
     assert _compare_by_value("i^2", "-1") is None  # left to math-verify
 

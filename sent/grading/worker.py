@@ -1,9 +1,9 @@
-"""Child process that runs math-verify's symbolic comparison for `sent.rewards`.
+"""Child process that runs math-verify's symbolic comparison for `sent.grading.verify`.
 
 Why a process: sympy can take unbounded time on adversarial answers (``9^{9^{9^{9}}}``), and
 math-verify's own timeouts use ``signal.alarm``, which only works on the main thread (it raises
 from Prefect's and verl's worker threads). A separate process can always be killed, from any
-thread. The parent (`sent.rewards._VerifierPool`) enforces the deadline; this loop only answers.
+thread. The parent (`sent.grading.verify._VerifierPool`) enforces the deadline; this loop only answers.
 
 Protocol: one JSON object per line on stdin, ``{"a": str, "b": str}``; one JSON object per line on
 stdout, ``{"eq": bool}``. The process exits when stdin closes.

@@ -1,0 +1,170 @@
+"""Equivalence of two answers through the three tiers, and grading a response against its
+reference: `equivalence`, `is_equivalent`, `grade_answer`, `grade` and verl's `compute_score`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sent.grading.expr import (
+    _bracketed_items,
+    _compare_by_value,
+    _compare_relations,
+    _is_arithmetic,
+    _is_set_like,
+    _relation,
+)
+from sent.grading.extract import extract_answer
+from sent.grading.limits import DEFAULT_TIMEOUT_S, MAX_ANSWER_CHARS, MAX_BRACE_DEPTH, MAX_SYMBOLIC_CHARS
+from sent.grading.normalize import _PLAIN_TEXT_RE, _as_number, normalize_answer
+from sent.grading.verify import _brace_depth, _symbolic_equivalent
+
+logger = logging.getLogger(__name__)
+
+
+def _equivalent_forms(na: str, nb: str, deadline: float) -> bool | None:
+    """Equivalence of two normal forms; None when the symbolic tier was not reached in time."""
+    if not na or not nb:
+        return False
+    if na == nb:
+        return True
+    if max(len(na), len(nb)) > MAX_ANSWER_CHARS:
+        return False  # over-long answers match by their exact text only
+    xa, xb = _as_number(na), _as_number(nb)
+    if xa is not None and xb is not None:
+        return xa == xb
+    if _PLAIN_TEXT_RE.match(na) and _PLAIN_TEXT_RE.match(nb) and (len(na) > 1 or len(nb) > 1):
+        # words ("Monday", "even"): no maths to compare beyond the spelling
+        return na.casefold() == nb.casefold()
+    ra, rb = _relation(na), _relation(nb)
+    if ra is not None or rb is not None:
+        if ra is None or rb is None:
+            # an equation or inequality is never a bare value: "a+3z=0" is not "0", "7=11a+c" is
+            # not "11a+c" (math-verify would compare one side); only a set or interval can equal
+            # an inequality ("x>3" and "(3,\\infty)"), and math-verify decides those
+            other = na if ra is None else nb
+            if not _is_set_like(other):
+                return False
+        else:
+            decided = _compare_relations(ra, rb)
+            if decided is not None:
+                return decided
+        return _symbolic_or_none(na, nb, deadline)
+    la, lb = _bracketed_items(na), _bracketed_items(nb)
+    if la is not None and lb is not None:
+        # tuples and intervals: same brackets, same length, equivalent items in order
+        if la[0] != lb[0] or la[2] != lb[2] or len(la[1]) != len(lb[1]):
+            return False
+        undecided = False
+        for x, y in zip(la[1], lb[1], strict=True):
+            item = _equivalent_forms(normalize_answer(x), normalize_answer(y), deadline)
+            if item is False:
+                return False
+            undecided |= item is None
+        return None if undecided else True
+    by_value = _compare_by_value(na, nb)
+    if by_value is not None:
+        # constants (\\sqrt{8} vs 2\\sqrt{2}) and expressions (2x+5 vs 5+2x): values decide
+        return by_value
+    if (la is None) != (lb is None) and (_is_arithmetic(na) or _is_arithmetic(nb)):
+        return False  # a tuple or interval is never a scalar expression
+    return _symbolic_or_none(na, nb, deadline)
+
+
+def _symbolic_or_none(na: str, nb: str, deadline: float) -> bool | None:
+    if max(len(na), len(nb)) > MAX_SYMBOLIC_CHARS or max(_brace_depth(na), _brace_depth(nb)) > MAX_BRACE_DEPTH:
+        return False
+    lo, hi = sorted((na, nb))
+    return _symbolic_equivalent(lo, hi, deadline)
+
+
+def equivalence(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIMEOUT_S) -> bool | None:
+    """`is_equivalent`, telling apart "not equivalent" (False) from "not decided within ``timeout``"
+    (None: the symbolic check ran out of time or could not run)."""
+    deadline = time.monotonic() + timeout
+    try:
+        if a is None or b is None:
+            return False
+        return _equivalent_forms(normalize_answer(str(a)), normalize_answer(str(b)), deadline)
+    except Exception as exc:
+        logger.warning("is_equivalent(%r, %r) failed: %s", str(a)[:200], str(b)[:200], exc)
+        return False
+
+
+def is_equivalent(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether two final answers are mathematically equivalent.
+
+    Symmetric, never raises, returns within ``timeout`` seconds (the whole call: waiting for a
+    verifier, its start-up and the symbolic check), and safe to call from any thread. ``None``
+    or empty answers are equivalent to nothing; what is not decided in time counts as not
+    equivalent (`equivalence` tells the two apart).
+    """
+    return equivalence(a, b, timeout=timeout) is True
+
+
+def _ground_truths(ground_truth: Any) -> list[str]:
+    if isinstance(ground_truth, str):
+        values = [ground_truth]
+    elif isinstance(ground_truth, Sequence):
+        values = [str(g) for g in ground_truth]
+    else:
+        values = [str(ground_truth)]
+    # a ground truth written as a full solution or "\boxed{x}" counts by its final answer
+    boxed = ("\\boxed", "\\fbox")
+    return [(extract_answer(g) or g) if any(b in g for b in boxed) else g for g in values]
+
+
+def grade_answer(
+    pred: str | None, ground_truth: str | Sequence[str], *, timeout: float = DEFAULT_TIMEOUT_S
+) -> bool | None:
+    """Whether an extracted answer matches ``ground_truth`` (any of several), with one time budget
+    for all of them: True, False, or None when no reference matched and some comparison was not
+    decided in time (graded as wrong, and counted by the callers)."""
+    if pred is None:
+        return False
+    deadline = time.monotonic() + timeout
+    undecided = False
+    for gt in _ground_truths(ground_truth):
+        verdict = equivalence(pred, gt, timeout=max(0.0, deadline - time.monotonic()))
+        if verdict:
+            return True
+        undecided |= verdict is None
+    return None if undecided else False
+
+
+def grade(response: str, ground_truth: str | Sequence[str], *, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether the final answer of ``response`` matches ``ground_truth`` (any of several)."""
+    return grade_answer(extract_answer(response), ground_truth, timeout=timeout) is True
+
+
+def compute_score(
+    data_source: str | None,
+    solution_str: str,
+    ground_truth: str | Sequence[str],
+    extra_info: dict | None = None,
+    *,
+    correct_score: float = 1.0,
+    incorrect_score: float = -1.0,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> dict[str, Any]:
+    """verl's custom reward function signature (``reward.custom_reward_function``).
+
+    Returns ``{"score", "acc", "pred", "undecided"}``: +1/-1 by default as in the paper's scripts;
+    set ``correct_score``/``incorrect_score`` (verl: ``reward_kwargs``) for 1/0. ``timeout`` is the
+    budget of the whole response (extraction and every comparison); a response whose grading was
+    not decided within it scores as wrong with ``undecided=True``. ``data_source`` and
+    ``extra_info`` are accepted for verl's calling convention; every source is graded as maths.
+    """
+    del data_source, extra_info
+    start = time.monotonic()
+    pred = extract_answer(solution_str)
+    verdict = grade_answer(pred, ground_truth, timeout=max(0.0, timeout - (time.monotonic() - start)))
+    acc = verdict is True
+    return {
+        "score": float(correct_score if acc else incorrect_score),
+        "acc": acc,
+        "pred": pred,
+        "undecided": verdict is None,
+    }
