@@ -38,7 +38,7 @@ USER_ERRORS = [
     ("sent.config", "ConfigError", ValueError),
     ("sent.curate", "CurationError", RuntimeError),
     ("sent.data_contract", "ContractError", ValueError),
-    ("sent.engines.local", "TrainingError", RuntimeError),
+    ("sent.engines.stage", "TrainingError", RuntimeError),
     ("sent.engines.verl", "VerlEngineError", RuntimeError),
     ("sent.engines.verl_cpu", "VerlCpuError", RuntimeError),
     ("sent.engines.verl_plugin", "UnsupportedVerlError", RuntimeError),
