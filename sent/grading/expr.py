@@ -7,7 +7,7 @@ import math
 import re
 from functools import lru_cache
 
-from sent.grading.limits import _RESERVED_LETTERS, CACHE_SIZE, CONSTANT_ABS_TOL, CONSTANT_REL_TOL
+from sent.grading.limits import CACHE_SIZE, CONSTANT_ABS_TOL, CONSTANT_REL_TOL, RESERVED_LETTERS
 
 _GREEK = frozenset(
     [
@@ -164,7 +164,7 @@ def _compare_by_value(a: str, b: str) -> bool | None:
     ``PROBE_POINTS`` fixed points (two different rational expressions agree at a few generic
     points with probability zero)."""
     names = frozenset(_ExprParser.variables(a) | _ExprParser.variables(b))
-    if names & _RESERVED_LETTERS:
+    if names & RESERVED_LETTERS:
         return None
     for point in range(PROBE_POINTS if names else 1):
         va, vb = _value_at(a, point, names), _value_at(b, point, names)
@@ -177,7 +177,7 @@ def _compare_by_value(a: str, b: str) -> bool | None:
 
 def _is_arithmetic(s: str) -> bool:
     names = frozenset(_ExprParser.variables(s))
-    return not names & _RESERVED_LETTERS and _value_at(s, 0, names) is not None
+    return not names & RESERVED_LETTERS and _value_at(s, 0, names) is not None
 
 
 def _bracketed_items(s: str) -> tuple[str, list[str], str] | None:
@@ -265,7 +265,7 @@ def _compare_relations(a: tuple[list[str], list[str]], b: tuple[list[str], list[
     if op_a != op_b:
         return False
     names = frozenset(_ExprParser.variables(fa) | _ExprParser.variables(fb))
-    if names & _RESERVED_LETTERS:
+    if names & RESERVED_LETTERS:
         return None
     ratios = []
     for point in range(RELATION_PROBE_POINTS if names else 1):

@@ -19,6 +19,6 @@ response is about 64k characters); longer text is a runaway generation."""
 MAX_ANSWER_CHARS = 2_000
 """Longer extracted answers (or ground truths) are compared by their exact text only: real final
 answers are short, and every tier above plain text equality costs time that grows with length."""
-_RESERVED_LETTERS = frozenset({"i", "e"})
+RESERVED_LETTERS = frozenset({"i", "e"})
 """Letters that usually name constants (the imaginary unit, Euler's number), not real variables:
 expressions with them go to math-verify (``i^2`` is ``-1``)."""

@@ -7,7 +7,7 @@ import re
 from fractions import Fraction
 from functools import lru_cache
 
-from sent.grading.limits import _RESERVED_LETTERS, CACHE_SIZE, MAX_ANSWER_CHARS
+from sent.grading.limits import CACHE_SIZE, MAX_ANSWER_CHARS, RESERVED_LETTERS
 
 _UNIT_WORDS = (
     "degrees|degree|deg|cm|mm|km|m|meters|meter|metres|inches|inch|in|feet|foot|ft|yards|yd|miles|mi|"
@@ -91,7 +91,7 @@ def _free_letters(s: str) -> set[str]:
     """Latin letters of ``s`` outside LaTeX commands and ``\\text{...}`` (its variables), less the
     letters that usually name constants (``i``, ``e``)."""
     s = _TEXT_CMD_RE.sub("", s)
-    return set(re.findall(r"[A-Za-z]", _COMMAND_RE.sub("", s))) - _RESERVED_LETTERS
+    return set(re.findall(r"[A-Za-z]", _COMMAND_RE.sub("", s))) - RESERVED_LETTERS
 
 
 @lru_cache(maxsize=CACHE_SIZE)
