@@ -13,8 +13,8 @@ one helper, `agg_loss`.
 
 ``metrics`` maps names to detached 0-d tensors, not floats: turning them into floats is a host
 sync, which the caller does once per step (`metrics_to_floats`) rather than once per micro-batch.
-Token selections (top-k by entropy or covariance) are done by rank against a tensor ``k`` for
-the same reason: no ``.item()``, ``.cpu()`` or ``nonzero`` inside a loss.
+Token selections (top-k by entropy or covariance) are `sent.token_selection`'s, by rank against a
+tensor ``k`` for the same reason: no ``.item()``, ``.cpu()`` or ``nonzero`` inside a loss.
 
 The losses:
 - ``ppo_clip``: dual-clip PPO, verl's ``vanilla``.
@@ -31,14 +31,13 @@ The losses:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-import numpy as np
 import torch
 
 from sent.loss_config import LossAggMode, PolicyLossConfig
+from sent.token_selection import count_of, select_extremes, select_top, static_count_bound
 
 Metrics = dict[str, torch.Tensor]
 
@@ -88,7 +87,7 @@ def metrics_to_floats(metrics: Metrics) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------
-# Aggregation and selection helpers
+# Aggregation
 # --------------------------------------------------------------------------------------------
 
 
@@ -158,145 +157,6 @@ def _aggregate(losses: torch.Tensor, mask: torch.Tensor, config: PolicyLossConfi
     )
 
 
-def _count_of(n: torch.Tensor, fraction: float) -> torch.Tensor:
-    """``max(1, floor(n * fraction))`` as a tensor, in float64 like Python's ``int(n * fraction)``."""
-    return torch.floor(n.to(torch.float64) * fraction).clamp(min=1)
-
-
-SMALL_K = 2048
-"""Selections whose size has a static bound up to this use ``topk`` (sync-free, fast anywhere)."""
-
-
-def _first_n(mask: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """The first ``n`` True entries of a flat boolean ``mask`` (by index)."""
-    if mask.device.type == "cpu" and int(torch.count_nonzero(mask)) <= int(n):
-        return mask  # the usual case (no excess ties): skip the prefix sum; no device sync on CPU
-    return mask & (torch.cumsum(mask, dim=0, dtype=torch.int32) <= n)
-
-
-def _kth_smallest_cpu(keyed: torch.Tensor, kk: int) -> torch.Tensor:
-    """The ``kk``-th smallest value (1-based) of a CPU tensor whose non-candidates hold ``+inf``,
-    in its own dtype. numpy's ``partition`` (SIMD introselect in numpy 2: measured 2.5x faster
-    here than the two-pivot band selection this replaced) partitions at the low end only: it
-    slows down about 20x when the k-th position sits above a large block of equal fill values,
-    so callers that want the largest pass the negation."""
-    values = keyed.float() if keyed.dtype in (torch.bfloat16, torch.float16) else keyed  # exact in float32
-    return torch.as_tensor(np.partition(values.numpy(), kk - 1)[kk - 1]).to(keyed.dtype)
-
-
-def _last_n(mask: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """The last ``n`` True entries of a flat boolean ``mask`` (by index)."""
-    return _first_n(mask.flip(0), n).flip(0)
-
-
-def select_top(
-    scores: torch.Tensor,
-    candidates: torch.Tensor,
-    k: torch.Tensor,
-    *,
-    largest: bool,
-    max_k: int | None = None,
-    ties_to_last: bool = False,
-) -> torch.Tensor:
-    """Boolean mask of the ``k`` candidates with the largest (or smallest) score.
-
-    Ties at the boundary go to the lower flat index (the higher one with ``ties_to_last``);
-    fewer than ``k`` candidates: all of them.
-    ``k`` is a tensor so that the choice needs no host sync: the k-th score is found with
-    ``topk`` when the caller knows a static bound ``max_k <= SMALL_K`` (true of the k' tokens of
-    KL-Cov, whose count is at most rho * B * T), else with a sort (accelerators) or, on the CPU
-    where reading ``k`` is not a device sync, numpy's O(n) partition (`_kth_smallest_cpu`). All paths
-    select the same set.
-    """
-    flat = scores.detach().reshape(-1)
-    cand = candidates.reshape(-1)
-    keyed = torch.where(cand, flat, float("-inf") if largest else float("inf"))
-    k = torch.minimum(k.to(torch.int64), torch.count_nonzero(cand))
-    if max_k is not None and max_k <= SMALL_K:
-        m = max(1, min(max_k, keyed.numel()))
-        best = torch.topk(keyed, m, largest=largest, sorted=True).values
-        kth = best.gather(0, (k - 1).clamp(0, m - 1).reshape(1)).squeeze(0)
-    elif keyed.device.type == "cpu":
-        kk = int(k)
-        if kk == 0:
-            return torch.zeros_like(candidates, dtype=torch.bool)
-        kth = -_kth_smallest_cpu(-keyed, kk) if largest else _kth_smallest_cpu(keyed, kk)
-    else:
-        ordered = torch.sort(keyed, descending=largest).values
-        kth = ordered.gather(0, (k - 1).clamp(min=0).reshape(1)).squeeze(0)
-    beyond = ((keyed > kth) if largest else (keyed < kth)) & cand
-    ties = (keyed == kth) & cand
-    take_ties = _last_n if ties_to_last else _first_n
-    chosen = beyond | take_ties(ties, k - torch.count_nonzero(beyond))
-    return chosen.reshape(scores.shape)
-
-
-def select_extremes(
-    scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, *, max_k: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the ``k`` largest candidates, the ``k`` smallest of the remaining candidates).
-
-    The largest break ties toward the lower flat index, the smallest toward the higher one:
-    the second order is then the exact reverse of the first, so "the k smallest of the rest"
-    equals "the k smallest of all, minus the largest" and both can be found at once: on the CPU
-    with numpy's partition at each end (`_extremes_by_partition`), on accelerators with one
-    batched ``topk`` over a (2, N) stack when ``max_k <= SMALL_K`` (`_extremes_by_topk`), else
-    with two selections. All paths select the same sets.
-    """
-    if scores.device.type == "cpu":
-        return _extremes_by_partition(scores, candidates, k)
-    if max_k is None or max_k > SMALL_K:
-        return _extremes_by_selection(scores, candidates, k, max_k=max_k)
-    return _extremes_by_topk(scores, candidates, k, max_k=max_k)
-
-
-def _extremes_by_selection(scores, candidates, k, *, max_k=None):
-    high = select_top(scores, candidates, k, largest=True, max_k=max_k)
-    low = select_top(scores, candidates, k, largest=False, max_k=max_k, ties_to_last=True)
-    return high, low & ~high
-
-
-def _extremes_by_topk(scores, candidates, k, *, max_k: int):
-    flat = scores.detach().reshape(-1)
-    cand = candidates.reshape(-1)
-    keyed = torch.where(cand, torch.stack([flat, -flat]), float("-inf"))  # row 1: smallest first
-    k = torch.minimum(k.to(torch.int64), torch.count_nonzero(cand))
-    m = max(1, min(max_k, flat.numel()))
-    best = torch.topk(keyed, m, dim=-1, largest=True, sorted=True).values
-    kth = best.gather(1, (k - 1).clamp(0, m - 1).reshape(1, 1).expand(2, 1))
-    beyond = (keyed > kth) & cand
-    ties = (keyed == kth) & cand
-    need = k - torch.count_nonzero(beyond, dim=-1)
-    high = beyond[0] | _first_n(ties[0], need[0])
-    low = (beyond[1] | _last_n(ties[1], need[1])) & ~high
-    return high.reshape(scores.shape), low.reshape(scores.shape)
-
-
-def _extremes_by_partition(scores, candidates, k):
-    """CPU: the k-th largest and the k-th smallest candidate score, each from numpy's O(n)
-    partition of the scores with the non-candidates filled (`_kth_smallest_cpu`), then the same
-    boundary and tie rule as the other paths."""
-    flat = scores.detach().reshape(-1)
-    cand = candidates.reshape(-1)
-    kk = min(int(k), int(torch.count_nonzero(cand)))
-    if kk <= 0:
-        none = torch.zeros_like(candidates, dtype=torch.bool)
-        return none, none.clone()
-    kth_high = -_kth_smallest_cpu(torch.where(cand, -flat, float("inf")), kk)
-    kth_low = _kth_smallest_cpu(torch.where(cand, flat, float("inf")), kk)
-    need = torch.tensor(kk)
-    above = (flat > kth_high) & cand
-    high = above | _first_n((flat == kth_high) & cand, need - torch.count_nonzero(above))
-    below = (flat < kth_low) & cand
-    low = (below | _last_n((flat == kth_low) & cand, need - torch.count_nonzero(below))) & ~high
-    return high.reshape(scores.shape), low.reshape(scores.shape)
-
-
-def _static_count_bound(shape: torch.Size, fraction: float) -> int:
-    """An upper bound of ``_count_of(n, fraction)`` for any n <= numel(shape), from shapes only."""
-    return max(1, int(math.prod(shape) * fraction))
-
-
 def _ppo_terms(log_prob, old_log_prob, advantages, config: PolicyLossConfig):
     """Dual-clip PPO token losses and their clip statistics (verl ``vanilla``'s arithmetic)."""
     neg_kl = torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0)
@@ -345,7 +205,7 @@ def _low_entropy_cov_penalty(*, log_prob, advantages, mask, n_valid, entropy, fr
     else:
         if entropy is None:
             raise ValueError("this loss needs the token entropy (entropy=...); see sent.entropy.token_entropy")
-        n_low = torch.minimum(_count_of(n_valid, fraction), n_valid.to(torch.float64))
+        n_low = torch.minimum(count_of(n_valid, fraction), n_valid.to(torch.float64))
         low = select_top(entropy, mask, n_low, largest=False)
     lp = log_prob.detach()
     lowf = low.to(lp.dtype)
@@ -353,8 +213,8 @@ def _low_entropy_cov_penalty(*, log_prob, advantages, mask, n_valid, entropy, fr
     mean_adv = torch.dot(advantages.reshape(-1), lowf.reshape(-1)) / denom
     mean_lp = torch.dot(lp.reshape(-1), lowf.reshape(-1)) / denom
     cov = (advantages - mean_adv) * (lp - mean_lp)
-    k = _count_of(n_low, config.kl_cov_ratio)
-    k_max = _static_count_bound(mask.shape, config.kl_cov_ratio)
+    k = count_of(n_low, config.kl_cov_ratio)
+    k_max = static_count_bound(mask.shape, config.kl_cov_ratio)
     if low_coef != 0:
         high, low_cov = select_extremes(cov, low, k, max_k=k_max)
         weight = high.to(lp.dtype) * high_coef + low_cov.to(lp.dtype) * low_coef
@@ -414,7 +274,7 @@ def sent_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=None
         low = (
             mask
             if config.low_entropy_fraction >= 1
-            else select_top(entropy, mask, _count_of(n_valid, config.low_entropy_fraction), largest=False)
+            else select_top(entropy, mask, count_of(n_valid, config.low_entropy_fraction), largest=False)
         )
         weight = low.to(log_prob.dtype)
         losses, loss_mask = base + config.ppo_kl_coef * abs_kl, low
@@ -474,9 +334,9 @@ def clip_cov_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=
     chosen = select_top(
         keys,
         candidates,
-        _count_of(mask.sum(), config.clip_cov_ratio),
+        count_of(mask.sum(), config.clip_cov_ratio),
         largest=False,
-        max_k=_static_count_bound(mask.shape, config.clip_cov_ratio),
+        max_k=static_count_bound(mask.shape, config.clip_cov_ratio),
     )
     corr = (~chosen).to(loss1.dtype)
     losses = torch.maximum(loss1, loss2) * corr
@@ -497,7 +357,7 @@ def entropy_mask_loss(*, log_prob, old_log_prob, advantages, response_mask, entr
         raise ValueError("entropy_mask needs the token entropy (entropy=...)")
     mask = response_mask.bool()
     losses, neg_kl, clip_upper, clip_lower = _ppo_terms(log_prob, old_log_prob, advantages, config)
-    keep = select_top(entropy, mask, _count_of(mask.sum(), config.entropy_mask_fraction), largest=True)
+    keep = select_top(entropy, mask, count_of(mask.sum(), config.entropy_mask_fraction), largest=True)
     loss = _aggregate(losses, keep, config)
     return loss, {
         "pg_clipfrac": masked_mean(clip_upper.float(), keep).detach(),
