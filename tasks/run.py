@@ -1,10 +1,9 @@
-"""Opening, recording and closing a pipeline run.
+"""The Prefect tasks that open, record and close a pipeline run.
 
 A pipeline run owns a directory (``data/runs/pipeline-<date>-<flow run id>`` unless given) with
-``run.json``, its lineage record: the config and overrides, the steps asked for, the MLflow
-parent run, the Prefect flow run, and every artefact the run produced or reused (path, digest,
-the MLflow run that produced it). A later run can reuse those artefacts (``reuse``), or continue
-in the same directory (``run_dir``), e.g. to rerun one failed stage.
+``run.json``, its lineage record (`tasks.record`). A later run can reuse its artefacts
+(``reuse``), or continue in the same directory (``run_dir``), e.g. to rerun one failed stage.
+Closing a run writes its reports (`tasks.reports`).
 
 Steps, in order: ``bootstrap`` (toy configs only), ``curate``, ``train:1`` ... ``train:K``,
 ``eval:base`` (the starting model) and ``eval`` (the last trained stage).
@@ -14,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -24,48 +21,16 @@ from prefect import task
 from prefect.artifacts import create_link_artifact
 
 from sent.config import load_config
-from sent.data_contract import json_safe, write_json, write_text
+from sent.data_contract import json_safe
 from sent.lineage import code_version
 from sent.redaction import redact_uri
-from sent.steps import Step, StepError, depends_on, plan_steps, reused_inputs
+from sent.steps import depends_on, plan_steps, reused_inputs
 from sent.tracking import Tracker, lineage_tags, resolve_tracking_uri
-from tasks.common import Artefact, RunContext, level_groups
+from tasks.common import Artefact, RunContext
+from tasks.record import RECORD, default_run_dir, read_record, recorded_artefacts, write_record
+from tasks.reports import COMPARISON, compare_with_start, eval_summary, plots
 
 logger = logging.getLogger(__name__)
-RECORD = "run.json"
-
-
-def read_record(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / RECORD
-    if not path.is_file():
-        raise StepError(f"{run_dir} is not a pipeline run (no {RECORD})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise StepError(f"{path}: not valid JSON ({exc})") from None
-
-
-def recorded_artefacts(run_dir: str | Path) -> dict[str, Artefact]:
-    return {k: Artefact.model_validate(v) for k, v in read_record(run_dir).get("artefacts", {}).items()}
-
-
-def _write_record(ctx: RunContext, **updates: Any) -> dict[str, Any]:
-    path = Path(ctx.run_dir) / RECORD
-    record = read_record(ctx.run_dir) if path.is_file() else {}
-    record.update(updates)
-    record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return write_json(record, path)
-
-
-def _default_run_dir(root: Path) -> Path:
-    from prefect.runtime import flow_run
-
-    flow_id = flow_run.id
-    if flow_id:  # stable across retries of the same flow run
-        started = flow_run.scheduled_start_time
-        stamp = started.strftime("%Y%m%d-%H%M%S") if started is not None else time.strftime("%Y%m%d-%H%M%S")
-        return root / "data" / "runs" / f"pipeline-{stamp}-{str(flow_id)[:8]}"
-    return root / "data" / "runs" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @task(name="open-run", task_run_name="open-run")
@@ -87,7 +52,7 @@ def open_run(
     reused: dict[str, Artefact] = {}
     if reuse:
         reused.update(recorded_artefacts(reuse))
-    out = Path(run_dir).resolve() if run_dir else _default_run_dir(root)
+    out = Path(run_dir).resolve() if run_dir else default_run_dir(root)
     previous = read_record(out) if (out / RECORD).is_file() else None
     if previous is not None:
         reused.update(recorded_artefacts(out))  # continuing a run: its own artefacts come first
@@ -146,7 +111,7 @@ def open_run(
     }
     if previous is None:
         record["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _write_record(ctx, **record)
+    write_record(ctx, **record)
     link = tracker.ui_link(parent, cfg.tracking.ui_url)
     create_link_artifact(
         key="mlflow-run", link=redact_uri(link), description=f"MLflow parent run of {out.name} ({redact_uri(uri)})"
@@ -161,7 +126,7 @@ def record_step(ctx: RunContext, artefact: Artefact) -> None:
     record = read_record(ctx.run_dir)
     artefacts = record.get("artefacts", {})
     artefacts[artefact.step] = artefact.model_dump()
-    _write_record(ctx, artefacts=artefacts)
+    write_record(ctx, artefacts=artefacts)
 
 
 @task(name="close-run", task_run_name="close-run")
@@ -177,13 +142,13 @@ def close_run(ctx: RunContext, error: str | None = None, interrupted: bool = Fal
         for step, a in artefacts.items()
         if a.kind == "evaluation" and Path(a.path).is_file()
     }
-    for path in _reports(artefacts, evals, out):
+    for path in plots(artefacts, evals, out):
         tracker.log_artifact(ctx.mlflow_run_id, path, "reports")
-    comparison = _comparison(ctx, artefacts, out)
+    comparison = compare_with_start(ctx, artefacts, out)
     if comparison:
         tracker.log_artifact(ctx.mlflow_run_id, out / COMPARISON, "reports")
         tracker.log_metrics(ctx.mlflow_run_id, comparison)
-    for name, metrics in _eval_summary(evals).items():
+    for name, metrics in eval_summary(evals).items():
         tracker.log_metrics(ctx.mlflow_run_id, {f"{name}.{k}": v for k, v in metrics.items()})
     mine = [a for a in artefacts.values() if ctx.flow_run_id and a.meta.get("flow_run_id") == ctx.flow_run_id]
     wall = time.time() - ctx.started
@@ -196,79 +161,7 @@ def close_run(ctx: RunContext, error: str | None = None, interrupted: bool = Fal
     }
     tracker.log_metrics(ctx.mlflow_run_id, {f"timing.{k}": v for k, v in timing.items() if k != "by_step_s"})
     status = "interrupted" if interrupted else "failed" if error else "finished"
-    record = _write_record(ctx, status=status, error=error, timing=timing)
+    record = write_record(ctx, status=status, error=error, timing=timing)
     tracker.log_artifact(ctx.mlflow_run_id, out / RECORD)
     tracker.end_run(ctx.mlflow_run_id, failed=error is not None, killed=interrupted)
     return json_safe(record)
-
-
-COMPARISON = "comparison.md"
-
-
-def _metric_key(group: str) -> str:
-    return "trained" if group.startswith("trained") else re.sub(r"[^0-9A-Za-z_.-]+", "_", group)
-
-
-def _comparison(ctx: RunContext, artefacts: dict[str, Artefact], out: Path) -> dict[str, float]:
-    """The trained model against its start, per problem (`sent.stats`): ``comparison.md`` and
-    ``comparison.json`` in ``out``, and the differences as metrics (none without both evaluations)."""
-    from sent.stats import compare_evaluations, comparison_json, comparison_markdown, problem_scores
-
-    details = {s: Path(artefacts[s].path).parent / "details.parquet" for s in ("eval:base", "eval") if s in artefacts}
-    if len(details) < 2 or not all(p.is_file() for p in details.values()):
-        return {}
-    cfg = ctx.load()
-    levels, trained = level_groups(cfg)
-    rows = compare_evaluations(
-        problem_scores(details["eval:base"]), problem_scores(details["eval"]), levels=levels, trained=trained
-    )
-    metric = f"avg@{cfg.evaluation.n}"
-    write_json(comparison_json(rows), out / "comparison.json")
-    write_text(
-        f"Trained model against its start, {metric} per problem (paired, Student t):\n\n"
-        + comparison_markdown(rows, metric)
-        + "\n",
-        out / COMPARISON,
-    )
-    return {
-        f"compare.{_metric_key(r.group)}.{k}": getattr(r, k)
-        for r in rows
-        for k in ("difference", "ci_low", "ci_high")
-        if math.isfinite(getattr(r, k))
-    }
-
-
-def _eval_summary(evals: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """``{"eval": {"mean.avg@8": ..}, "eval:base": ..}`` from the evaluations' results."""
-    from sent.evaluation import flat_metrics
-
-    return {step: flat_metrics(results, counts=False) for step, results in evals.items()}
-
-
-def _reports(artefacts: dict[str, Artefact], evals: dict[str, dict], out: Path) -> list[Path]:
-    """``training_curves.png`` (stages end to end) and ``evaluation_<metric>.png`` in ``out``."""
-    from sent.engines.stage import read_history
-    from sent.plots import plot_evaluation, plot_training
-
-    paths = []
-    histories = {
-        Step.parse(step).stage: read_history(Path(a.path).parent)
-        for step, a in sorted(artefacts.items())
-        if step.startswith("train:") and (Path(a.path).parent / "metrics.jsonl").is_file()
-    }
-    if histories:
-        paths.append(plot_training(histories, out / "training_curves.png"))
-    by_benchmark = {step: results["benchmarks"] for step, results in evals.items()}
-    if by_benchmark:
-        first = next(iter(next(iter(by_benchmark.values())).values()))  # one benchmark's metrics
-        metric = next((k for k in first if k.startswith("avg@")), None)
-        if metric is not None:
-            names = {"eval:base": "base model", "eval": "trained"}
-            paths.append(
-                plot_evaluation(
-                    {names.get(k, k): v for k, v in sorted(by_benchmark.items(), reverse=True)},
-                    metric,
-                    out / f"evaluation_{metric.replace('@', '_at_')}.png",
-                )
-            )
-    return paths
