@@ -1,7 +1,7 @@
 """A FAKE of verl's trainer (`python -m verl.trainer.main_ppo`) and model merger
 (`python -m verl.model_merger merge`), kept only for the shape that needs GPUs: the pipeline's
-verl stages on CUDA, which hold a slot of the Prefect `gpu` limit (tests/test_pipeline.py).
-Everything verl's real trainer can do on CPU is tested on it instead (tests/test_verl_real.py).
+verl stages on CUDA, which hold a slot of the Prefect `gpu` limit (tests/flows/test_pipeline.py).
+Everything verl's real trainer can do on CPU is tested on it instead (tests/engines/test_verl_real.py).
 It reads the Hydra overrides it is given, prints step lines in the format of verl's console logger,
 writes verl's checkpoint layout (global_step_N/actor + latest_checkpointed_iteration.txt) and, as the
 "merger", copies the stage's start model as the merged weights. It records its arguments and

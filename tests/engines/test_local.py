@@ -205,7 +205,7 @@ def test_the_fast_step_equals_the_plain_algorithm(tiny_toy, curriculum, tmp_path
         for key, value in want.items():
             key = "clip_fraction" if key == "pg_clipfrac" else key  # the engine's name for it
             # float rounding only: sampled vs recomputed old log-probabilities (<= 1e-4 per token,
-            # tests/test_sampling.py), and forwards over fewer rows
+            # tests/sampling/test_sampling.py), and forwards over fewer rows
             assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (step, key)
     got_weights = weights(result.final_dir)
     for name, value in expected_weights.items():
