@@ -91,7 +91,9 @@ class SamplingConfig(_Section):
     n: int = Field(8, gt=0, description="N: responses sampled per problem")
     temperature: float = Field(1.0, ge=0, description="sampling temperature (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: the smallest set of tokens with this mass")
-    max_new_tokens: int = Field(2048, gt=0, description="response budget, as in training")
+    max_new_tokens: int = Field(
+        2048, gt=0, description="response budget, in tokens (training's too, unless training.max_response_tokens)"
+    )
     batch_size: int = Field(64, gt=0, description="prompts per generate call (hf)")
     chunk_size: int = Field(256, gt=0, description="problems per resumable sampling checkpoint")
     tensor_parallel_size: int = Field(1, gt=0, description="vllm: GPUs one engine is split over")
@@ -242,10 +244,18 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2)")
     grad_clip: float = Field(1.0, gt=0, description="clip the gradient's global norm to this")
-    max_prompt_tokens: int = Field(
-        1024, gt=0, description="longest chat prompt a rollout takes (verl: max_prompt_length)"
+    max_prompt_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="longest chat prompt a rollout takes (verl: max_prompt_length); default and lower bound: "
+        "data.max_prompt_tokens, the longest prompt curation accepts",
     )
-    max_response_tokens: int = Field(2048, gt=0, description="response budget of a rollout, in tokens")
+    max_response_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="response budget of a rollout, in tokens; default: sampling.max_new_tokens, the budget the "
+        "semantic entropy was measured at",
+    )
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="rollout nucleus sampling")
     ref_kl_coef: float = Field(0.001, ge=0, description="reference KL loss weight (0 disables)")
@@ -296,7 +306,7 @@ class EvaluationConfig(_Section):
     temperature: float = Field(1.0, ge=0, description="sampling temperature (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     max_new_tokens: int = Field(8000, gt=0, description="response budget, in tokens")
-    backend: Literal["hf", "vllm"] = Field("hf", description="the sampler (as sampling.backend)")
+    backend: Literal["hf", "vllm"] | None = Field(None, description="the sampler; default: sampling.backend")
     limit: int | None = Field(None, gt=0, description="first N problems of each benchmark (smoke runs)")
 
 
@@ -370,6 +380,14 @@ class AblationConfig(_Section):
     reference: str = Field("grpo", description="the arm every other arm is compared with, per problem")
 
 
+FOLLOWS: dict[tuple[str, str], tuple[str, str]] = {
+    ("training", "max_prompt_tokens"): ("data", "max_prompt_tokens"),
+    ("training", "max_response_tokens"): ("sampling", "max_new_tokens"),
+    ("evaluation", "backend"): ("sampling", "backend"),
+}
+"""Settings left out (None) that take another section's value: (section, key) -> its source."""
+
+
 class SentConfig(_Section):
     """A run's whole configuration, one section per phase (`load_config` reads it from YAML)."""
 
@@ -390,6 +408,24 @@ class SentConfig(_Section):
     toy: ToyConfig | None = Field(None, description="present in configs that run on the toy world")
     source: str | None = Field(None, description="the file this was loaded from (set by load_config)")
     overrides: list[str] = Field(default_factory=list, description="key.path=value overrides applied")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SentConfig:
+        """Settings that two phases share have one source: a section's own value when it is set,
+        else the one it follows (`FOLLOWS`); a rollout must take every prompt curation accepted."""
+        resolved = self
+        for (section, key), (source, source_key) in FOLLOWS.items():
+            if getattr(getattr(resolved, section), key) is None:
+                value = getattr(getattr(resolved, source), source_key)
+                patched = getattr(resolved, section).model_copy(update={key: value})
+                resolved = resolved.model_copy(update={section: patched})
+        if resolved.training.max_prompt_tokens < resolved.data.max_prompt_tokens:
+            raise ValueError(
+                f"training.max_prompt_tokens={resolved.training.max_prompt_tokens} is below "
+                f"data.max_prompt_tokens={resolved.data.max_prompt_tokens}: rollouts would drop prompts that "
+                "curation accepted (leave training.max_prompt_tokens out to follow data.max_prompt_tokens)"
+            )
+        return resolved
 
     def public_dump(self) -> dict[str, Any]:
         """The config as JSON for records and logs, with credentials in URIs masked (`sent.redaction`)."""

@@ -219,3 +219,45 @@ def test_the_paper_presets_keep_only_their_differences():
     for path in PRESETS:
         lines = [x for x in path.read_text().splitlines() if x.strip() and not x.lstrip().startswith("#")]
         assert lines[0] == "extends: _base.yaml" and len(lines) <= 15, path.name
+
+
+# settings two phases share: one source (sent.config.FOLLOWS) ------------------------------------
+
+
+def test_shared_settings_follow_their_source_unless_set(tmp_path):
+    path = write(
+        tmp_path,
+        "model: {path: m}\ndata: {train_path: d.jsonl, max_prompt_tokens: 300}\n"
+        "sampling: {backend: vllm, max_new_tokens: 700}\n",
+    )
+    cfg = load_config(path)
+    # each follower takes its source's value: the prompts curation accepts, the budget the SE was
+    # measured at, the sampler of the curation
+    assert cfg.training.max_prompt_tokens == 300
+    assert cfg.training.max_response_tokens == 700
+    assert cfg.evaluation.backend == "vllm"
+    own = load_config(
+        path, ["training.max_prompt_tokens=512", "training.max_response_tokens=64", "evaluation.backend=hf"]
+    )
+    assert (own.training.max_prompt_tokens, own.training.max_response_tokens, own.evaluation.backend) == (512, 64, "hf")
+    # what was resolved is what is recorded and digested
+    assert cfg.public_dump()["training"]["max_response_tokens"] == 700
+    assert cfg.section_digest("training") != own.section_digest("training")
+
+
+def test_rollouts_that_cannot_take_every_curated_prompt_are_refused(tmp_path):
+    path = write(tmp_path, "model: {path: m}\ndata: {train_path: d.jsonl, max_prompt_tokens: 300}\n")
+    with pytest.raises(ConfigError, match=r"training\.max_prompt_tokens=299 is below data\.max_prompt_tokens=300"):
+        load_config(path, ["training.max_prompt_tokens=299"])
+    assert load_config(path, ["training.max_prompt_tokens=300"]).training.max_prompt_tokens == 300
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_set_each_shared_setting_once(path):
+    # a follower set to its source's value is a copy that can drift: leave it out
+    from sent.config import FOLLOWS, _read_with_bases
+
+    raw, cfg = _read_with_bases(path), load_config(path)
+    for (section, key), (source, source_key) in FOLLOWS.items():
+        mine = raw.get(section, {}).get(key)
+        assert mine != getattr(getattr(cfg, source), source_key), f"{section}.{key} repeats {source}.{source_key}"
