@@ -138,11 +138,11 @@ def run_trl(args: argparse.Namespace) -> None:
     from sent.rewards import compute_score
 
     cfg = _config(args)
-    t = cfg.training
+    training = cfg.training
     table = load_curriculum(_curriculum(cfg), 1).to_pylist()
     order, _ = _batch_order(len(table), cfg)
     n_steps = args.warmup + args.steps
-    rows = [table[i] for i in order[: n_steps * t.train_batch_size]]  # the local engine's prompts, in its order
+    rows = [table[i] for i in order[: n_steps * training.train_batch_size]]  # the local engine's prompts, in its order
     dataset = datasets.Dataset.from_list(
         [{"prompt": r["prompt"], "ground_truth": r["reward_model"]["ground_truth"]} for r in rows]
     )
@@ -156,36 +156,39 @@ def run_trl(args: argparse.Namespace) -> None:
                 None,
                 text,
                 gt,
-                correct_score=t.correct_score,
-                incorrect_score=t.incorrect_score,
-                timeout=t.reward_timeout_s,
+                correct_score=training.correct_score,
+                incorrect_score=training.incorrect_score,
+                timeout=training.reward_timeout_s,
             )["score"]
             for text, gt in zip(texts, ground_truth, strict=True)
         ]
 
-    micro = t.micro_batch_size
-    rollout_seqs, mini_seqs = t.train_batch_size * t.group_size, t.mini_batch_size * t.group_size
+    micro = training.micro_batch_size
+    rollout_seqs, mini_seqs = (
+        training.train_batch_size * training.group_size,
+        training.mini_batch_size * training.group_size,
+    )
     optimizer_steps = rollout_seqs // mini_seqs
     trl_args = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=mini_seqs // micro,
         steps_per_generation=rollout_seqs // micro,
-        num_generations=t.group_size,
-        max_completion_length=t.max_response_tokens,
-        temperature=t.temperature,
-        top_p=t.top_p,
+        num_generations=training.group_size,
+        max_completion_length=training.max_response_tokens,
+        temperature=training.temperature,
+        top_p=training.top_p,
         top_k=0,
-        learning_rate=t.lr,
-        adam_beta1=t.betas[0],
-        adam_beta2=t.betas[1],
-        weight_decay=t.weight_decay,
+        learning_rate=training.lr,
+        adam_beta1=training.betas[0],
+        adam_beta2=training.betas[1],
+        weight_decay=training.weight_decay,
         lr_scheduler_type="constant",
-        max_grad_norm=t.grad_clip,
+        max_grad_norm=training.grad_clip,
         beta=0.0,
         loss_type="dapo",
-        num_iterations=t.ppo_epochs,
-        scale_rewards="group" if t.norm_adv_by_std else "none",
+        num_iterations=training.ppo_epochs,
+        scale_rewards="group" if training.norm_adv_by_std else "none",
         shuffle_dataset=False,
         max_steps=n_steps * optimizer_steps,
         use_cpu=True,
@@ -302,10 +305,12 @@ def main() -> None:
             if i >= args.warmup:
                 steps[side].append(record)
     peaks = {side: workers[side].send("quit")["peak_rss_mib"] for side in sides}
-    t = cfg.training
+    training = cfg.training
     print(
-        f"workload: {t.train_batch_size} prompts x G={t.group_size}, <= {t.max_response_tokens} response tokens, "
-        f"{t.train_batch_size // t.mini_batch_size} optimizer steps per rollout, micro-batch {t.micro_batch_size}; "
+        f"workload: {training.train_batch_size} prompts x G={training.group_size}, "
+        f"<= {training.max_response_tokens} response tokens, "
+        f"{training.train_batch_size // training.mini_batch_size} optimizer steps per rollout, "
+        f"micro-batch {training.micro_batch_size}; "
         f"medians of {args.steps} steps after {args.warmup} warm-up; local loss {args.loss}"
     )
     figures = {side: _summary(side, steps[side], peaks[side]) for side in sides}

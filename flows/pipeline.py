@@ -20,8 +20,8 @@ from tasks.train import train_step
 def run_planned_steps(ctx: RunContext, *, refresh_cache: bool = False) -> dict[str, Artefact]:
     """Run ``ctx.steps`` in order, each fed the artefacts of the steps before it (or of the reused run)."""
 
-    def fresh(t):
-        return t.with_options(refresh_cache=True) if refresh_cache else t
+    def fresh(step_task):
+        return step_task.with_options(refresh_cache=True) if refresh_cache else step_task
 
     artefacts: dict[str, Artefact] = dict(ctx.reused)
     for step in ctx.steps:

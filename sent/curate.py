@@ -59,6 +59,7 @@ from sent.data_contract import (
 from sent.errors import SentError
 from sent.locks import LOCK_FILE, exclusive
 from sent.rewards import extract_answer, grade_answer, warm_up_verifier
+from sent.sampling.base import Completion
 from sent.sampling.configured import build_sampler
 from sent.semantic import cluster_within, discrete_entropy, get_judge, weighted_entropy
 
@@ -295,19 +296,31 @@ def _judge(cfg: SentConfig):
 
 
 def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_index: int, judge) -> pa.Table:
-    s = cfg.sampling
-    outs = sampler.generate(
+    """Sample, grade and cluster one chunk: the rows of ``samples/part-<chunk_index>.parquet``."""
+    return grade_chunk(cfg, problems, generate_chunk(cfg, problems, sampler, chunk_index), judge)
+
+
+def generate_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_index: int) -> list[list[Completion]]:
+    """The N completions of each problem of a chunk. The seed is the chunk's (the run's seed and
+    the chunk's index), so a chunk comes out the same whichever process samples it."""
+    sampling = cfg.sampling
+    return sampler.generate(
         [cfg.prompt.messages(p.problem) for p in problems],
-        n=s.n,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        max_new_tokens=s.max_new_tokens,
+        n=sampling.n,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens,
         seed=cfg.seed * 1_000_003 + chunk_index,
     )
+
+
+def grade_chunk(cfg: SentConfig, problems: Sequence[Problem], outs: list[list[Completion]], judge) -> pa.Table:
+    """Extract, cluster and grade a chunk's completions (CPU only): its ``SAMPLES_SCHEMA`` rows."""
+    sampling = cfg.sampling
     rows = []
     for p, completions in zip(problems, outs, strict=True):
-        if len(completions) != s.n:
-            raise CurationError(f"sampler returned {len(completions)} completions for {p.id}, expected {s.n}")
+        if len(completions) != sampling.n:
+            raise CurationError(f"sampler returned {len(completions)} completions for {p.id}, expected {sampling.n}")
         answers = [extract_answer(c.text) for c in completions]
         found = cluster_within(
             answers, judge, pool_missing=cfg.semantic.pool_missing, budget_s=cfg.semantic.problem_budget_s
@@ -389,19 +402,21 @@ def score_problems(cfg: SentConfig, problems: Sequence[Problem], samples: pa.Tab
 
 def assign(cfg: SentConfig, scores: list[dict[str, Any]]) -> None:
     """Fill ``stage`` (and ``filtered``) in place."""
-    c = cfg.curriculum
-    key = "semantic_entropy" if c.entropy == "discrete" else "weighted_semantic_entropy"
-    keep = [r for r in scores if not (c.drop_zero_signal and r["pass_rate"] in (0.0, 1.0))]
+    curriculum = cfg.curriculum
+    key = "semantic_entropy" if curriculum.entropy == "discrete" else "weighted_semantic_entropy"
+    keep = [r for r in scores if not (curriculum.drop_zero_signal and r["pass_rate"] in (0.0, 1.0))]
     for r in scores:
         r["filtered"] = True
     if keep:
         values = np.array([r[key] for r in keep], dtype=np.float64)
         if not np.isfinite(values).all():
             raise CurationError(
-                f"curriculum.entropy={c.entropy!r} is not finite for every problem (missing log-probs?)"
+                f"curriculum.entropy={curriculum.entropy!r} is not finite for every problem (missing log-probs?)"
             )
-        stages = assign_stages(values, n_stages=c.n_stages, method=c.method, thresholds=c.thresholds)
-        if c.order == "random":  # the same stage sizes, without the SE ordering (an ablation)
+        stages = assign_stages(
+            values, n_stages=curriculum.n_stages, method=curriculum.method, thresholds=curriculum.thresholds
+        )
+        if curriculum.order == "random":  # the same stage sizes, without the SE ordering (an ablation)
             stages = np.random.default_rng(cfg.seed).permutation(stages)
         for r, s in zip(keep, stages, strict=True):
             r["filtered"], r["stage"] = False, int(s)

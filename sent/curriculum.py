@@ -63,10 +63,10 @@ def assign_stages(
     if method == "threshold":
         if thresholds is None or len(thresholds) != n_stages - 1:
             raise ValueError(f"method='threshold' with {n_stages} stages needs {n_stages - 1} thresholds")
-        t = np.asarray(thresholds, dtype=np.float64)
-        if (np.diff(t) <= 0).any() or not np.isfinite(t).all():
+        cuts = np.asarray(thresholds, dtype=np.float64)
+        if (np.diff(cuts) <= 0).any() or not np.isfinite(cuts).all():
             raise ValueError(f"thresholds must be finite and strictly increasing, got {list(thresholds)}")
-        return 1 + np.searchsorted(t, x, side="right").astype(np.int64)
+        return 1 + np.searchsorted(cuts, x, side="right").astype(np.int64)
     raise ValueError(f"unknown method {method!r}; use 'quantile' or 'threshold'")
 
 

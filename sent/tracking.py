@@ -259,5 +259,7 @@ class Tracker:
 
 def tracker_for(cfg, root: str | Path = ".") -> Tracker:
     """The `Tracker` of a `SentConfig`'s tracking section."""
-    t = cfg.tracking
-    return Tracker(resolve_tracking_uri(t.tracking_uri, root), t.experiment, Path(root) / t.artifact_root)
+    tracking = cfg.tracking
+    return Tracker(
+        resolve_tracking_uri(tracking.tracking_uri, root), tracking.experiment, Path(root) / tracking.artifact_root
+    )

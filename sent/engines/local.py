@@ -144,7 +144,7 @@ class MicroBatch:
     """No optimizer step yet since the rollout: the policy is the rollout policy."""
 
 
-def score_rollout(rows: list[dict], outs: list[list[Completion]], t: TrainingConfig) -> list[dict[str, Any]]:
+def score_rollout(rows: list[dict], outs: list[list[Completion]], training: TrainingConfig) -> list[dict[str, Any]]:
     """`compute_score` of every completion, in rollout order. A group repeats answers, so each
     distinct response text of a prompt is graded once (grading is a pure function of the text)."""
     scores = []
@@ -157,9 +157,9 @@ def score_rollout(rows: list[dict], outs: list[list[Completion]], t: TrainingCon
                     c.text,
                     row["reward_model"]["ground_truth"],
                     row["extra_info"],
-                    correct_score=t.correct_score,
-                    incorrect_score=t.incorrect_score,
-                    timeout=t.reward_timeout_s,
+                    correct_score=training.correct_score,
+                    incorrect_score=training.incorrect_score,
+                    timeout=training.reward_timeout_s,
                 )
             scores.append(graded[c.text])
     return scores
@@ -172,11 +172,11 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 def _batch_order(n_rows: int, cfg: SentConfig) -> tuple[np.ndarray, int]:
     """Row indices for every step of the stage, and the number of steps."""
-    t = cfg.training
+    training = cfg.training
     steps = stage_steps(cfg, n_rows)
-    epochs = math.ceil(steps * t.train_batch_size / n_rows) + 1
+    epochs = math.ceil(steps * training.train_batch_size / n_rows) + 1
     rng = np.random.default_rng(training_seed(cfg))
-    order = [rng.permutation(n_rows) if t.shuffle else np.arange(n_rows) for _ in range(epochs)]
+    order = [rng.permutation(n_rows) if training.shuffle else np.arange(n_rows) for _ in range(epochs)]
     return np.concatenate(order), steps
 
 
@@ -236,7 +236,7 @@ class LocalEngine:
         start_model: str | Path | None = None,
     ) -> None:
         self.cfg, self.stage = cfg, stage
-        self.t = cfg.training
+        self.training = cfg.training
         self.run_dir = Path(run_dir)
         self.out = stage_dir(self.run_dir, stage)
         self.callback, self.progress = callback, progress
@@ -250,40 +250,43 @@ class LocalEngine:
         self.order, self.total_steps = _batch_order(len(self.rows), cfg)
         if max_steps is not None:
             self.total_steps = min(self.total_steps, max_steps)
-        self.loss_fn = get_policy_loss(self.t.loss)
+        self.loss_fn = get_policy_loss(self.training.loss)
         self.loss_cfg = loss_config(cfg)
 
     # ---------------------------------------------------------------- model, optimiser, state
 
     def _build(self) -> None:
-        m = self.cfg.model
-        self.tokenizer = load_tokenizer(self.start_model, trust_remote_code=m.trust_remote_code)
+        model = self.cfg.model
+        self.tokenizer = load_tokenizer(self.start_model, trust_remote_code=model.trust_remote_code)
         self.policy = load_model(
-            self.start_model, device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code
+            self.start_model, device=model.device, dtype=model.dtype, trust_remote_code=model.trust_remote_code
         )
         self.device = next(self.policy.parameters()).device
         self.reference = None
-        if self.t.ref_kl_coef > 0:
+        if self.training.ref_kl_coef > 0:
             self.reference = load_model(
-                self.start_model, device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code
+                self.start_model, device=model.device, dtype=model.dtype, trust_remote_code=model.trust_remote_code
             )
             self.reference.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=self.t.lr, betas=self.t.betas, weight_decay=self.t.weight_decay
+            self.policy.parameters(),
+            lr=self.training.lr,
+            betas=self.training.betas,
+            weight_decay=self.training.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # constant (paper)
         warm_up_verifier()
         self.sampler = HFSampler(self.policy, self.tokenizer, batch_size=self.cfg.sampling.batch_size, progress=False)
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.entropy_watch = EntropyWatch(self.t.entropy_collapse_fraction)
+        self.entropy_watch = EntropyWatch(self.training.entropy_collapse_fraction)
 
     def _checkpoints(self) -> list[Path]:
         root = self.out / CHECKPOINTS
         return sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file()) if root.is_dir() else []
 
     def _resume(self) -> None:
-        if self.t.resume != "auto" or not self._checkpoints():
+        if self.training.resume != "auto" or not self._checkpoints():
             return
         ckpt = self._checkpoints()[-1]
         if not (ckpt / "state.json").is_file():
@@ -301,7 +304,7 @@ class LocalEngine:
         self.scheduler.load_state_dict(tensors["scheduler"])
         _set_rng_state(state["rng"], tensors["torch_rng"])
         self.step, self.history = state["step"], [_floats(m) for m in state["history"]]
-        self.entropy_watch = EntropyWatch(self.t.entropy_collapse_fraction, **state["entropy_watch"])
+        self.entropy_watch = EntropyWatch(self.training.entropy_collapse_fraction, **state["entropy_watch"])
         logger.info("stage %d: resumed from %s (step %d)", self.stage, ckpt, self.step)
 
     def _write_history(self) -> None:
@@ -322,7 +325,7 @@ class LocalEngine:
                 "stage": self.stage,
                 "steps": self.step,
                 "start_model": self.start_model,
-                "loss": self.t.loss,
+                "loss": self.training.loss,
                 "last_metrics": self.history[-1] if self.history else {},
             }
             write_summary(tmp, summary)
@@ -347,21 +350,21 @@ class LocalEngine:
     # ---------------------------------------------------------------- one step
 
     def _rollout(self, rows: list[dict], clock: PhaseClock) -> dict[str, Any]:
-        t, G = self.t, self.t.group_size
-        reuse = t.old_logprobs == "sampling"
+        training, group_size = self.training, self.training.group_size
+        reuse = training.old_logprobs == "sampling"
         with clock("generate"):
             outs = self.sampler.generate(
                 [[dict(m) for m in r["prompt"]] for r in rows],
-                n=G,
-                temperature=t.temperature,
-                top_p=t.top_p,
-                max_new_tokens=t.max_response_tokens,
+                n=group_size,
+                temperature=training.temperature,
+                top_p=training.top_p,
+                max_new_tokens=training.max_response_tokens,
                 seed=training_seed(self.cfg) * 1_000_003 + self.step,
                 logprobs=reuse,
             )
         completions = [c for group in outs for c in group]
         with clock("scoring"):
-            scores = score_rollout(rows, outs, t)
+            scores = score_rollout(rows, outs, training)
         with clock("batching"):
             prompt_len = max(len(c.prompt_token_ids) for c in completions)
             response_len = max(1, max(c.n_tokens for c in completions))
@@ -377,15 +380,15 @@ class LocalEngine:
                 if sampled_logp is not None:
                     sampled_logp[i, : len(r)] = torch.tensor(c.token_logprobs)
             rewards = torch.tensor([s["score"] for s in scores])
-            groups = torch.arange(len(rows)).repeat_interleave(G)
-            adv = grpo_advantages(rewards, groups, norm_by_std=t.norm_adv_by_std)
-            group_rewards = rewards.view(-1, G)
+            groups = torch.arange(len(rows)).repeat_interleave(group_size)
+            adv = grpo_advantages(rewards, groups, norm_by_std=training.norm_adv_by_std)
+            group_rewards = rewards.view(-1, group_size)
             signal = group_rewards.max(1).values != group_rewards.min(1).values
-            keep = signal[groups] if t.filter_groups else torch.ones(n_seqs, dtype=torch.bool)
+            keep = signal[groups] if training.filter_groups else torch.ones(n_seqs, dtype=torch.bool)
         return {
             "input_ids": input_ids.to(self.device),
             "attention": attention.to(self.device),
-            "P": prompt_len,
+            "prompt_len": prompt_len,
             "sampled_logp": sampled_logp.to(self.device) if sampled_logp is not None else None,
             "advantages": adv,
             "rewards": rewards,
@@ -402,20 +405,25 @@ class LocalEngine:
         reads). The first ``first_mini`` sequences (the first mini-batch) are trained on-policy,
         where the old log-probabilities are the current ones (`_micro_step`), so a recomputation
         skips them; the sampler's cover every sequence at no cost."""
-        ids, mask, P, rows = batch["input_ids"], batch["attention"], batch["P"], self.t.micro_batch_size
+        ids, mask, prompt_len, rows = (
+            batch["input_ids"],
+            batch["attention"],
+            batch["prompt_len"],
+            self.training.micro_batch_size,
+        )
         with torch.no_grad():
             old = batch["sampled_logp"]
             if old is None:
-                old = torch.zeros(mask[:, P:].shape, device=self.device)
+                old = torch.zeros(mask[:, prompt_len:].shape, device=self.device)
                 if first_mini < len(ids):
                     rest = slice(first_mini, None)
-                    old[rest] = token_logprobs(self.policy, ids[rest], mask[rest], P, chunk_rows=rows)
+                    old[rest] = token_logprobs(self.policy, ids[rest], mask[rest], prompt_len, chunk_rows=rows)
             ref = None
             if self.reference is not None:  # only the sequences a loss reads: those of groups with signal
-                ref = torch.zeros(mask[:, P:].shape, device=self.device)
+                ref = torch.zeros(mask[:, prompt_len:].shape, device=self.device)
                 need = batch["keep"].to(self.device).nonzero().squeeze(-1)
                 if len(need):
-                    ref[need] = token_logprobs(self.reference, ids[need], mask[need], P, chunk_rows=rows)
+                    ref[need] = token_logprobs(self.reference, ids[need], mask[need], prompt_len, chunk_rows=rows)
         return old, ref
 
     def _micro_step(
@@ -429,14 +437,14 @@ class LocalEngine:
         so dropping them changes no token's selection. Their entropy, which the
         ``policy_entropy`` metric covers, comes from a forward without gradient.
         """
-        t = self.t
-        ids, mask, P = micro.batch["input_ids"], micro.batch["attention"], micro.batch["P"]
+        training = self.training
+        ids, mask, prompt_len = micro.batch["input_ids"], micro.batch["attention"], micro.batch["prompt_len"]
         trained = micro.train_mask[micro.rows].any(-1)
         kept, dropped = micro.rows[trained], micro.rows[~trained]
         if len(dropped):
             with clock("forward"), torch.no_grad():
-                logits, _ = response_logits_and_logprobs(self.policy, ids[dropped], mask[dropped], P)
-                entropy.add(token_entropy(logits), mask[dropped, P:])
+                logits, _ = response_logits_and_logprobs(self.policy, ids[dropped], mask[dropped], prompt_len)
+                entropy.add(token_entropy(logits), mask[dropped, prompt_len:])
         if not len(kept):
             # no trained token: the loss is 0, and its metrics are those of an all-masked row
             row = micro.rows[:1]
@@ -452,13 +460,17 @@ class LocalEngine:
             if micro.ref_logp is not None:
                 metrics.update(
                     reference_kl_loss(
-                        old, micro.ref_logp[row], micro.train_mask[row], coef=t.ref_kl_coef, kind=t.ref_kl_kind
+                        old,
+                        micro.ref_logp[row],
+                        micro.train_mask[row],
+                        coef=training.ref_kl_coef,
+                        kind=training.ref_kl_kind,
                     )[1]
                 )
             return torch.zeros((), device=self.device), metrics
         with clock("forward"):
-            logits, logp = response_logits_and_logprobs(self.policy, ids[kept], mask[kept], P)
-            with torch.set_grad_enabled(t.entropy_coeff > 0):  # a gradient only for the entropy bonus
+            logits, logp = response_logits_and_logprobs(self.policy, ids[kept], mask[kept], prompt_len)
+            with torch.set_grad_enabled(training.entropy_coeff > 0):  # a gradient only for the entropy bonus
                 ent = token_entropy(logits)
             m = micro.train_mask[kept]
             # on-policy, the old log-probabilities are the current ones exactly: the ratio is 1 and
@@ -476,37 +488,39 @@ class LocalEngine:
             pg_loss = loss.detach()
             scale = m.sum() / max(micro.n_tokens, 1)  # share of the mini-batch in this micro-batch
             if micro.ref_logp is not None:
-                kl_loss, kl_m = reference_kl_loss(logp, micro.ref_logp[kept], m, coef=t.ref_kl_coef, kind=t.ref_kl_kind)
+                kl_loss, kl_m = reference_kl_loss(
+                    logp, micro.ref_logp[kept], m, coef=training.ref_kl_coef, kind=training.ref_kl_kind
+                )
                 loss = loss + kl_loss * scale
                 metrics.update(kl_m)
-            if t.entropy_coeff > 0:
-                bonus, _ = entropy_bonus(ent, m, coef=t.entropy_coeff)
+            if training.entropy_coeff > 0:
+                bonus, _ = entropy_bonus(ent, m, coef=training.entropy_coeff)
                 loss = loss + bonus * scale
         with clock("backward"):
             loss.backward()
-        entropy.add(ent.detach(), mask[kept, P:])
+        entropy.add(ent.detach(), mask[kept, prompt_len:])
         return pg_loss, metrics
 
     def _grpo_step(self, rows: list[dict]) -> dict[str, float]:
-        t, G = self.t, self.t.group_size
+        training, group_size = self.training, self.training.group_size
         clock = PhaseClock()
         t0 = time.perf_counter()
         batch = self._rollout(rows, clock)
         t_sample = time.perf_counter() - t0
-        response_mask = batch["attention"][:, batch["P"] :].bool()
+        response_mask = batch["attention"][:, batch["prompt_len"] :].bool()
         with clock("old_logprobs"):
-            old_logp, ref_logp = self._old_logprobs(batch, t.mini_batch_size * G)
+            old_logp, ref_logp = self._old_logprobs(batch, training.mini_batch_size * group_size)
         adv_tokens = batch["advantages"].to(self.device)[:, None].expand_as(old_logp)
         train_mask = response_mask & batch["keep"].to(self.device)[:, None]
-        prompts_per_mini = t.mini_batch_size
+        prompts_per_mini = training.mini_batch_size
         sums: dict[str, list[float]] = {}
         grad_norms: list[float] = []
         entropy = EntropyTally()
         stepped = False  # an optimizer step since the rollout (before it, the policy is the rollout policy)
         self.policy.train()
-        for _epoch in range(t.ppo_epochs):
+        for _epoch in range(training.ppo_epochs):
             for m0 in range(0, len(rows), prompts_per_mini):
-                seq = torch.arange(m0 * G, min(len(rows), m0 + prompts_per_mini) * G)
+                seq = torch.arange(m0 * group_size, min(len(rows), m0 + prompts_per_mini) * group_size)
                 mini_mask = train_mask[seq]
                 n_tokens, n_seqs = int(mini_mask.sum()), int(mini_mask.any(-1).sum())
                 if n_tokens == 0:
@@ -518,9 +532,9 @@ class LocalEngine:
                 mini_pg_loss = torch.zeros(
                     (), device=self.device
                 )  # micro-batch losses are shares of the mini-batch loss: they add up
-                for u0 in range(0, len(seq), t.micro_batch_size):
+                for u0 in range(0, len(seq), training.micro_batch_size):
                     micro = MicroBatch(
-                        seq[u0 : u0 + t.micro_batch_size],
+                        seq[u0 : u0 + training.micro_batch_size],
                         batch,
                         train_mask,
                         old_logp,
@@ -536,7 +550,9 @@ class LocalEngine:
                 sums.setdefault("pg_loss", []).append(float(mini_pg_loss))
                 sums.setdefault("n_trained_tokens", []).append(n_tokens)  # what the losses' counts are shares of
                 with clock("optimizer"):
-                    grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.grad_clip)))
+                    grad_norms.append(
+                        float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), training.grad_clip))
+                    )
                     self.optimizer.step()
                     self.scheduler.step()
                 stepped = True
@@ -544,7 +560,7 @@ class LocalEngine:
         seconds = time.perf_counter() - t0
         n_resp_tokens = int(response_mask.sum())
         signal = batch["signal"]
-        acc_groups = batch["acc"].view(-1, G).mean(1)
+        acc_groups = batch["acc"].view(-1, group_size).mean(1)
         out = {
             "reward_mean": batch["rewards"].mean().item(),
             "accuracy": batch["acc"].mean().item(),
@@ -576,7 +592,7 @@ class LocalEngine:
                 self.stage,
                 self.step,
                 h,
-                100 * self.t.entropy_collapse_fraction,
+                100 * self.training.entropy_collapse_fraction,
                 self.entropy_watch.start,
             )
 
@@ -592,10 +608,10 @@ class LocalEngine:
 
         self._build()
         self._resume()
-        B = self.t.train_batch_size
+        batch_size = self.training.train_batch_size
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"stage {self.stage}", disable=not self.progress)
         while self.step < self.total_steps:
-            rows = [self.rows[i] for i in self.order[self.step * B : (self.step + 1) * B]]
+            rows = [self.rows[i] for i in self.order[self.step * batch_size : (self.step + 1) * batch_size]]
             metrics = self._grpo_step(rows)
             self.step += 1
             self._watch_entropy(metrics)
@@ -606,7 +622,7 @@ class LocalEngine:
                 self.callback(self.step, metrics)
             bar.update(1)
             bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", H=f"{metrics['policy_entropy']:.3f}")
-            if self.step % self.t.save_every == 0 and self.step < self.total_steps:
+            if self.step % self.training.save_every == 0 and self.step < self.total_steps:
                 self._save()
             elif interrupt.requested() and self.step < self.total_steps:
                 self._save()  # nothing of the finished steps is lost

@@ -76,8 +76,8 @@ def start_model_for(cfg: SentConfig, run_dir: str | Path, stage: int, *, must_ex
 def stage_steps(cfg: SentConfig, n_rows: int) -> int:
     """Optimiser steps of a stage of ``n_rows`` problems: ``floor(epochs_per_stage * n_rows /
     train_batch_size)``, at least one (``epochs_per_stage`` may be fractional)."""
-    t = cfg.training
-    return max(1, math.floor(t.epochs_per_stage * n_rows / t.train_batch_size))
+    training = cfg.training
+    return max(1, math.floor(training.epochs_per_stage * n_rows / training.train_batch_size))
 
 
 def clear_finished(stage_out: str | Path, stage: int, *, fresh: bool, error: type[Exception] = TrainingError) -> None:

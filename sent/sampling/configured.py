@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 def build_sampler(cfg: SentConfig, model: ModelConfig, *, backend: str | None = None, progress: bool = True) -> Sampler:
     """The configured sampler for ``model`` (the policy, or ``semantic.scoring_model``);
     ``backend`` overrides ``sampling.backend`` (the evaluation has its own)."""
-    s = cfg.sampling
-    if (backend or s.backend) == "hf":
+    sampling = cfg.sampling
+    if (backend or sampling.backend) == "hf":
         return make_sampler(
             "hf",
             model_path=model.path,
@@ -22,7 +22,7 @@ def build_sampler(cfg: SentConfig, model: ModelConfig, *, backend: str | None = 
             device=model.device,
             dtype=model.dtype,
             trust_remote_code=model.trust_remote_code,
-            batch_size=s.batch_size,
+            batch_size=sampling.batch_size,
             progress=progress,
         )
     return make_sampler(
@@ -31,9 +31,9 @@ def build_sampler(cfg: SentConfig, model: ModelConfig, *, backend: str | None = 
         tokenizer_path=model.tokenizer,
         dtype=model.dtype,
         trust_remote_code=model.trust_remote_code,
-        tensor_parallel_size=s.tensor_parallel_size,
-        gpu_memory_utilization=s.gpu_memory_utilization,
-        max_model_len=s.max_model_len or cfg.data.max_prompt_tokens + s.max_new_tokens,
+        tensor_parallel_size=sampling.tensor_parallel_size,
+        gpu_memory_utilization=sampling.gpu_memory_utilization,
+        max_model_len=sampling.max_model_len or cfg.data.max_prompt_tokens + sampling.max_new_tokens,
         seed=cfg.seed,
         progress=progress,
     )
