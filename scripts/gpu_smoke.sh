@@ -7,6 +7,7 @@
 #   scripts/gpu_smoke.sh [MODEL_DIR] [PYTEST_ARGS...]
 #
 # MODEL_DIR: a local Hugging Face model directory (default: the tests' tiny toy model).
+# PYTHON: the interpreter (default: .venv/bin/python when it exists, else python).
 # Needs the GPU environment: pip install -e ".[gpu]" (verl 0.9 + vLLM 0.24), or docker/gpu.Dockerfile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +17,8 @@ if [ $# -gt 0 ] && [ -d "$1" ]; then
   export SENT_GPU_MODEL_DIR
   shift
 fi
-exec "${PYTHON:-python}" -m pytest -m gpu -s -v -rs "$@"
+# the project's .venv when there is one, else the python on PATH (an activated environment)
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
+fi
+exec "$PYTHON" -m pytest -m gpu -s -v -rs "$@"

@@ -18,23 +18,29 @@ import pytest
 
 from sent_testing import PINNED, ROOT
 
-pytestmark = [pytest.mark.gpu, pytest.mark.slow]
-
 STEPS = 2  # verl steps a stage
 
 
-def _gpu_stack() -> None:
-    """Skip unless torch sees a CUDA GPU and verl and vLLM import."""
-    torch = pytest.importorskip("torch")
+def _missing_gpu_stack() -> str | None:
+    """Why these checks cannot run here, or None: a CUDA GPU, verl and vLLM (found, not imported)."""
+    import importlib.util
+
+    import torch
+
     if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU (scripts/gpu_smoke.sh runs these checks on a GPU machine)")
-    pytest.importorskip("verl", reason='needs verl: pip install -e ".[gpu]"')
-    pytest.importorskip("vllm", reason='needs vLLM on CUDA: pip install -e ".[gpu]"')
+        return "needs a CUDA GPU (scripts/gpu_smoke.sh runs these checks on a GPU machine)"
+    for module in ("verl", "vllm"):
+        if importlib.util.find_spec(module) is None:
+            return f'needs {module}: pip install -e ".[gpu]"'
+    return None
+
+
+MISSING = _missing_gpu_stack()
+pytestmark = [pytest.mark.gpu, pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
 
 @pytest.fixture(scope="module")
 def overrides(tiny_toy) -> list[str]:
-    _gpu_stack()
     model = os.environ.get("SENT_GPU_MODEL_DIR") or str(tiny_toy.model_dir)
     return [
         f"model.path={model}",
