@@ -2,6 +2,11 @@
 (>= 200 problems/s at N = 8), writing the curriculum shards of 1M scored problems (<= 10 s), and
 the `hf` sampler's tokens/s on the toy model (needs `sent toy bootstrap`).
 
+``--executors`` (issue 14) times the whole curation of the same toy problems with
+``sampling.executor: local`` and ``ray`` (1 actor holding this process's torch threads, then 2
+actors of 1 CPU), interleaved over ``--repeats`` rounds in one run, and a local Ray's start-up and
+time to the first finished chunk. Each ray figure includes starting and stopping its local Ray.
+
 The overhead run replaces generation by canned completions (realistic texts: mostly the right
 answer in several spellings, wrong answers, missing answers) and times the whole `curate` call:
 reading, validation with prompt tokenisation, extraction, grading, clustering, entropies,
@@ -134,9 +139,86 @@ def bench_sampler() -> None:
     )
 
 
+EXECUTORS = {
+    "local": [],
+    "ray, 1 actor": ["sampling.executor=ray", "ray.replicas=1"],  # + cpus_per_actor = torch threads
+    "ray, 2 actors": ["sampling.executor=ray", "ray.replicas=2", "ray.cpus_per_actor=1"],
+}
+
+
+def bench_executors(tmp: Path, problems: int, repeats: int) -> None:
+    import statistics
+
+    import torch
+
+    cfg = load_config(ROOT / "configs" / "toy.yaml")
+    if not Path(cfg.model.path).exists():
+        print("skipped executors: run `sent toy bootstrap` first")
+        return
+    threads = torch.get_num_threads()
+    common = ["sampling.chunk_size=64", "curriculum.drop_zero_signal=false"]
+    seconds: dict[str, list[float]] = {name: [] for name in EXECUTORS}
+    for r in range(repeats):
+        for name, overrides in EXECUTORS.items():
+            extra = [f"ray.cpus_per_actor={threads}"] if name == "ray, 1 actor" else []
+            run_cfg = load_config(ROOT / "configs" / "toy.yaml", [*common, *overrides, *extra])
+            t0 = time.perf_counter()
+            slug = name.replace(", ", "-").replace(" ", "")
+            curate(run_cfg, out=tmp / f"{slug}-{r}", limit=problems)
+            seconds[name].append(time.perf_counter() - t0)
+    base = statistics.median(seconds["local"])
+    print(
+        f"curation of {problems} toy problems, N = {cfg.sampling.n}, chunks of 64, {threads} torch threads "
+        f"(median of {repeats}, interleaved):"
+    )
+    for name, times in seconds.items():
+        median = statistics.median(times)
+        print(
+            f"  {name:14s} {problems / median:7.2f} problems/s  {median:7.1f} s  "
+            f"time/local {median / base:5.2f}  (runs: {', '.join(f'{t:.1f}' for t in times)})"
+        )
+    _ray_startup(threads)
+
+
+def _ray_startup(threads: int) -> None:
+    """A local Ray's start and stop, and the time to the first finished chunk of a 1-actor pipeline."""
+    import ray
+
+    from sent.curate import read_rows, validate_rows
+    from sent.models import load_tokenizer
+    from sent.sampling.ray_data import sample_chunks
+
+    t0 = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter() - t0
+    ray.shutdown()
+    cfg = load_config(
+        ROOT / "configs" / "toy.yaml", ["sampling.executor=ray", "ray.replicas=1", f"ray.cpus_per_actor={threads}"]
+    )
+    path = Path(cfg.data.train_path)
+    problems, _ = validate_rows(cfg, path, list(read_rows(path, limit=128)), load_tokenizer(cfg.model.path))
+    first: list[float] = []
+    t0 = time.perf_counter()
+    sample_chunks(cfg, {0: problems[:64], 1: problems[64:]}, lambda ci, table: first.append(time.perf_counter() - t0))
+    print(
+        f"local Ray: start and stop {started:.1f} s; 1-actor pipeline, time to the first of 2 chunks of 64: "
+        f"{first[0]:.1f} s (Ray start, model load, sampling, grading)"
+    )
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--executors", action="store_true", help="only the local against Ray comparison")
+    parser.add_argument("--problems", type=int, default=512, help="toy problems a curation (--executors)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (--executors)")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if args.executors:
+            bench_executors(tmp, args.problems, args.repeats)
+            return
         bench_overhead(tmp)
         bench_shards(tmp)
         bench_sampler()

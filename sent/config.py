@@ -101,6 +101,11 @@ class SamplingConfig(_Section):
         0.85, gt=0, le=1, description="vllm: share of each GPU's memory for weights and KV cache"
     )
     max_model_len: int | None = Field(None, description="vLLM context length; default prompt + response budget")
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="local: chunks sampled one after another in this process; ray: a Ray Data pipeline of "
+        "sampler actors and a grading stage over the missing chunks (settings in `ray`); the same output",
+    )
 
 
 class SemanticConfig(_Section):
@@ -333,6 +338,24 @@ class ToyConfig(_Section):
     eval_per_level: int = Field(100, gt=0, description="test problems per level for the accuracy report")
 
 
+class RayConfig(_Section):
+    """Where and how wide a Ray Data pipeline runs (``sampling.executor: ray``). The pipeline is the
+    same on a laptop and on a cluster: only the address and the resources change."""
+
+    address: str | None = Field(
+        None, description="a running Ray cluster (`ray start --head` prints it; `auto` finds it); none: a local Ray"
+    )
+    replicas: int = Field(1, gt=0, description="sampler actors, each loading the model once (data parallelism)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs a sampler actor holds (its torch threads on the CPU)")
+    gpus_per_replica: float = Field(0.0, ge=0, description="GPUs a sampler actor holds (0 on a CPU machine)")
+    cpus_per_grader: float = Field(
+        1.0, gt=0, description="CPUs a grading task holds (answer extraction, clustering, grading)"
+    )
+    runtime_env: dict[str, Any] | None = Field(
+        None, description="Ray runtime environment of the pipeline's workers (env_vars, working_dir, pip, ...)"
+    )
+
+
 class TrackingConfig(_Section):
     """MLflow lineage (`sent.tracking`)."""
 
@@ -380,6 +403,9 @@ class AblationConfig(_Section):
     reference: str = Field("grpo", description="the arm every other arm is compared with, per problem")
 
 
+PLACEMENT: dict[str, set[str]] = {"sampling": {"executor"}}
+"""Keys that say where work runs, not what it makes: left out of cache keys (`section_digest`)."""
+
 FOLLOWS: dict[tuple[str, str], tuple[str, str]] = {
     ("training", "max_prompt_tokens"): ("data", "max_prompt_tokens"),
     ("training", "max_response_tokens"): ("sampling", "max_new_tokens"),
@@ -404,6 +430,7 @@ class SentConfig(_Section):
     training: TrainingConfig = Field(TrainingConfig(), description="staged GRPO")
     evaluation: EvaluationConfig = Field(EvaluationConfig(), description="the benchmarks")
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow")
+    ray: RayConfig = Field(RayConfig(), description="the Ray Data pipeline of `sampling.executor: ray`")
     ablation: AblationConfig = Field(AblationConfig(), description="`sent ablate`")
     toy: ToyConfig | None = Field(None, description="present in configs that run on the toy world")
     source: str | None = Field(None, description="the file this was loaded from (set by load_config)")
@@ -434,8 +461,9 @@ class SentConfig(_Section):
         return redact(self.model_dump(mode="json"))
 
     def section_digest(self, *names: str) -> str:
-        """Content digest of some sections (cache keys, run directories)."""
-        payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
+        """Content digest of some sections (cache keys, run directories); where work runs
+        (`PLACEMENT`) is left out, since it does not change what the work makes."""
+        payload = {n: getattr(self, n).model_dump(mode="json", exclude=PLACEMENT.get(n)) for n in names}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -584,20 +584,21 @@ def _curate_locked(
     judge = _judge(cfg)
     if cfg.semantic.judge == "math":
         warm_up_verifier()  # the verifiers import sympy while the model loads
-    parts = []
-    t_sampling = 0.0
-    for ci, chunk in enumerate(chunks):
-        part = out_dir / "samples" / f"part-{ci:05d}.parquet"
-        if not _chunk_complete(part, len(chunk) * n):
+    parts = [out_dir / "samples" / f"part-{ci:05d}.parquet" for ci in range(len(chunks))]
+    missing = {ci: chunk for ci, chunk in enumerate(chunks) if not _chunk_complete(parts[ci], len(chunk) * n)}
+    if cfg.sampling.executor == "ray":
+        t_sampling = _sample_on_ray(cfg, missing, parts, out_dir)
+    else:
+        t_sampling = 0.0
+        for ci, chunk in missing.items():
             if sampler is None:
                 sampler = build_sampler(cfg, model_cfg)
             t0 = time.perf_counter()
             table = sample_chunk(cfg, chunk, sampler, ci, judge)
             t_sampling += time.perf_counter() - t0
-            write_table(table, part, SAMPLES_SCHEMA)
+            write_table(table, parts[ci], SAMPLES_SCHEMA)
             logger.info("sampled chunk %d/%d (%d problems)", ci + 1, len(chunks), len(chunk))
-        parts.append(part)
-        interrupt.check(f"after sampling chunk {ci + 1}/{len(chunks)} of {out_dir} (a rerun resumes from there)")
+            interrupt.check(f"after sampling chunk {ci + 1}/{len(chunks)} of {out_dir} (a rerun resumes from there)")
     samples = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else SAMPLES_SCHEMA.empty_table()
 
     # 3. scores and stages
@@ -616,6 +617,23 @@ def _curate_locked(
     state_path.unlink(missing_ok=True)
     logger.info("curation written to %s", out_dir)
     return CurationResult(out_dir, manifest, reused=False)
+
+
+def _sample_on_ray(cfg: SentConfig, missing: dict[int, list[Problem]], parts: list[Path], out_dir: Path) -> float:
+    """The missing chunks through the Ray Data pipeline (`sent.sampling.ray_data`), each written
+    to its part file as it arrives: the same checkpoints as the local loop."""
+    from sent.sampling.ray_data import sample_chunks
+
+    def write(ci: int, table: pa.Table) -> None:
+        if table.num_rows != len(missing[ci]) * cfg.sampling.n:
+            raise CurationError(f"chunk {ci}: {table.num_rows} samples, expected {len(missing[ci]) * cfg.sampling.n}")
+        write_table(table, parts[ci], SAMPLES_SCHEMA)
+        done.append(ci)
+        logger.info("sampled chunk %d/%d on Ray (%d of %d missing done)", ci + 1, len(parts), len(done), len(missing))
+        interrupt.check(f"after sampling chunk {ci + 1}/{len(parts)} of {out_dir} (a rerun resumes from there)")
+
+    done: list[int] = []
+    return sample_chunks(cfg, missing, write)
 
 
 def _publish_curriculum(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -191,7 +192,8 @@ def uses_gpu(cfg: SentConfig, phase: str) -> bool:
     if phase == "train":
         return on_device or (cfg.training.engine == "verl" and cfg.training.verl.device != "cpu")
     if phase == "curate":
-        return on_device or cfg.sampling.backend == "vllm"
+        on_ray_gpus = cfg.sampling.executor == "ray" and cfg.ray.gpus_per_replica > 0
+        return on_device or cfg.sampling.backend == "vllm" or on_ray_gpus
     if phase == "eval":
         return on_device or cfg.evaluation.backend == "vllm"
     return on_device
@@ -207,18 +209,30 @@ def server_configured() -> bool:
 GPU_LIMIT = "gpu"
 
 
+def gpu_slots(cfg: SentConfig, phase: str) -> int:
+    """Slots of the ``gpu`` limit a phase holds: none for CPU work, one for a phase in this process,
+    and the GPUs of its Ray Data pipeline for a curation on ``sampling.executor: ray``
+    (``ray.replicas`` x ``ray.gpus_per_replica``, rounded up)."""
+    if not uses_gpu(cfg, phase):
+        return 0
+    if phase == "curate" and cfg.sampling.executor == "ray":
+        return max(1, math.ceil(cfg.ray.replicas * cfg.ray.gpus_per_replica))
+    return 1
+
+
 @contextmanager
 def gpu_slot(cfg: SentConfig, phase: str, *, strict: bool | None = None) -> Iterator[bool]:
-    """Hold one slot of the Prefect global concurrency limit ``gpu`` while a phase uses a GPU.
-    Strict (a missing limit is an error) when a server is configured; CPU work takes no slot.
-    Yields whether a slot is held."""
-    if not uses_gpu(cfg, phase):
+    """Hold the phase's slots (`gpu_slots`) of the Prefect global concurrency limit ``gpu`` while it
+    runs: the limit is the GPUs of the work pool. Strict (a missing limit is an error) when a
+    server is configured; CPU work takes no slot. Yields whether slots are held."""
+    slots = gpu_slots(cfg, phase)
+    if not slots:
         yield False
         return
     from prefect.concurrency.sync import concurrency
 
     strict = server_configured() if strict is None else strict
-    with concurrency(GPU_LIMIT, occupy=1, strict=strict):
+    with concurrency(GPU_LIMIT, occupy=slots, strict=strict):
         yield True
 
 

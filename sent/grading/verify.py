@@ -108,16 +108,21 @@ class _VerifierPool:
             self._all.append(worker)
         return worker
 
-    def warm_up(self) -> None:
-        """Start every worker now (they import sympy in the background)."""
+    def warm_up(self, wait_s: float = 0.0) -> None:
+        """Start every worker now (they import sympy in the background); with ``wait_s``, wait up
+        to that long for them to be ready, outside any check's budget."""
         held = []
         while True:
             try:
                 held.append(self._idle.get_nowait())
             except queue.Empty:
                 break
+        held = [w if w is not None and w.alive() else self._spawn() for w in held]
+        deadline = time.monotonic() + wait_s
         for w in held:
-            self._idle.put(w if w is not None and w.alive() else self._spawn())
+            if wait_s > 0:
+                w.wait_ready(deadline)
+            self._idle.put(w)
 
     def equivalent(self, a: str, b: str, deadline: float) -> bool | None:
         """math-verify's symmetric verdict, or None when it was not reached before ``deadline``."""
@@ -168,10 +173,11 @@ def _get_pool() -> _VerifierPool:
         return _pool
 
 
-def warm_up_verifier() -> None:
+def warm_up_verifier(wait_s: float = 0.0) -> None:
     """Start the math-verify workers now, so that the first symbolic check does not pay their
-    start-up (sympy's import) out of its time budget. Curation, training and evaluation call it."""
-    _get_pool().warm_up()
+    start-up (sympy's import) out of its time budget. Curation, training and evaluation call it
+    while their model loads; a process that only grades (a Ray grading task) waits ``wait_s``."""
+    _get_pool().warm_up(wait_s)
 
 
 @atexit.register

@@ -118,6 +118,21 @@ def test_prefect_retries_io_failures_and_not_the_others(harness):
     assert bad_state.is_failed() and calls["bad"] == 1  # not retried
 
 
+def test_a_curation_on_ray_holds_a_gpu_slot_per_gpu_of_its_pipeline(cfg):
+    from tasks.common import gpu_slots
+
+    def with_(**sections):
+        return cfg.model_copy(update={k: getattr(cfg, k).model_copy(update=v) for k, v in sections.items()})
+
+    assert gpu_slots(cfg, "curate") == 0  # the toy config: hf on the CPU, in this process
+    assert gpu_slots(with_(sampling={"executor": "ray"}), "curate") == 0  # Ray actors on CPUs
+    on_gpus = {"sampling": {"executor": "ray"}, "ray": {"replicas": 8, "gpus_per_replica": 1.0}}
+    assert gpu_slots(with_(**on_gpus), "curate") == 8
+    assert gpu_slots(with_(sampling={"executor": "ray"}, ray={"replicas": 3, "gpus_per_replica": 0.5}), "curate") == 2
+    assert gpu_slots(with_(sampling={"backend": "vllm"}), "curate") == 1  # one engine in this process
+    assert gpu_slots(with_(**on_gpus), "eval") == 0  # evaluation samples in this process (hf on the CPU)
+
+
 def test_gpu_work_holds_a_slot_of_the_gpu_limit(harness, cfg):
     from prefect import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
