@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 VERIFIER_START_S = 120.0
 """How long a grading task waits for its math-verify workers to start (sympy's import), once."""
 
-INSTALL = "Ray Data is not installed: pip install 'ray[data]' (it comes with verl; the gpu extra has it)"
+INSTALL = "Ray Data is not installed: pip install -e '.[ray]' (ray[data]; the gpu and dev extras have it)"
 
 
 class RayExecutorError(SentError, RuntimeError):
