@@ -45,6 +45,7 @@ USER_ERRORS = [
     ("sent.evaluation", "EvaluationError", ValueError),
     ("sent.locks", "LockedError", RuntimeError),
     ("sent.models", "ModelNotFoundError", OSError),
+    ("sent.sampling.ray_data", "RayExecutorError", RuntimeError),
     ("sent.steps", "StepError", RuntimeError),
     ("sent.tracking", "TrackingError", RuntimeError),
 ]
