@@ -13,8 +13,10 @@ row per chunk still to sample, and two stages:
 The driver takes each chunk's table as soon as it is done and writes it (`on_chunk`), so an
 interrupted curation resumes with the chunks it lacks, whichever executor ran the rest. A chunk
 comes out the same whichever actor samples it; it equals the local loop's exactly when the actor
-runs torch with the same number of threads (``ray.cpus_per_actor`` = this process's), and to float
-rounding otherwise (the log-probabilities' sums are added in another order).
+runs torch with the same number of threads (``ray.cpus_per_actor`` = this process's). Another thread
+count rounds the model's arithmetic differently: log-probabilities then agree to about 1e-7
+relatively, and a sampled token could in principle flip where a draw falls that close to a
+boundary (it never did in the tests here).
 
 ``ray.address`` names a running cluster; without one a local Ray is started for the curation and
 stopped after it, with one logical CPU more than the sampler actors hold, so that the grading stage
@@ -27,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -177,7 +180,7 @@ def _connect(ray, cfg: SentConfig) -> bool:
     if rc.address is None:
         # one logical CPU more than the samplers hold: the grading stage always gets a slot
         options["num_cpus"] = max(os.cpu_count() or 1, int(rc.replicas * rc.cpus_per_actor + rc.cpus_per_grader))
-        options["num_gpus"] = int(rc.replicas * rc.gpus_per_replica + 0.999) or None
+        options["num_gpus"] = math.ceil(rc.replicas * rc.gpus_per_replica) or None  # none: Ray detects them
     else:
         options["address"] = rc.address
     logger.info("Ray: %s", rc.address or f"a local Ray ({options['num_cpus']} logical CPUs)")

@@ -61,8 +61,9 @@ def test_one_actor_with_this_process_threads_equals_the_local_loop_exactly(local
 
 def test_two_actors_give_the_same_curation_to_float_rounding(local, tiny_toy, tmp_path):
     # 2 actors of 1 CPU: each chunk is sampled by whichever actor is free, with 1 torch thread.
-    # Tokens, texts, answers, grades and classes are the same; log-probabilities agree to rounding,
-    # and so do the weighted entropies; the stages are the same problems in the same order.
+    # Tokens, texts, answers, grades and classes are the same; log-probabilities agree to rounding
+    # (with another thread count than this process's), and so do the weighted entropies; the stages
+    # are the same problems in the same order.
     cfg = toy_config(tiny_toy, *SMALL, "sampling.executor=ray", "ray.replicas=2", "ray.cpus_per_actor=1")
     out = curate(cfg, out=tmp_path / "ray", limit=LIMIT).out_dir
     for i in range(4):
@@ -73,7 +74,8 @@ def test_two_actors_give_the_same_curation_to_float_rounding(local, tiny_toy, tm
         pq.read_table(local / "scores.parquet").to_pylist(),
     )
     for a, b in zip(ours, theirs, strict=True):
-        assert math.isclose(a.pop("weighted_semantic_entropy"), b.pop("weighted_semantic_entropy"), abs_tol=1e-9)
+        # exp of length-normalised log-probabilities: their rounding, relatively (measured: 1.3e-9)
+        assert math.isclose(a.pop("weighted_semantic_entropy"), b.pop("weighted_semantic_entropy"), rel_tol=1e-6)
         assert a == b
     for stage in (1, 2):
         ids = [r["id"] for r in load_curriculum(out, stage).column("extra_info").to_pylist()]
