@@ -31,6 +31,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -184,5 +186,17 @@ def _connect(ray, cfg: SentConfig) -> bool:
     else:
         options["address"] = rc.address
     logger.info("Ray: %s", rc.address or f"a local Ray ({options['num_cpus']} logical CPUs)")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     ray.init(**{k: v for k, v in options.items() if v is not None})
+    _restore(handlers)
     return True
+
+
+def _restore(handlers: dict) -> None:
+    """Put back the signal handlers ``ray.init`` replaced (it installs its own SIGTERM handler in the
+    driver): a SIGTERM must still reach `sent.interrupt`, which stops at the next chunk."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread can set handlers, and ray.init sets none elsewhere
+    for sig, handler in handlers.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)

@@ -52,7 +52,10 @@ def _same_samples(a, b, *, exact_floats: bool) -> None:
 
 def test_one_actor_with_this_process_threads_equals_the_local_loop_exactly(local, tiny_toy, tmp_path):
     cfg = toy_config(tiny_toy, *SMALL, "sampling.executor=ray", "ray.replicas=1", f"ray.cpus_per_actor={_threads()}")
+    handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
     out = curate(cfg, out=tmp_path / "ray", limit=LIMIT).out_dir
+    # ray.init installs a SIGTERM handler of its own: ours (sent.interrupt's, or the default) are back
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == handlers
     for name in ["scores.parquet", *[f"samples/part-0000{i}.parquet" for i in range(4)]]:
         assert pq.read_table(out / name).equals(pq.read_table(local / name)), name
     for stage in (1, 2):
