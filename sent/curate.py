@@ -581,24 +581,14 @@ def _curate_locked(
     # 2. sampling in resumable chunks
     size, n = cfg.sampling.chunk_size, cfg.sampling.n
     chunks = [problems[i : i + size] for i in range(0, len(problems), size)]
-    judge = _judge(cfg)
-    if cfg.semantic.judge == "math":
-        warm_up_verifier()  # the verifiers import sympy while the model loads
     parts = [out_dir / "samples" / f"part-{ci:05d}.parquet" for ci in range(len(chunks))]
     missing = {ci: chunk for ci, chunk in enumerate(chunks) if not _chunk_complete(parts[ci], len(chunk) * n)}
-    if cfg.sampling.executor == "ray":
+    if not missing:
+        t_sampling = 0.0
+    elif cfg.sampling.executor == "ray":
         t_sampling = _sample_on_ray(cfg, missing, parts, out_dir)
     else:
-        t_sampling = 0.0
-        for ci, chunk in missing.items():
-            if sampler is None:
-                sampler = build_sampler(cfg, model_cfg)
-            t0 = time.perf_counter()
-            table = sample_chunk(cfg, chunk, sampler, ci, judge)
-            t_sampling += time.perf_counter() - t0
-            write_table(table, parts[ci], SAMPLES_SCHEMA)
-            logger.info("sampled chunk %d/%d (%d problems)", ci + 1, len(chunks), len(chunk))
-            interrupt.check(f"after sampling chunk {ci + 1}/{len(chunks)} of {out_dir} (a rerun resumes from there)")
+        t_sampling = _sample_locally(cfg, missing, parts, out_dir, sampler, model_cfg)
     samples = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else SAMPLES_SCHEMA.empty_table()
 
     # 3. scores and stages
@@ -617,6 +607,26 @@ def _curate_locked(
     state_path.unlink(missing_ok=True)
     logger.info("curation written to %s", out_dir)
     return CurationResult(out_dir, manifest, reused=False)
+
+
+def _sample_locally(
+    cfg: SentConfig, missing: dict[int, list[Problem]], parts: list[Path], out_dir: Path, sampler, model_cfg
+) -> float:
+    """The missing chunks one after another in this process, each written to its part file."""
+    judge = _judge(cfg)
+    if cfg.semantic.judge == "math":
+        warm_up_verifier()  # the verifiers import sympy while the model loads
+    t_sampling = 0.0
+    for ci, chunk in missing.items():
+        if sampler is None:
+            sampler = build_sampler(cfg, model_cfg)
+        t0 = time.perf_counter()
+        table = sample_chunk(cfg, chunk, sampler, ci, judge)
+        t_sampling += time.perf_counter() - t0
+        write_table(table, parts[ci], SAMPLES_SCHEMA)
+        logger.info("sampled chunk %d/%d (%d problems)", ci + 1, len(parts), len(chunk))
+        interrupt.check(f"after sampling chunk {ci + 1}/{len(parts)} of {out_dir} (a rerun resumes from there)")
+    return t_sampling
 
 
 def _sample_on_ray(cfg: SentConfig, missing: dict[int, list[Problem]], parts: list[Path], out_dir: Path) -> float:
