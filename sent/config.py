@@ -103,8 +103,9 @@ class SamplingConfig(_Section):
     max_model_len: int | None = Field(None, description="vLLM context length; default prompt + response budget")
     executor: Literal["local", "ray"] = Field(
         "local",
-        description="local: chunks sampled one after another in this process; ray: a Ray Data pipeline of "
-        "sampler actors and a grading stage over the missing chunks (settings in `ray`); the same output",
+        description="local: curation's chunks and evaluation's benchmarks sampled one after another in this "
+        "process; ray: as one Ray Data pipeline of sampler replicas (hf actors, or vLLM engines through "
+        "ray.data.llm) with grading in Ray tasks (settings in `ray`); the same output",
     )
 
 
@@ -345,9 +346,17 @@ class RayConfig(_Section):
     address: str | None = Field(
         None, description="a running Ray cluster (`ray start --head` prints it; `auto` finds it); none: a local Ray"
     )
-    replicas: int = Field(1, gt=0, description="sampler actors, each loading the model once (data parallelism)")
-    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs a sampler actor holds (its torch threads on the CPU)")
-    gpus_per_replica: float = Field(0.0, ge=0, description="GPUs a sampler actor holds (0 on a CPU machine)")
+    replicas: int = Field(
+        1, gt=0, description="sampler replicas, each loading the model once (data parallel): hf actors or vLLM engines"
+    )
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs an hf sampler actor holds (its torch threads on CPU)")
+    gpus_per_replica: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs an hf sampler actor holds (0 on a CPU machine); a vLLM engine holds "
+        "sampling.tensor_parallel_size GPUs",
+    )
+    batch_size: int = Field(64, gt=0, description="vllm: requests (one per response) handed to a replica at a time")
     cpus_per_grader: float = Field(
         1.0, gt=0, description="CPUs a grading task holds (answer extraction, clustering, grading)"
     )

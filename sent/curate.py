@@ -300,9 +300,14 @@ def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_in
     return grade_chunk(cfg, problems, generate_chunk(cfg, problems, sampler, chunk_index), judge)
 
 
+def chunk_seed(cfg: SentConfig, chunk_index: int) -> int:
+    """A chunk's sampling seed: the run's seed and the chunk's index, so a chunk comes out the same
+    whichever process samples it."""
+    return cfg.seed * 1_000_003 + chunk_index
+
+
 def generate_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_index: int) -> list[list[Completion]]:
-    """The N completions of each problem of a chunk. The seed is the chunk's (the run's seed and
-    the chunk's index), so a chunk comes out the same whichever process samples it."""
+    """The N completions of each problem of a chunk, seeded by `chunk_seed`."""
     sampling = cfg.sampling
     return sampler.generate(
         [cfg.prompt.messages(p.problem) for p in problems],
@@ -310,7 +315,7 @@ def generate_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         max_new_tokens=sampling.max_new_tokens,
-        seed=cfg.seed * 1_000_003 + chunk_index,
+        seed=chunk_seed(cfg, chunk_index),
     )
 
 

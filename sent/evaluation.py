@@ -302,7 +302,9 @@ def evaluate_model(
     sampler=None,
     limit: int | None = None,
 ) -> dict[str, Any]:
-    """Sample ``n`` responses per problem from the model at ``model_path`` and score them."""
+    """Sample ``n`` responses per problem from the model at ``model_path`` and score them. Each
+    benchmark is one sampling job seeded ``seed``; with ``sampling.executor: ray`` all of them run
+    as one Ray Dataset (`sent.sampling.ray_data.sample_benchmarks`), with the same results."""
     from sent.config import ModelConfig
     from sent.sampling.configured import build_sampler
 
@@ -312,22 +314,30 @@ def evaluate_model(
     limit = limit if limit is not None else ev.limit
     data_dir = data_dir or ev.data_dir
     toy_dir = cfg.toy.data_dir if cfg.toy is not None else None
-    if sampler is None:
-        model = ModelConfig(**{**cfg.model.model_dump(), "path": str(model_path), "tokenizer": None})
-        sampler = build_sampler(cfg, model, backend=ev.backend)
+    model = ModelConfig(**{**cfg.model.model_dump(), "path": str(model_path), "tokenizer": None})
+    jobs = {name: load_benchmark(benchmark_path(name, data_dir, toy_dir))[:limit] for name in benchmarks}
+    settings = {"n": n, "temperature": ev.temperature, "top_p": ev.top_p, "max_new_tokens": ev.max_new_tokens}
+    if sampler is None and cfg.sampling.executor == "ray":
+        from sent.sampling.ray_data import Settings, sample_benchmarks
+
+        interrupt.check("before evaluating on Ray")
+        prompts = {name: [cfg.prompt.messages(p.problem) for p in problems] for name, problems in jobs.items()}
+        sampled = sample_benchmarks(cfg, model, ev.backend, prompts, Settings(**settings, logprobs=False), cfg.seed)
+    else:
+        sampler = sampler or build_sampler(cfg, model, backend=ev.backend)
+        sampled = None
     per_benchmark, details = {}, []
-    for name in benchmarks:
-        interrupt.check(f"before evaluating {name}")
-        problems = load_benchmark(benchmark_path(name, data_dir, toy_dir))[:limit]
-        outs = sampler.generate(
-            [cfg.prompt.messages(p.problem) for p in problems],
-            n=n,
-            temperature=ev.temperature,
-            top_p=ev.top_p,
-            max_new_tokens=ev.max_new_tokens,
-            seed=cfg.seed,
-            logprobs=False,  # graded by their text only
-        )
+    for name, problems in jobs.items():
+        if sampled is not None:
+            outs = sampled[name]
+        else:
+            interrupt.check(f"before evaluating {name}")
+            outs = sampler.generate(
+                [cfg.prompt.messages(p.problem) for p in problems],
+                **settings,
+                seed=cfg.seed,
+                logprobs=False,  # graded by their text only
+            )
         responses = {p.id: [c.text for c in cs] for p, cs in zip(problems, outs, strict=True)}
         metrics, rows = score_benchmark(name, problems, responses, ev.k)
         per_benchmark[name] = metrics

@@ -191,12 +191,15 @@ def uses_gpu(cfg: SentConfig, phase: str) -> bool:
     on_device = resolve_device(cfg.model.device).type != "cpu"
     if phase == "train":
         return on_device or (cfg.training.engine == "verl" and cfg.training.verl.device != "cpu")
-    if phase == "curate":
+    if phase in ("curate", "eval"):
+        backend = _sampling_backend(cfg, phase)
         on_ray_gpus = cfg.sampling.executor == "ray" and cfg.ray.gpus_per_replica > 0
-        return on_device or cfg.sampling.backend == "vllm" or on_ray_gpus
-    if phase == "eval":
-        return on_device or cfg.evaluation.backend == "vllm"
+        return on_device or backend == "vllm" or on_ray_gpus
     return on_device
+
+
+def _sampling_backend(cfg: SentConfig, phase: str) -> str:
+    return cfg.evaluation.backend if phase == "eval" else cfg.sampling.backend
 
 
 def server_configured() -> bool:
@@ -211,12 +214,15 @@ GPU_LIMIT = "gpu"
 
 def gpu_slots(cfg: SentConfig, phase: str) -> int:
     """Slots of the ``gpu`` limit a phase holds: none for CPU work, one for a phase in this process,
-    and the GPUs of its Ray Data pipeline for a curation on ``sampling.executor: ray``
-    (``ray.replicas`` x ``ray.gpus_per_replica``, rounded up)."""
+    and the GPUs of its Ray Data pipeline for a curation or evaluation on ``sampling.executor: ray``
+    (``ray.replicas`` x a replica's GPUs, rounded up: a vLLM engine's tensor-parallel size, or
+    ``ray.gpus_per_replica`` for hf actors)."""
+    from sent.sampling.ray_data import replica_gpus
+
     if not uses_gpu(cfg, phase):
         return 0
-    if phase == "curate" and cfg.sampling.executor == "ray":
-        return max(1, math.ceil(cfg.ray.replicas * cfg.ray.gpus_per_replica))
+    if phase in ("curate", "eval") and cfg.sampling.executor == "ray":
+        return max(1, math.ceil(cfg.ray.replicas * replica_gpus(cfg, _sampling_backend(cfg, phase))))
     return 1
 
 

@@ -51,6 +51,9 @@ def test_paper_presets_carry_the_method(path):
     assert pl.sent_ppo_clip is False
     assert cfg.curriculum.n_stages == 2
     assert cfg.evaluation.n == 16 and cfg.evaluation.max_new_tokens == 8000
+    # curation and evaluation: data-parallel vLLM replicas on Ray Data, filling the node's GPUs
+    assert cfg.sampling.executor == "ray" and cfg.evaluation.backend == "vllm"
+    assert cfg.ray.replicas * cfg.sampling.tensor_parallel_size == cfg.training.verl.n_gpus_per_node == 8
 
 
 def write(tmp_path, text: str) -> Path:

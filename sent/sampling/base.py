@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -42,10 +43,25 @@ class Sampler(Protocol):
         max_new_tokens: int,
         seed: int,
         logprobs: bool = True,
+        start: int = 0,
     ) -> list[list[Completion]]:
         """``n`` completions of each chat prompt, in prompt order. Deterministic in ``seed``.
-        With ``logprobs=False`` no log-probability is computed (``Completion.logprob`` is NaN)."""
+        With ``logprobs=False`` no log-probability is computed (``Completion.logprob`` is NaN).
+
+        ``start`` is the position of the first prompt in a longer job cut into pieces: a piece
+        sampled with the job's seed and its ``start`` comes out as the same rows of the whole job
+        sampled at once (the ``hf`` sampler needs ``start`` to fall on one of its batches). The
+        Ray executor relies on it to spread one job over workers."""
         ...
+
+
+def request_seed(seed: int, position: int, sample: int) -> int:
+    """The seed of one sampled response: sample ``sample`` of the prompt at ``position`` in a job
+    seeded ``seed``. A hash, so that no two responses share a random stream (``seed + position +
+    sample`` would give sample 1 of one prompt the stream of sample 0 of the next), in 63 bits
+    (a signed 64-bit integer in vLLM, Arrow and torch)."""
+    digest = hashlib.blake2b(f"{seed}:{position}:{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 SAMPLERS: dict[str, Callable[..., Sampler]] = {}

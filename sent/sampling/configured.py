@@ -33,7 +33,12 @@ def build_sampler(cfg: SentConfig, model: ModelConfig, *, backend: str | None = 
         trust_remote_code=model.trust_remote_code,
         tensor_parallel_size=sampling.tensor_parallel_size,
         gpu_memory_utilization=sampling.gpu_memory_utilization,
-        max_model_len=sampling.max_model_len or cfg.data.max_prompt_tokens + sampling.max_new_tokens,
+        max_model_len=max_model_len(cfg),
         seed=cfg.seed,
         progress=progress,
     )
+
+
+def max_model_len(cfg: SentConfig) -> int:
+    """vLLM's context length: ``sampling.max_model_len``, else the prompt and response budgets."""
+    return cfg.sampling.max_model_len or cfg.data.max_prompt_tokens + cfg.sampling.max_new_tokens

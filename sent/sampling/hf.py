@@ -2,8 +2,9 @@
 
 Settings are passed as a fresh `GenerationConfig` (``top_k=0``), so the model's own generation
 defaults (often ``top_k=50``) never change the sampling distribution. Randomness comes from a
-forked RNG seeded per batch, so sampling leaves the caller's RNG state alone (the training
-engine checkpoints it).
+forked RNG seeded per batch (the job's seed and the batch's index, counted from ``start``), so
+sampling leaves the caller's RNG state alone (the training engine checkpoints it), and a job cut
+into pieces on batch boundaries samples as it would whole.
 
 Log-probabilities come from generate's own forward passes: a logits processor placed before
 temperature and top-p (Hugging Face runs caller processors before its warpers) keeps one step's
@@ -94,8 +95,16 @@ class HFSampler:
         max_new_tokens: int,
         seed: int,
         logprobs: bool = True,
+        start: int = 0,
     ) -> list[list[Completion]]:
         from transformers import GenerationConfig, LogitsProcessorList
+
+        if start % self.batch_size:
+            raise ValueError(
+                f"start={start} is not a multiple of the batch size {self.batch_size}: the hf sampler seeds "
+                "whole batches, so a piece of a job must begin on one"
+            )
+        first_batch = start // self.batch_size
 
         tok, model = self.tokenizer, self.model
         eos = tok.eos_token_id
@@ -116,13 +125,13 @@ class HFSampler:
         model.eval()
         results: list[list[Completion]] = []
         batches = range(0, len(texts), self.batch_size)
-        for b, start in enumerate(tqdm(batches, desc="sampling", unit="batch", disable=not self.progress)):
-            batch_ids = prompt_ids[start : start + self.batch_size]
+        for b, lo in enumerate(tqdm(batches, desc="sampling", unit="batch", disable=not self.progress)):
+            batch_ids = prompt_ids[lo : lo + self.batch_size]
             enc = tok.pad({"input_ids": batch_ids}, return_tensors="pt", padding=True)
             enc = {k: v.to(device) for k, v in enc.items()}
             recorder = _SampledLogprobs() if logprobs else None
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed * 1_000_003 + b)
+                torch.manual_seed(seed * 1_000_003 + first_batch + b)
                 seqs = model.generate(
                     **enc,
                     generation_config=gen_cfg,

@@ -1,10 +1,14 @@
 """The ``vllm`` sampler: vLLM's offline ``LLM.generate``.
 
-One `SamplingParams` per prompt: ``n``, temperature, top_p, ``max_tokens`` always set (vLLM's
-default is 16), ``logprobs=0`` when the caller wants log-probabilities (so ``cumulative_logprob``
-is filled) and a per-prompt seed (``seed + prompt index``), so that sample k of different prompts
-is not correlated and results do not depend on how vLLM batches requests. Tensor-parallel size from the config.
-vLLM needs a GPU (no CPU wheel on PyPI); its module is imported only when this sampler is built.
+One request per response: the prompt once per sample, each with ``n=1`` and its own seed
+(`sent.sampling.base.request_seed` of the job's seed, the prompt's position counted from ``start``,
+and the sample), so results do not depend on how vLLM batches requests, no two responses share a
+random stream, and the Ray executor, which sends the same requests through ``ray.data.llm`` (that
+keeps one output per request), samples the same responses. vLLM's prefix cache holds the prompt's
+KV once for its N requests. Temperature, top_p and ``max_tokens`` are always set (vLLM's default is
+16); ``logprobs=0`` when the caller wants log-probabilities (so ``cumulative_logprob`` is filled).
+Tensor-parallel size from the config. vLLM needs a GPU (no CPU wheel on PyPI); its module is
+imported only when this sampler is built.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from sent.sampling.base import Completion, Messages, register_sampler
+from sent.sampling.base import Completion, Messages, register_sampler, request_seed
 
 
 class VLLMSampler:
@@ -62,35 +66,34 @@ class VLLMSampler:
         max_new_tokens: int,
         seed: int,
         logprobs: bool = True,
+        start: int = 0,
     ) -> list[list[Completion]]:
         tok = self.llm.get_tokenizer()
         texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        requests = [(i, k) for i in range(len(texts)) for k in range(n)]
         params = [
             self.params_cls(
-                n=n,
+                n=1,
                 temperature=temperature,
                 top_p=top_p,
                 max_tokens=max_new_tokens,
                 logprobs=0 if logprobs else None,
-                seed=seed + i,
+                seed=request_seed(seed, start + i, k),
             )
-            for i in range(len(texts))
+            for i, k in requests
         ]
-        outputs = self.llm.generate(texts, params, use_tqdm=self.progress)
-        results = []
-        for out in outputs:
-            completions = sorted(out.outputs, key=lambda c: c.index)
-            results.append(
-                [
-                    Completion(
-                        text=c.text,
-                        token_ids=tuple(c.token_ids),
-                        logprob=float(c.cumulative_logprob if c.cumulative_logprob is not None else float("nan")),
-                        finish_reason="stop" if c.finish_reason == "stop" else "length",
-                        prompt_token_ids=tuple(out.prompt_token_ids) if out.prompt_token_ids is not None else None,
-                    )
-                    for c in completions
-                ]
+        outputs = self.llm.generate([texts[i] for i, _ in requests], params, use_tqdm=self.progress)
+        results: list[list[Completion]] = [[] for _ in texts]
+        for (i, _), out in zip(requests, outputs, strict=True):
+            (c,) = out.outputs
+            results[i].append(
+                Completion(
+                    text=c.text,
+                    token_ids=tuple(c.token_ids),
+                    logprob=float(c.cumulative_logprob if c.cumulative_logprob is not None else float("nan")),
+                    finish_reason="stop" if c.finish_reason == "stop" else "length",
+                    prompt_token_ids=tuple(out.prompt_token_ids) if out.prompt_token_ids is not None else None,
+                )
             )
         return results
 

@@ -92,12 +92,16 @@ def test_the_executor_is_not_part_of_the_curation_identity(local, tiny_toy):
     assert curate(ray_cfg, out=local, limit=LIMIT).reused  # no Ray started: nothing to do
 
 
-def test_an_unsupported_sampler_is_refused_before_ray_starts(tiny_toy, tmp_path):
+def test_vllm_without_ray_data_llm_is_refused_before_ray_starts(tiny_toy, tmp_path, monkeypatch):
+    import ray
+
     from sent.sampling.ray_data import RayExecutorError
 
+    monkeypatch.setitem(sys.modules, "ray.data.llm", None)  # as where ray.data.llm cannot import
     cfg = toy_config(tiny_toy, *SMALL, "sampling.executor=ray", "sampling.backend=vllm")
-    with pytest.raises(RayExecutorError, match=r"ray\.data\.llm is not built yet"):
+    with pytest.raises(RayExecutorError, match=r"pip install -e '\.\[gpu\]'"):
         curate(cfg, out=tmp_path / "ray", limit=LIMIT)
+    assert not ray.is_initialized()
 
 
 def test_kill_9_then_rerun_on_ray_resumes_with_the_missing_chunks(local, tiny_toy, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from sent.models import load_model, load_tokenizer, token_logprobs
 from sent.sampling import Completion, make_sampler
+from sent.sampling.base import request_seed
 from sent.sampling.hf import HFSampler
 from sent.sampling.vllm import VLLMSampler
 
@@ -115,6 +118,20 @@ def test_hf_greedy_and_length_limit(sampler):
     assert all(c.n_tokens <= 2 for cs in short for c in cs)
 
 
+def test_hf_job_cut_into_pieces_on_batch_boundaries_samples_as_whole(sampler):
+    """What the Ray executor relies on: a piece sampled with the job's seed and its start equals
+    those rows of the whole job; a start inside a batch is refused (it would reuse a batch's seed)."""
+    small = HFSampler(sampler.model, sampler.tokenizer, batch_size=2, progress=False)
+    prompts = [[{"role": "user", "content": f"Compute {a}+{a + 3}."}] for a in range(5)]
+    settings = {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 12, "seed": 3}
+    whole = small.generate(prompts, **settings)
+    assert small.generate(prompts[2:], **settings, start=2) == whole[2:]
+    assert small.generate(prompts[4:], **settings, start=4) == whole[4:]
+    assert small.generate(prompts[2:], **settings) != whole[2:]  # start matters: batch 0's seed otherwise
+    with pytest.raises(ValueError, match="start=1 is not a multiple of the batch size 2"):
+        small.generate(prompts[1:], **settings, start=1)
+
+
 def test_hf_sampler_needs_a_model():
     with pytest.raises(ValueError, match="model_path"):
         HFSampler()
@@ -174,36 +191,46 @@ class FakeLLM:
     def generate(self, prompts, sampling_params, use_tqdm=True):
         self.calls.append((prompts, sampling_params))
         outs = []
-        for i, (prompt, params) in enumerate(zip(prompts, sampling_params, strict=True)):
-            # completions in reverse index order, to check that the adapter sorts them
+        for r, (prompt, params) in enumerate(zip(prompts, sampling_params, strict=True)):
+            finish = "stop" if r % 2 else "length"
             completions = [
-                CompletionOutput(
-                    k,
-                    f"p{i} s{k} \\boxed{{{k}}}",
-                    [1, 2, k],
-                    -0.5 * (k + 1),
-                    None,
-                    "stop" if k % 2 == 0 else "length",
-                )
-                for k in reversed(range(params.n))
+                CompletionOutput(k, f"r{r} \\boxed{{{r}}}", [1, 2, r], -0.5 * (r + 1), None, finish)
+                for k in range(params.n)
             ]
-            outs.append(RequestOutput(str(i), prompt, [0], completions))
+            outs.append(RequestOutput(str(r), prompt, [0], completions))
         return outs
 
 
-def test_vllm_adapter_maps_outputs_and_sets_every_parameter(tiny_toy):
+def test_vllm_adapter_sends_one_seeded_request_per_response(tiny_toy):
     llm = FakeLLM(load_tokenizer(tiny_toy.model_dir))
     sampler = VLLMSampler(llm=llm, sampling_params_cls=FakeSamplingParams, progress=False)
     out = sampler.generate(PROMPTS, n=3, temperature=0.7, top_p=0.9, max_new_tokens=512, seed=100)
     ((texts, params),) = llm.calls
-    assert texts[0].startswith("<|im_start|>user\nCompute 3+4.")  # chat template applied
-    assert [p.seed for p in params] == [100, 101]  # per-prompt seeds
-    assert all((p.n, p.temperature, p.top_p, p.max_tokens, p.logprobs) == (3, 0.7, 0.9, 512, 0) for p in params)
-    assert [c.text for c in out[1]] == ["p1 s0 \\boxed{0}", "p1 s1 \\boxed{1}", "p1 s2 \\boxed{2}"]
-    assert [c.finish_reason for c in out[0]] == ["stop", "length", "stop"]
-    assert out[0][2] == Completion("p0 s2 \\boxed{2}", (1, 2, 2), -1.5, "stop", prompt_token_ids=(0,))
+    # 2 prompts x 3 samples = 6 requests, prompt-major; the chat template applied
+    assert len(texts) == 6 and texts[0] == texts[2] != texts[3]
+    assert texts[0].startswith("<|im_start|>user\nCompute 3+4.")
+    assert [p.seed for p in params] == [request_seed(100, i, k) for i in range(2) for k in range(3)]
+    assert len({p.seed for p in params}) == 6  # no two responses share a random stream
+    assert all((p.n, p.temperature, p.top_p, p.max_tokens, p.logprobs) == (1, 0.7, 0.9, 512, 0) for p in params)
+    # requests 3, 4, 5 are prompt 1's samples 0, 1, 2
+    assert [c.text for c in out[1]] == ["r3 \\boxed{3}", "r4 \\boxed{4}", "r5 \\boxed{5}"]
+    assert [c.finish_reason for c in out[0]] == ["length", "stop", "length"]
+    assert out[0][2] == Completion("r2 \\boxed{2}", (1, 2, 2), -1.5, "length", prompt_token_ids=(0,))
     sampler.generate(PROMPTS, n=1, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0, logprobs=False)
     assert all(p.logprobs is None for p in llm.calls[-1][1])  # no log-probabilities asked for
+    # a piece of the job starting at prompt 1 asks for prompt 1's seeds, as the whole job did
+    sampler.generate(PROMPTS[1:], n=3, temperature=0.7, top_p=0.9, max_new_tokens=512, seed=100, start=1)
+    assert [p.seed for p in llm.calls[-1][1]] == [p.seed for p in params[3:]]
+
+
+def test_request_seeds_are_distinct_and_stable():
+    seeds = {request_seed(s, i, k) for s in range(3) for i in range(200) for k in range(8)}
+    assert len(seeds) == 3 * 200 * 8  # seed + i + k would collide 200-fold here
+    assert all(0 <= x < 2**63 for x in seeds)
+    # not Python's per-process salted hash: another process derives the same seeds
+    code = "from sent.sampling.base import request_seed; print(request_seed(7, 3, 2), request_seed(0, 0, 0))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert [int(x) for x in other] == [request_seed(7, 3, 2), request_seed(0, 0, 0)]
 
 
 def test_real_vllm_on_the_toy_model(tiny_toy):

@@ -118,7 +118,7 @@ def test_prefect_retries_io_failures_and_not_the_others(harness):
     assert bad_state.is_failed() and calls["bad"] == 1  # not retried
 
 
-def test_a_curation_on_ray_holds_a_gpu_slot_per_gpu_of_its_pipeline(cfg):
+def test_sampling_on_ray_holds_a_gpu_slot_per_gpu_of_its_pipeline(cfg):
     from tasks.common import gpu_slots
 
     def with_(**sections):
@@ -130,7 +130,11 @@ def test_a_curation_on_ray_holds_a_gpu_slot_per_gpu_of_its_pipeline(cfg):
     assert gpu_slots(with_(**on_gpus), "curate") == 8
     assert gpu_slots(with_(sampling={"executor": "ray"}, ray={"replicas": 3, "gpus_per_replica": 0.5}), "curate") == 2
     assert gpu_slots(with_(sampling={"backend": "vllm"}), "curate") == 1  # one engine in this process
-    assert gpu_slots(with_(**on_gpus), "eval") == 0  # evaluation samples in this process (hf on the CPU)
+    assert gpu_slots(with_(**on_gpus), "eval") == 8  # evaluation runs on the same executor
+    # vLLM engines through ray.data.llm: replicas x tensor-parallel size, whatever gpus_per_replica says
+    engines = {"sampling": {"executor": "ray", "backend": "vllm", "tensor_parallel_size": 2}, "ray": {"replicas": 4}}
+    assert gpu_slots(with_(**engines), "curate") == 8
+    assert gpu_slots(with_(sampling={"executor": "ray"}, ray={"replicas": 8}), "eval") == 0  # hf actors on CPUs
 
 
 def test_gpu_work_holds_a_slot_of_the_gpu_limit(harness, cfg):
