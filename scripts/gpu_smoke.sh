@@ -2,7 +2,9 @@
 # GPU smoke test: the tests under the `gpu` marker (tests/engines/test_verl_gpu.py). On one GPU they
 # curate 256 toy problems, then train two curriculum stages of 2 verl steps each (GRPO + the SENT
 # loss, vLLM rollouts, exact token entropy), the second from the first one's merged weights, and
-# print each step's metrics. Without a CUDA GPU, verl or vLLM, every test is skipped with the reason.
+# print each step's metrics; then curate the 256 problems with vLLM in-process and on Ray Data
+# (one ray.data.llm replica) and report how many responses the two share. Without a CUDA GPU, verl
+# or vLLM, every test is skipped with the reason.
 #
 #   scripts/gpu_smoke.sh [MODEL_DIR] [PYTEST_ARGS...]
 #
