@@ -4,8 +4,10 @@ the `hf` sampler's tokens/s on the toy model (needs `sent toy bootstrap`).
 
 ``--executors`` (issue 14) times the whole curation of the same toy problems with
 ``sampling.executor: local`` and ``ray`` (1 actor holding this process's torch threads, then 2
-actors of 1 CPU), interleaved over ``--repeats`` rounds in one run, and a local Ray's start-up and
-time to the first finished chunk. Each ray figure includes starting and stopping its local Ray.
+actors of 1 CPU), at each of ``--problems``' sizes, interleaved over ``--repeats`` rounds in one
+run; fits each executor's time as a fixed cost plus a time per problem, and says from which size
+Ray stays within 15 % of the local loop; then a local Ray's start-up and time to the first finished
+chunk. Each ray figure includes starting and stopping its local Ray.
 
 The overhead run replaces generation by canned completions (realistic texts: mostly the right
 answer in several spellings, wrong answers, missing answers) and times the whole `curate` call:
@@ -146,7 +148,7 @@ EXECUTORS = {
 }
 
 
-def bench_executors(tmp: Path, problems: int, repeats: int) -> None:
+def bench_executors(tmp: Path, sizes: list[int], repeats: int) -> None:
     import statistics
 
     import torch
@@ -157,27 +159,53 @@ def bench_executors(tmp: Path, problems: int, repeats: int) -> None:
         return
     threads = torch.get_num_threads()
     common = ["sampling.chunk_size=64", "curriculum.drop_zero_signal=false"]
-    seconds: dict[str, list[float]] = {name: [] for name in EXECUTORS}
+    seconds: dict[tuple[str, int], list[float]] = {(name, n): [] for n in sizes for name in EXECUTORS}
     for r in range(repeats):
-        for name, overrides in EXECUTORS.items():
-            extra = [f"ray.cpus_per_actor={threads}"] if name == "ray, 1 actor" else []
-            run_cfg = load_config(ROOT / "configs" / "toy.yaml", [*common, *overrides, *extra])
-            t0 = time.perf_counter()
-            slug = name.replace(", ", "-").replace(" ", "")
-            curate(run_cfg, out=tmp / f"{slug}-{r}", limit=problems)
-            seconds[name].append(time.perf_counter() - t0)
-    base = statistics.median(seconds["local"])
+        for problems in sizes:
+            for name, overrides in EXECUTORS.items():
+                extra = [f"ray.cpus_per_actor={threads}"] if name == "ray, 1 actor" else []
+                run_cfg = load_config(ROOT / "configs" / "toy.yaml", [*common, *overrides, *extra])
+                t0 = time.perf_counter()
+                slug = name.replace(", ", "-").replace(" ", "")
+                curate(run_cfg, out=tmp / f"{slug}-{problems}-{r}", limit=problems)
+                seconds[(name, problems)].append(time.perf_counter() - t0)
     print(
-        f"curation of {problems} toy problems, N = {cfg.sampling.n}, chunks of 64, {threads} torch threads "
+        f"curation of toy problems, N = {cfg.sampling.n}, chunks of 64, {threads} torch threads "
         f"(median of {repeats}, interleaved):"
     )
-    for name, times in seconds.items():
-        median = statistics.median(times)
+    median = {key: statistics.median(times) for key, times in seconds.items()}
+    for (name, problems), times in seconds.items():
+        m, base = median[(name, problems)], median[("local", problems)]
         print(
-            f"  {name:14s} {problems / median:7.2f} problems/s  {median:7.1f} s  "
-            f"time/local {median / base:5.2f}  (runs: {', '.join(f'{t:.1f}' for t in times)})"
+            f"  {problems:6d} problems  {name:14s} {problems / m:7.2f} problems/s  {m:7.1f} s  "
+            f"time/local {m / base:5.2f}  (runs: {', '.join(f'{t:.1f}' for t in times)})"
         )
+    if len(sizes) >= 2:
+        _fixed_and_rate(sizes, median)
     _ray_startup(threads)
+
+
+def _fixed_and_rate(sizes: list[int], median: dict[tuple[str, int], float]) -> None:
+    """A line through each executor's medians: seconds = fixed + per_problem x problems, and the
+    size from which Ray's time stays within 15 % of the local loop's."""
+    import numpy as np
+
+    fits = {}
+    for name in EXECUTORS:
+        per_problem, fixed = np.polyfit(sizes, [median[(name, n)] for n in sizes], 1)
+        fits[name] = (fixed, per_problem)
+        print(f"  {name:14s} fixed {fixed:5.1f} s + {1000 * per_problem:5.2f} ms a problem")
+    fixed_local, rate_local = fits["local"]
+    for name, (fixed, rate) in fits.items():
+        if name == "local":
+            continue
+        margin = 1.15 * rate_local - rate
+        where = (
+            f"from {max(0.0, (fixed - 1.15 * fixed_local) / margin):,.0f} problems"
+            if margin > 0
+            else "never (its per-problem time alone is above 1.15x)"
+        )
+        print(f"  {name}: per-problem time {rate / rate_local:.2f}x the local loop's; within 15 % {where}")
 
 
 def _ray_startup(threads: int) -> None:
@@ -211,13 +239,15 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--executors", action="store_true", help="only the local against Ray comparison")
-    parser.add_argument("--problems", type=int, default=512, help="toy problems a curation (--executors)")
+    parser.add_argument(
+        "--problems", default="512,2000", help="toy problems a curation, comma-separated sizes (--executors)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (--executors)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if args.executors:
-            bench_executors(tmp, args.problems, args.repeats)
+            bench_executors(tmp, [int(n) for n in args.problems.split(",")], args.repeats)
             return
         bench_overhead(tmp)
         bench_shards(tmp)

@@ -214,6 +214,7 @@ def sample_chunks(
         while sampled.alive() or grading:
             for key, completions in sampled.ready():
                 ci = int(key)
+                logger.debug("chunk %d sampled after %.1f s", ci, time.perf_counter() - t0)
                 grading[grade.remote(cfg, list(chunks[ci]), completions)] = ci
             if grading:
                 done, _ = ray.wait(list(grading), num_returns=1, timeout=0.2)
