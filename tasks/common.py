@@ -24,6 +24,7 @@ from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel, Field
 
 from sent.config import SentConfig, load_config
+from sent.errors import SentError
 from sent.interrupt import Interrupted
 from sent.lineage import path_digest
 from sent.steps import StepError
@@ -212,17 +213,29 @@ def server_configured() -> bool:
 GPU_LIMIT = "gpu"
 
 
+class GpuLimitError(SentError, RuntimeError):
+    """The Prefect ``gpu`` limit has fewer slots than a step's GPUs: it could never start."""
+
+
 def gpu_slots(cfg: SentConfig, phase: str) -> int:
-    """Slots of the ``gpu`` limit a phase holds: none for CPU work, one for a phase in this process,
-    and the GPUs of its Ray Data pipeline for a curation or evaluation on ``sampling.executor: ray``
-    (``ray.replicas`` x a replica's GPUs, rounded up: a vLLM engine's tensor-parallel size, or
-    ``ray.gpus_per_replica`` for hf actors)."""
+    """Slots of the ``gpu`` limit a phase holds: one per GPU it occupies, none for CPU work. verl's
+    trainer holds its ``nnodes`` x ``n_gpus_per_node``; a vLLM engine in this process its
+    tensor-parallel size; a Ray Data pipeline (``sampling.executor: ray``) ``ray.replicas`` x a
+    replica's GPUs, rounded up (a vLLM engine's tensor-parallel size, or ``ray.gpus_per_replica``
+    for hf actors); anything else on an accelerator, one."""
     from sent.sampling.ray_data import replica_gpus
 
     if not uses_gpu(cfg, phase):
         return 0
-    if phase in ("curate", "eval") and cfg.sampling.executor == "ray":
-        return max(1, math.ceil(cfg.ray.replicas * replica_gpus(cfg, _sampling_backend(cfg, phase))))
+    if phase == "train":
+        verl = cfg.training.verl
+        on_verl = cfg.training.engine == "verl" and verl.device != "cpu"
+        return verl.nnodes * verl.n_gpus_per_node if on_verl else 1
+    if phase in ("curate", "eval"):
+        backend = _sampling_backend(cfg, phase)
+        if cfg.sampling.executor == "ray":
+            return max(1, math.ceil(cfg.ray.replicas * replica_gpus(cfg, backend)))
+        return cfg.sampling.tensor_parallel_size if backend == "vllm" else 1
     return 1
 
 
@@ -230,7 +243,8 @@ def gpu_slots(cfg: SentConfig, phase: str) -> int:
 def gpu_slot(cfg: SentConfig, phase: str, *, strict: bool | None = None) -> Iterator[bool]:
     """Hold the phase's slots (`gpu_slots`) of the Prefect global concurrency limit ``gpu`` while it
     runs: the limit is the GPUs of the work pool. Strict (a missing limit is an error) when a
-    server is configured; CPU work takes no slot. Yields whether slots are held."""
+    server is configured; CPU work takes no slot. A limit smaller than the phase's slots is an
+    error at once (it would wait forever). Yields whether slots are held."""
     slots = gpu_slots(cfg, phase)
     if not slots:
         yield False
@@ -238,8 +252,26 @@ def gpu_slot(cfg: SentConfig, phase: str, *, strict: bool | None = None) -> Iter
     from prefect.concurrency.sync import concurrency
 
     strict = server_configured() if strict is None else strict
+    _check_limit(phase, slots)
     with concurrency(GPU_LIMIT, occupy=slots, strict=strict):
         yield True
+
+
+def _check_limit(phase: str, slots: int) -> None:
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
+        except ObjectNotFound:
+            return  # strict: Prefect says it must be created; else the step runs without one
+    if slots > limit:
+        raise GpuLimitError(
+            f"{phase} occupies {slots} GPUs, but the Prefect concurrency limit {GPU_LIMIT!r} has {limit} slots, "
+            f"so it could never start: set it to the GPUs of the gpu work pool (prefect gcl update {GPU_LIMIT} "
+            f"--limit {slots})"
+        )
 
 
 def level_groups(cfg: SentConfig) -> tuple[dict[str, dict[str, str]], set[str]]:

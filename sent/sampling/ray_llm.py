@@ -124,6 +124,7 @@ def request_rows(pieces: Sequence[Piece], settings: Settings, templated: Sequenc
                     "top_p": settings.top_p,
                     "max_tokens": settings.max_new_tokens,
                     "seed": request_seed(piece.seed, piece.start + i, k),
+                    "detokenize": True,  # the engine's text, as LLM.generate gives it (the stage is off)
                 }
                 if settings.logprobs:
                     params["logprobs"] = 0  # the sampled token's own
@@ -204,7 +205,6 @@ def stream_vllm(
 
     from sent.models import load_tokenizer
 
-    check_installed()
     tok = load_tokenizer(model.tokenizer or model.path, trust_remote_code=model.trust_remote_code)
     templated = [
         [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in piece.prompts]
@@ -212,21 +212,22 @@ def stream_vllm(
     ]
     rows = request_rows(pieces, settings, templated)
     post = functools.partial(
-        completion_row, max_tokens=settings.max_new_tokens, eos_ids=eos_token_ids(model), logprobs=settings.logprobs
+        completion_row,
+        max_tokens=settings.max_new_tokens,
+        eos_ids=eos_token_ids(model, tok),
+        logprobs=settings.logprobs,
     )
     processor = build_processor(processor_config(cfg, model), post)
     ds = processor(ray.data.from_items(rows))
     yield from regroup(ds.iter_rows(), pieces, settings.n)
 
 
-def eos_token_ids(model: ModelConfig) -> list[int]:
-    """The tokens vLLM stops on: the tokenizer's end of sequence and the generation config's."""
+def eos_token_ids(model: ModelConfig, tok) -> list[int]:
+    """The tokens vLLM stops on: the tokenizer's (``tok``) end of sequence and the model's
+    generation config's."""
     from transformers import GenerationConfig
 
-    from sent.models import load_tokenizer
-
     ids = set()
-    tok = load_tokenizer(model.tokenizer or model.path, trust_remote_code=model.trust_remote_code)
     if tok.eos_token_id is not None:
         ids.add(int(tok.eos_token_id))
     try:

@@ -68,6 +68,7 @@ def test_request_rows_seed_every_response_as_the_local_sampler_does():
         "top_p": 0.9,
         "max_tokens": 64,
         "seed": request_seed(5, 0, 0),
+        "detokenize": True,
         "logprobs": 0,
     }
     no_lp = ray_llm.request_rows(pieces, Settings(1, 1.0, 1.0, 8, logprobs=False), [["p0", "p1"], ["p2"]])

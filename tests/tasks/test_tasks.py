@@ -130,6 +130,7 @@ def test_sampling_on_ray_holds_a_gpu_slot_per_gpu_of_its_pipeline(cfg):
     assert gpu_slots(with_(**on_gpus), "curate") == 8
     assert gpu_slots(with_(sampling={"executor": "ray"}, ray={"replicas": 3, "gpus_per_replica": 0.5}), "curate") == 2
     assert gpu_slots(with_(sampling={"backend": "vllm"}), "curate") == 1  # one engine in this process
+    assert gpu_slots(with_(sampling={"backend": "vllm", "tensor_parallel_size": 4}), "curate") == 4  # its GPUs
     assert gpu_slots(with_(**on_gpus), "eval") == 8  # evaluation runs on the same executor
     # vLLM engines through ray.data.llm: replicas x tensor-parallel size, whatever gpus_per_replica says
     engines = {"sampling": {"executor": "ray", "backend": "vllm", "tensor_parallel_size": 2}, "ray": {"replicas": 4}}
@@ -139,9 +140,9 @@ def test_sampling_on_ray_holds_a_gpu_slot_per_gpu_of_its_pipeline(cfg):
 
 def test_gpu_work_holds_a_slot_of_the_gpu_limit(harness, cfg):
     from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 
-    from tasks.common import GPU_LIMIT, gpu_slot, uses_gpu
+    from tasks.common import GPU_LIMIT, GpuLimitError, gpu_slot, uses_gpu
 
     with gpu_slot(cfg, "train") as held:
         assert held is False  # the toy config is CPU work: no slot taken, no limit needed
@@ -159,9 +160,16 @@ def test_gpu_work_holds_a_slot_of_the_gpu_limit(harness, cfg):
         pass
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=1))
+        # verl on one node of 8 GPUs holds 8 slots: a limit of 1 could never admit it
+        with (
+            pytest.raises(GpuLimitError, match=r"train occupies 8 GPUs, but .* has 1 slots.*--limit 8"),
+            gpu_slot(gpu_cfg, "train", strict=True),
+        ):
+            pass
+        client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(limit=8))
         with gpu_slot(gpu_cfg, "train", strict=True) as held:
             assert held is True
-            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 1
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 8
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
 
 
