@@ -48,6 +48,7 @@ USER_ERRORS = [
     ("sent.sampling.ray_data", "RayExecutorError", RuntimeError),
     ("sent.steps", "StepError", RuntimeError),
     ("sent.tracking", "TrackingError", RuntimeError),
+    ("tasks.common", "GpuLimitError", RuntimeError),
 ]
 
 

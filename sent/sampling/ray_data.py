@@ -285,10 +285,13 @@ def sample_benchmarks(
     for name, job in prompts.items():
         size = step or max(1, len(job))
         pieces += [Piece(f"{name}\t{lo}", job[lo : lo + size], seed, lo) for lo in range(0, len(job), size)]
+    from sent import interrupt
+
     found: dict[str, list[list[Completion]]] = {}
     with session(cfg, backend):
         for key, completions in stream(cfg, model, backend, pieces, settings):
             found[key] = completions
+            interrupt.check(f"evaluating on Ray ({len(found)} of {len(pieces)} pieces sampled; nothing is kept)")
     return {name: [c for p in pieces if p.key.split("\t")[0] == name for c in found[p.key]] for name in prompts}
 
 

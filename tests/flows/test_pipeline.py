@@ -350,8 +350,8 @@ def test_the_train_step_runs_stages_on_the_verl_engine(in_project, first_run, mo
     from prefect import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-    with get_client(sync_client=True) as client:  # verl training is GPU work: it needs the `gpu` limit's slot
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=1))
+    with get_client(sync_client=True) as client:  # verl training is GPU work: its 8 GPUs' slots of `gpu`
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=8))
         state, _ = run_pipeline(reuse="data/runs/first", steps=["train:1", "train:2"], overrides=fake)
         assert state.is_completed(), state
         assert client.read_global_concurrency_limit_by_name("gpu").active_slots == 0  # released
