@@ -507,7 +507,8 @@ def _run_identity(cfg: SentConfig, limit: int | None) -> dict[str, Any]:
 
 
 def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None = None, sampler=None) -> CurationResult:
-    """Run the curation phase; see the module docstring."""
+    """Run the curation phase; see the module docstring. A ``sampler`` passed in samples in this
+    process, whatever ``sampling.executor`` says (as `sent.evaluation.evaluate_model`'s does)."""
     t_start = time.perf_counter()
     limit = limit if limit is not None else cfg.data.limit
     check_limit(limit)  # before any directory is named after it
@@ -590,7 +591,7 @@ def _curate_locked(
     missing = {ci: chunk for ci, chunk in enumerate(chunks) if not _chunk_complete(parts[ci], len(chunk) * n)}
     if not missing:
         t_sampling = 0.0
-    elif cfg.sampling.executor == "ray":
+    elif cfg.sampling.executor == "ray" and sampler is None:  # a sampler passed in samples here
         t_sampling = _sample_on_ray(cfg, missing, parts, out_dir)
     else:
         t_sampling = _sample_locally(cfg, missing, parts, out_dir, sampler, model_cfg)

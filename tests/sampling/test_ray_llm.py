@@ -253,15 +253,18 @@ def test_vllm_on_ray_gives_the_local_vllm_curation_row_for_row(stand_in_engine, 
     from sent.models import load_tokenizer
 
     eos, built = stand_in_engine
-    local_cfg = toy_config(tiny_toy, *SMALL, *VLLM)
+    import ray
+
+    on_ray = ["sampling.executor=ray", "ray.replicas=2", "ray.batch_size=7"]
     llm = _LLM(load_tokenizer(tiny_toy.model_dir), eos)
     sampler = VLLMSampler(llm=llm, sampling_params_cls=_Params)
-    local = curate(local_cfg, out=tmp_path / "local", limit=LIMIT, sampler=sampler)
-    ray_cfg = toy_config(tiny_toy, *SMALL, *VLLM, "sampling.executor=ray", "ray.replicas=2", "ray.batch_size=7")
-    on_ray = curate(ray_cfg, out=tmp_path / "ray", limit=LIMIT)
+    # a sampler passed in samples in this process, whatever the executor
+    local = curate(toy_config(tiny_toy, *SMALL, *VLLM, *on_ray), out=tmp_path / "local", limit=LIMIT, sampler=sampler)
+    assert not built and not ray.is_initialized()
+    remote = curate(toy_config(tiny_toy, *SMALL, *VLLM, *on_ray), out=tmp_path / "ray", limit=LIMIT)
     assert [c.concurrency for c in built] == [2] and built[0].batch_size == 7
     for name in ["scores.parquet", *[f"samples/part-0000{i}.parquet" for i in range(3)]]:
-        assert pq.read_table(on_ray.out_dir / name).equals(pq.read_table(local.out_dir / name)), name
+        assert pq.read_table(remote.out_dir / name).equals(pq.read_table(local.out_dir / name)), name
     samples = pq.read_table(local.out_dir / "samples").to_pylist()
     # 4 x 30 requests, each its own seed; both finish reasons came out, and so did a stop on the
     # budget's last token, which only the end token tells from a "length"
