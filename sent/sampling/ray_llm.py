@@ -86,9 +86,15 @@ def processor_config(cfg: SentConfig, model: ModelConfig):
     from sent.sampling.configured import max_model_len
 
     sampling, rc = cfg.sampling, cfg.ray
-    newer: dict[str, Any] = {}
-    if "log_engine_metrics" in vLLMEngineProcessorConfig.model_fields:  # ray 2.60 has it, 2.55 may not
-        newer["log_engine_metrics"] = False  # it needs a metrics port on ray.init
+    fields = vLLMEngineProcessorConfig.model_fields
+    # the template is applied here and the engine tokenizes and detokenizes: no CPU stages around
+    # it (stage configs in newer Rays, boolean flags in older ones)
+    if "chat_template_stage" in fields:
+        options: dict[str, Any] = {"chat_template_stage": False, "tokenize_stage": False, "detokenize_stage": False}
+    else:
+        options = {"apply_chat_template": False, "tokenize": False, "detokenize": False}
+    if "log_engine_metrics" in fields:  # ray 2.60 has it, older ones may not
+        options["log_engine_metrics"] = False  # it needs a metrics port on ray.init
     return vLLMEngineProcessorConfig(
         model_source=str(model.path),
         engine_kwargs={
@@ -104,10 +110,7 @@ def processor_config(cfg: SentConfig, model: ModelConfig):
         concurrency=rc.replicas,
         batch_size=rc.batch_size,
         runtime_env=rc.runtime_env,
-        chat_template_stage=False,
-        tokenize_stage=False,
-        detokenize_stage=False,
-        **newer,
+        **options,
     )
 
 
