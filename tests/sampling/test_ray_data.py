@@ -104,7 +104,7 @@ def test_vllm_without_ray_data_llm_is_refused_before_ray_starts(tiny_toy, tmp_pa
     assert not ray.is_initialized()
 
 
-def test_kill_9_then_rerun_on_ray_resumes_with_the_missing_chunks(local, tiny_toy, tmp_path):
+def _ray_curation_command(tiny_toy, out, limit: int = LIMIT) -> list[str]:
     args = [
         f"model.path={tiny_toy.model_dir}",
         f"data.train_path={tiny_toy.train_path}",
@@ -117,14 +117,36 @@ def test_kill_9_then_rerun_on_ray_resumes_with_the_missing_chunks(local, tiny_to
         f"ray.cpus_per_actor={_threads()}",
     ]
     cmd = [sys.executable, "-m", "sent.cli", "curate", "--config", str(ROOT / "configs" / "toy.yaml")]
-    cmd += ["--limit", str(LIMIT), "--out", str(tmp_path / "killed")]
-    samples = tmp_path / "killed" / "samples"
-    proc = subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [*cmd, "--limit", str(limit), "--out", str(out), *args]
+
+
+def _wait_for_a_chunk(proc, samples) -> None:
     deadline = time.time() + 600
     while not list(samples.glob("part-*.parquet")):
         assert proc.poll() is None, "curation ended before it could be interrupted"
         assert time.time() < deadline
         time.sleep(0.02)
+
+
+def test_sigterm_stops_a_ray_curation_after_a_chunk_and_names_the_way_back(tiny_toy, tmp_path):
+    # sent.interrupt's handler, not Ray's (ray.init installs its own in the driver): the driver
+    # stops at the next written chunk, Ray is shut down, and the message says a rerun resumes
+    # 20 chunks: the signal comes within 20 ms of the first, long before the last
+    cmd = _ray_curation_command(tiny_toy, tmp_path / "stopped", limit=200)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_a_chunk(proc, tmp_path / "stopped" / "samples")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM after sampling chunk" in err and "a rerun resumes from there" in err
+    assert not (tmp_path / "stopped" / "manifest.json").exists()
+
+
+def test_kill_9_then_rerun_on_ray_resumes_with_the_missing_chunks(local, tiny_toy, tmp_path):
+    cmd = _ray_curation_command(tiny_toy, tmp_path / "killed")
+    samples = tmp_path / "killed" / "samples"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_a_chunk(proc, samples)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "manifest.json").exists()
@@ -134,7 +156,7 @@ def test_kill_9_then_rerun_on_ray_resumes_with_the_missing_chunks(local, tiny_to
             part.unlink()
     done_before = {p.name: p.stat().st_mtime_ns for p in samples.glob("part-*.parquet")}
     assert 1 <= len(done_before) < 4
-    subprocess.run([*cmd, *args], check=True, capture_output=True, timeout=900)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=900)
     for name, mtime in done_before.items():  # finished chunks were not sampled again
         assert (samples / name).stat().st_mtime_ns == mtime
     for name in ["scores.parquet", *[f"samples/part-0000{i}.parquet" for i in range(4)]]:
