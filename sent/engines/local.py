@@ -622,11 +622,13 @@ class LocalEngine:
                 self.callback(self.step, metrics)
             bar.update(1)
             bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", H=f"{metrics['policy_entropy']:.3f}")
-            if self.step % self.training.save_every == 0 and self.step < self.total_steps:
-                self._save()
-            elif interrupt.requested() and self.step < self.total_steps:
-                self._save()  # nothing of the finished steps is lost
-            interrupt.check(f"after step {self.step} of stage {self.stage} (checkpointed; a rerun resumes)")
+            # read once: a signal landing between a save decision and the check would stop the
+            # stage without its last step's checkpoint (it did, in the interrupt test)
+            stopping = interrupt.requested()
+            if (self.step % self.training.save_every == 0 or stopping) and self.step < self.total_steps:
+                self._save()  # on a stop, nothing of the finished steps is lost
+            if stopping and self.step < self.total_steps:  # after the last step: the final save first
+                interrupt.check(f"after step {self.step} of stage {self.stage} (checkpointed; a rerun resumes)")
         bar.close()
         final = self._save(final=True)
         shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
