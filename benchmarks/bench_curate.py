@@ -43,7 +43,7 @@ class CannedSampler:
         self.answers = answers
         self.seconds = 0.0
 
-    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed):
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, logprobs=True, start=0):
         t0 = time.perf_counter()
         rng = random.Random(seed)
         out = []

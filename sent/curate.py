@@ -31,7 +31,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from sent.data_contract import (
 from sent.errors import SentError
 from sent.locks import LOCK_FILE, exclusive
 from sent.rewards import extract_answer, grade_answer, warm_up_verifier
-from sent.sampling.base import Completion
+from sent.sampling.base import Completion, Settings
 from sent.sampling.configured import build_sampler
 from sent.semantic import cluster_within, discrete_entropy, get_judge, weighted_entropy
 
@@ -306,16 +306,18 @@ def chunk_seed(cfg: SentConfig, chunk_index: int) -> int:
     return cfg.seed * 1_000_003 + chunk_index
 
 
+def curation_settings(cfg: SentConfig) -> Settings:
+    """How curation samples (``sampling``), whichever executor runs it."""
+    sampling = cfg.sampling
+    return Settings(sampling.n, sampling.temperature, sampling.top_p, sampling.max_new_tokens)
+
+
 def generate_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_index: int) -> list[list[Completion]]:
     """The N completions of each problem of a chunk, seeded by `chunk_seed`."""
-    sampling = cfg.sampling
     return sampler.generate(
         [cfg.prompt.messages(p.problem) for p in problems],
-        n=sampling.n,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_new_tokens=sampling.max_new_tokens,
         seed=chunk_seed(cfg, chunk_index),
+        **asdict(curation_settings(cfg)),
     )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import pyarrow as pa
 from sent import interrupt
 from sent.errors import SentError
 from sent.rewards import extract_answer, is_equivalent
+from sent.sampling.base import Settings
 from sent.semantic import cluster
 
 logger = logging.getLogger(__name__)
@@ -316,13 +317,14 @@ def evaluate_model(
     toy_dir = cfg.toy.data_dir if cfg.toy is not None else None
     model = ModelConfig(**{**cfg.model.model_dump(), "path": str(model_path), "tokenizer": None})
     jobs = {name: load_benchmark(benchmark_path(name, data_dir, toy_dir))[:limit] for name in benchmarks}
-    settings = {"n": n, "temperature": ev.temperature, "top_p": ev.top_p, "max_new_tokens": ev.max_new_tokens}
+    # graded by their text only: no log-probabilities
+    settings = Settings(n, ev.temperature, ev.top_p, ev.max_new_tokens, logprobs=False)
     if sampler is None and cfg.sampling.executor == "ray":
-        from sent.sampling.ray_data import Settings, sample_benchmarks
+        from sent.sampling.ray_data import sample_benchmarks
 
         interrupt.check("before evaluating on Ray")
         prompts = {name: [cfg.prompt.messages(p.problem) for p in problems] for name, problems in jobs.items()}
-        sampled = sample_benchmarks(cfg, model, ev.backend, prompts, Settings(**settings, logprobs=False), cfg.seed)
+        sampled = sample_benchmarks(cfg, model, ev.backend, prompts, settings, cfg.seed)
     else:
         sampler = sampler or build_sampler(cfg, model, backend=ev.backend)
         sampled = None
@@ -333,10 +335,7 @@ def evaluate_model(
         else:
             interrupt.check(f"before evaluating {name}")
             outs = sampler.generate(
-                [cfg.prompt.messages(p.problem) for p in problems],
-                **settings,
-                seed=cfg.seed,
-                logprobs=False,  # graded by their text only
+                [cfg.prompt.messages(p.problem) for p in problems], seed=cfg.seed, **asdict(settings)
             )
         responses = {p.id: [c.text for c in cs] for p, cs in zip(problems, outs, strict=True)}
         metrics, rows = score_benchmark(name, problems, responses, ev.k)

@@ -32,6 +32,18 @@ class Completion:
         return len(self.token_ids)
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How a job samples: N, temperature, top-p, the response budget, log-probabilities or not
+    (`Sampler.generate`'s keywords besides the seed and start)."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    logprobs: bool = True
+
+
 class Sampler(Protocol):
     def generate(
         self,

@@ -50,8 +50,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from sent import interrupt
 from sent.errors import SentError
-from sent.sampling.base import Completion, Messages
+from sent.sampling.base import Completion, Messages, Settings
 
 if TYPE_CHECKING:
     from sent.config import ModelConfig, SentConfig
@@ -77,17 +78,6 @@ class Piece:
     prompts: list[Messages]
     seed: int
     start: int = 0
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How a job samples: N, temperature, top-p, the response budget, log-probabilities or not."""
-
-    n: int
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    logprobs: bool = True
 
 
 def _ray():
@@ -121,12 +111,12 @@ def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
 class PieceSampler:
     """A sampler actor of the ``hf`` pipeline: the model loaded once, then whole pieces sampled."""
 
-    def __init__(self, cfg: SentConfig, model: ModelConfig, settings: Settings, threads: int) -> None:
+    def __init__(self, cfg: SentConfig, model: ModelConfig, settings: Settings) -> None:
         import torch
 
         from sent.sampling.configured import build_sampler
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(max(1, int(cfg.ray.cpus_per_actor)))  # the CPUs it holds
         self.settings = settings
         self.sampler = build_sampler(cfg, model, backend="hf", progress=False)
 
@@ -158,7 +148,7 @@ def stream(
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         PieceSampler,
-        fn_constructor_kwargs={"cfg": cfg, "model": model, "settings": settings, "threads": _threads(rc)},
+        fn_constructor_kwargs={"cfg": cfg, "model": model, "settings": settings},
         batch_size=1,
         concurrency=rc.replicas,
         num_cpus=rc.cpus_per_actor,
@@ -166,10 +156,6 @@ def stream(
     )
     for row in ds.iter_rows():
         yield str(row["key"]), decode_completions(row["completions"])
-
-
-def _threads(rc) -> int:
-    return max(1, int(rc.cpus_per_actor))
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +180,7 @@ def sample_chunks(
 ) -> float:
     """Sample, grade and cluster ``chunks`` ({index: problems}) on Ray; ``on_chunk(index, table)``
     is called in this process as each one completes, in any order. Returns the seconds spent."""
-    from sent.curate import chunk_seed
+    from sent.curate import chunk_seed, curation_settings
 
     if not chunks:
         return 0.0
@@ -206,7 +192,7 @@ def sample_chunks(
         Piece(str(ci), [cfg.prompt.messages(p.problem) for p in problems], chunk_seed(cfg, ci))
         for ci, problems in chunks.items()
     ]
-    settings = Settings(sampling.n, sampling.temperature, sampling.top_p, sampling.max_new_tokens)
+    settings = curation_settings(cfg)
     with session(cfg, sampling.backend) as ray:
         grade = ray.remote(num_cpus=cfg.ray.cpus_per_grader)(grade_piece)
         sampled = _Background(stream(cfg, model, sampling.backend, pieces, settings))
@@ -281,18 +267,19 @@ def sample_benchmarks(
     ones; ``vllm`` requests are seeded per response, so a benchmark is one piece."""
     check_backend(backend)
     step = cfg.sampling.batch_size if backend == "hf" else None
+    keys: dict[str, list[str]] = {}
     pieces = []
     for name, job in prompts.items():
         size = step or max(1, len(job))
-        pieces += [Piece(f"{name}\t{lo}", job[lo : lo + size], seed, lo) for lo in range(0, len(job), size)]
-    from sent import interrupt
-
+        mine = [Piece(f"{name}\t{lo}", job[lo : lo + size], seed, lo) for lo in range(0, len(job), size)]
+        keys[name] = [p.key for p in mine]
+        pieces += mine
     found: dict[str, list[list[Completion]]] = {}
     with session(cfg, backend):
         for key, completions in stream(cfg, model, backend, pieces, settings):
             found[key] = completions
             interrupt.check(f"evaluating on Ray ({len(found)} of {len(pieces)} pieces sampled; nothing is kept)")
-    return {name: [c for p in pieces if p.key.split("\t")[0] == name for c in found[p.key]] for name in prompts}
+    return {name: [c for key in keys[name] for c in found[key]] for name in prompts}
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,8 +31,9 @@ from dataclasses import asdict
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from sent.sampling.base import Completion, request_seed
-from sent.sampling.ray_data import Piece, RayExecutorError, Settings
+from sent.sampling.base import Completion, Settings
+from sent.sampling.ray_data import Piece, RayExecutorError
+from sent.sampling.vllm import request_params
 
 if TYPE_CHECKING:
     from sent.config import ModelConfig, SentConfig
@@ -121,16 +122,8 @@ def request_rows(pieces: Sequence[Piece], settings: Settings, templated: Sequenc
     for piece, texts in zip(pieces, templated, strict=True):
         for i, text in enumerate(texts):
             for k in range(settings.n):
-                params: dict[str, Any] = {
-                    "n": 1,
-                    "temperature": settings.temperature,
-                    "top_p": settings.top_p,
-                    "max_tokens": settings.max_new_tokens,
-                    "seed": request_seed(piece.seed, piece.start + i, k),
-                    "detokenize": True,  # the engine's text, as LLM.generate gives it (the stage is off)
-                }
-                if settings.logprobs:
-                    params["logprobs"] = 0  # the sampled token's own
+                params = request_params(settings, piece.seed, piece.start + i, k)
+                params["detokenize"] = True  # the engine's text, as LLM.generate gives it (the stage is off)
                 rows.append({"key": piece.key, "position": i, "sample": k, "prompt": text, "sampling_params": params})
     return rows
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from sent.sampling.base import Completion, Messages, register_sampler, request_seed
+from sent.sampling.base import Completion, Messages, Settings, register_sampler, request_seed
 
 
 class VLLMSampler:
@@ -70,18 +70,9 @@ class VLLMSampler:
     ) -> list[list[Completion]]:
         tok = self.llm.get_tokenizer()
         texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        settings = Settings(n, temperature, top_p, max_new_tokens, logprobs)
         requests = [(i, k) for i in range(len(texts)) for k in range(n)]
-        params = [
-            self.params_cls(
-                n=1,
-                temperature=temperature,
-                top_p=top_p,
-                max_tokens=max_new_tokens,
-                logprobs=0 if logprobs else None,
-                seed=request_seed(seed, start + i, k),
-            )
-            for i, k in requests
-        ]
+        params = [self.params_cls(**request_params(settings, seed, start + i, k)) for i, k in requests]
         outputs = self.llm.generate([texts[i] for i, _ in requests], params, use_tqdm=self.progress)
         results: list[list[Completion]] = [[] for _ in texts]
         for (i, _), out in zip(requests, outputs, strict=True):
@@ -96,6 +87,22 @@ class VLLMSampler:
                 )
             )
         return results
+
+
+def request_params(settings: Settings, seed: int, position: int, sample: int) -> dict:
+    """``SamplingParams`` of one response: sample ``sample`` of the prompt at ``position`` in a job
+    seeded ``seed``. The one definition both executors send (the local sampler and the Ray
+    executor's ``ray.data.llm`` rows)."""
+    params = {
+        "n": 1,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "max_tokens": settings.max_new_tokens,  # always: vLLM's default is 16
+        "seed": request_seed(seed, position, sample),
+    }
+    if settings.logprobs:
+        params["logprobs"] = 0  # the sampled token's own, so cumulative_logprob is filled
+    return params
 
 
 @register_sampler("vllm")
