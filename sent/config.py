@@ -262,6 +262,12 @@ class TrainingConfig(_Section):
         description="response budget of a rollout, in tokens; default: sampling.max_new_tokens, the budget the "
         "semantic entropy was measured at",
     )
+    rollout_batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="local engine: prompts per generate call of a rollout (its sampling seeds are per call); "
+        "default: sampling.batch_size",
+    )
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="rollout nucleus sampling")
     ref_kl_coef: float = Field(0.001, ge=0, description="reference KL loss weight (0 disables)")
@@ -418,6 +424,7 @@ PLACEMENT: dict[str, set[str]] = {"sampling": {"executor"}}
 FOLLOWS: dict[tuple[str, str], tuple[str, str]] = {
     ("training", "max_prompt_tokens"): ("data", "max_prompt_tokens"),
     ("training", "max_response_tokens"): ("sampling", "max_new_tokens"),
+    ("training", "rollout_batch_size"): ("sampling", "batch_size"),
     ("evaluation", "backend"): ("sampling", "backend"),
 }
 """Settings left out (None) that take another section's value: (section, key) -> its source."""

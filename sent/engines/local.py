@@ -276,7 +276,7 @@ class LocalEngine:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # constant (paper)
         warm_up_verifier()
-        self.sampler = HFSampler(self.policy, self.tokenizer, batch_size=self.cfg.sampling.batch_size, progress=False)
+        self.sampler = HFSampler(self.policy, self.tokenizer, batch_size=self.training.rollout_batch_size, progress=False)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.entropy_watch = EntropyWatch(self.training.entropy_collapse_fraction)
@@ -399,31 +399,36 @@ class LocalEngine:
             "reward_undecided": sum(s["undecided"] for s in scores) / n_seqs,
         }
 
-    def _old_logprobs(self, batch: dict[str, Any], first_mini: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _old_logprobs(self, batch: dict[str, Any], on_policy_rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The rollout policy's log-probabilities and the reference model's (None without the
-        reference KL loss; 0 for the sequences that ``filter_groups`` leaves out, which no loss
-        reads). The first ``first_mini`` sequences (the first mini-batch) are trained on-policy,
-        where the old log-probabilities are the current ones (`_micro_step`), so a recomputation
-        skips them; the sampler's cover every sequence at no cost."""
+        reference KL loss), for the sequences a loss reads: those of groups ``filter_groups``
+        keeps (0 elsewhere). The first ``on_policy_rows`` sequences are only ever trained
+        on-policy, where the old log-probabilities are the current ones (`_micro_step`), so a
+        recomputation skips them too; the sampler's cover every sequence at no cost."""
         ids, mask, prompt_len, rows = (
             batch["input_ids"],
             batch["attention"],
             batch["prompt_len"],
             self.training.micro_batch_size,
         )
+        need = batch["keep"].to(self.device).clone()
         with torch.no_grad():
             old = batch["sampled_logp"]
             if old is None:
                 old = torch.zeros(mask[:, prompt_len:].shape, device=self.device)
-                if first_mini < len(ids):
-                    rest = slice(first_mini, None)
+                need_old = need.clone()
+                need_old[:on_policy_rows] = False
+                rest = need_old.nonzero().squeeze(-1)
+                if len(rest):
                     old[rest] = token_logprobs(self.policy, ids[rest], mask[rest], prompt_len, chunk_rows=rows)
             ref = None
-            if self.reference is not None:  # only the sequences a loss reads: those of groups with signal
+            if self.reference is not None:
                 ref = torch.zeros(mask[:, prompt_len:].shape, device=self.device)
-                need = batch["keep"].to(self.device).nonzero().squeeze(-1)
-                if len(need):
-                    ref[need] = token_logprobs(self.reference, ids[need], mask[need], prompt_len, chunk_rows=rows)
+                rows_needed = need.nonzero().squeeze(-1)
+                if len(rows_needed):
+                    ref[rows_needed] = token_logprobs(
+                        self.reference, ids[rows_needed], mask[rows_needed], prompt_len, chunk_rows=rows
+                    )
         return old, ref
 
     def _micro_step(
@@ -509,7 +514,10 @@ class LocalEngine:
         t_sample = time.perf_counter() - t0
         response_mask = batch["attention"][:, batch["prompt_len"] :].bool()
         with clock("old_logprobs"):
-            old_logp, ref_logp = self._old_logprobs(batch, training.mini_batch_size * group_size)
+            # with one PPO epoch the first mini-batch is trained before any optimizer step only;
+            # with more, every mini-batch is trained again after one and needs its old log-probs
+            on_policy_rows = training.mini_batch_size * group_size if training.ppo_epochs == 1 else 0
+            old_logp, ref_logp = self._old_logprobs(batch, on_policy_rows)
         adv_tokens = batch["advantages"].to(self.device)[:, None].expand_as(old_logp)
         train_mask = response_mask & batch["keep"].to(self.device)[:, None]
         prompts_per_mini = training.mini_batch_size

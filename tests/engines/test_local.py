@@ -101,7 +101,7 @@ def plain_grpo_steps(cfg, curriculum, n_steps):
     tok = load_tokenizer(cfg.model.path)
     policy = load_model(cfg.model.path, device="cpu", dtype=cfg.model.dtype)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    sampler = HFSampler(policy, tok, batch_size=cfg.sampling.batch_size, progress=False)
+    sampler = HFSampler(policy, tok, batch_size=cfg.training.rollout_batch_size, progress=False)
     table = load_curriculum(curriculum, 1).to_pylist()
     order, _ = _batch_order(len(table), cfg)
     loss_fn = get_policy_loss(t.loss)
@@ -141,7 +141,8 @@ def plain_grpo_steps(cfg, curriculum, n_steps):
         old = token_logprobs(policy, ids, mask, P, chunk_rows=t.micro_batch_size)
         sums, norms, ent_sum, ent_n = {}, [], 0.0, 0
         policy.train()
-        for m0 in range(0, len(seqs), t.mini_batch_size * group):
+        minis = [m0 for _ in range(t.ppo_epochs) for m0 in range(0, len(seqs), t.mini_batch_size * group)]
+        for m0 in minis:
             mini = torch.arange(m0, m0 + t.mini_batch_size * group)
             n_tokens, n_seqs = int(train_mask[mini].sum()), int(train_mask[mini].any(-1).sum())
             if n_tokens == 0:
@@ -183,15 +184,24 @@ def plain_grpo_steps(cfg, curriculum, n_steps):
 
 
 @pytest.mark.parametrize(
-    ("loss", "old_logprobs"), [("sent", "sampling"), ("sent", "recompute"), ("ppo_clip", "sampling")]
+    ("loss", "old_logprobs", "ppo_epochs"),
+    [
+        ("sent", "sampling", 1),
+        ("sent", "recompute", 1),
+        ("ppo_clip", "sampling", 1),
+        # the collapse regime's shape: every mini-batch trained again after optimizer steps
+        ("ppo_clip", "recompute", 2),
+        ("sent", "sampling", 2),
+    ],
 )
-def test_the_fast_step_equals_the_plain_algorithm(tiny_toy, curriculum, tmp_path, loss, old_logprobs):
+def test_the_fast_step_equals_the_plain_algorithm(tiny_toy, curriculum, tmp_path, loss, old_logprobs, ppo_epochs):
     # groups without signal left out (rows skipped in the backward), two micro-batches per
-    # mini-batch (SENT selects per micro-batch), two optimizer steps per rollout
+    # mini-batch (SENT selects per micro-batch), two optimizer steps per rollout and epoch
     cfg = cfg_for(
         tiny_toy,
         f"training.loss={loss}",
         f"training.old_logprobs={old_logprobs}",
+        f"training.ppo_epochs={ppo_epochs}",
         "training.filter_groups=true",
         "training.micro_batch_size=8",
         "training.mini_batch_size=4",

@@ -197,3 +197,34 @@ def test_cache_keys_depend_on_where_outputs_go(tmp_path, monkeypatch):
     a, b = keys(tmp_path / "a"), keys(tmp_path / "b")
     assert a[0] != b[0] and a[1] != b[1]
     assert keys(tmp_path / "a") == a  # and stable in one place
+
+
+def test_a_training_stage_is_keyed_on_its_rollout_batches(tmp_path):
+    """The hf sampler seeds each generate call, so a stage's rollouts depend on how many prompts a
+    call takes (``training.rollout_batch_size``, following ``sampling.batch_size``): a change of
+    either must miss the cache and train the stage again; curation-only sampling keys must not."""
+    from tasks.common import Artefact, RunContext
+    from tasks.train import _key as train_key
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "m").mkdir()
+    curriculum, start = Artefact.of("curriculum", "curate", tmp_path / "c"), Artefact.of("model", "x", tmp_path / "m")
+
+    def key(*overrides):
+        ctx = RunContext(
+            config=str(ROOT / "configs" / "toy.yaml"),
+            overrides=list(overrides),
+            root=str(tmp_path),
+            run_dir=str(tmp_path / "run"),
+            steps=[],
+            tracking_uri="sqlite://",
+            experiment="e",
+            mlflow_run_id="r",
+        )
+        return train_key({"ctx": ctx, "stage": 1, "curriculum": curriculum, "start": start})
+
+    base = key()
+    assert key("sampling.batch_size=64") != base
+    assert key("training.rollout_batch_size=64") != base
+    assert key("sampling.batch_size=64", "training.rollout_batch_size=128") == base  # 128 is the toy's batch size
+    assert key("sampling.chunk_size=64") == base
