@@ -3,12 +3,17 @@
     python benchmarks/bench_engine.py                    # the local engine alone, per phase
     python benchmarks/bench_engine.py --against trl      # local vs TRL on the same workload
 
-Both sides run the same workload from `configs/toy.yaml`: the toy model's files, stage 1's prompts
-in the same order, G responses of at most ``max_response_tokens``, fp32 on CPU, the same
-learning rate, betas and gradient clip, and two optimizer steps per rollout batch
-(``train_batch_size / mini_batch_size``), ``micro_batch_size`` sequences per forward. Ours runs
-``--loss`` (default ``ppo_clip``); TRL runs ``loss_type="dapo"`` (token-mean, the same
-normalisation), ``beta=0`` (no reference model, as ours), without vLLM.
+Both sides run the same workload from ``--config`` (default `configs/toy.yaml`, the demo's own
+step): the toy model's files, stage 1's prompts in the same order, G responses of at most
+``max_response_tokens``, fp32 on CPU, the same learning rate, betas and gradient clip,
+``train_batch_size / mini_batch_size`` optimizer steps per rollout batch and PPO epoch
+(``ppo_epochs``, TRL's ``num_iterations``), ``micro_batch_size`` sequences per forward, and the
+same reference KL: TRL's ``beta`` is our ``ref_kl_coef``, both the k3 estimator to the starting
+model (the TRL worker checks, on its warm-up steps, that our `kl_penalty` gives TRL's value on
+TRL's own tensors, and prints the largest difference). Ours runs ``--loss`` (default: the
+config's); TRL runs ``loss_type="dapo"`` (the clipped surrogate, token-mean over the mini-batch:
+the same normalisation), without vLLM. One difference stays: TRL has no filter of groups without
+signal (``training.filter_groups``), so it runs its forward and backward over all of them.
 
 Each side runs in its own worker process (so each has its own peak RSS), and the parent steps
 them in turn (local, TRL, local, TRL, ...): drift of the machine's speed hits both alike. A
@@ -25,6 +30,7 @@ times.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import statistics
@@ -46,7 +52,8 @@ TIME_PREFIX = "time/"  # the local engine's per-phase metrics
 def _config(args: argparse.Namespace):
     from sent.config import load_config
 
-    return load_config(ROOT / args.config, [f"training.loss={args.loss}", *args.set])
+    loss = [f"training.loss={args.loss}"] if args.loss else []
+    return load_config(ROOT / args.config, [*loss, *args.set])
 
 
 def _curriculum(cfg) -> Path:
@@ -168,7 +175,7 @@ def run_trl(args: argparse.Namespace) -> None:
         training.train_batch_size * training.group_size,
         training.mini_batch_size * training.group_size,
     )
-    optimizer_steps = rollout_seqs // mini_seqs
+    optimizer_steps = rollout_seqs // mini_seqs * training.ppo_epochs  # per rollout batch
     trl_args = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-trl-"),
         per_device_train_batch_size=micro,
@@ -185,7 +192,10 @@ def run_trl(args: argparse.Namespace) -> None:
         weight_decay=training.weight_decay,
         lr_scheduler_type="constant",
         max_grad_norm=training.grad_clip,
-        beta=0.0,
+        beta=training.ref_kl_coef,
+        # TRL 1.16 weights the KL term by the importance ratio by default (DeepSeek-V3.2's unbiased
+        # estimate); ours, verl's and the paper's is the plain k3: the same work needs it off
+        use_bias_correction_kl=False,
         loss_type="dapo",
         num_iterations=training.ppo_epochs,
         scale_rewards="group" if training.norm_adv_by_std else "none",
@@ -233,11 +243,42 @@ def run_trl(args: argparse.Namespace) -> None:
     times.wrap(trainer, "_get_per_token_logps_and_entropies", "old_logprobs", only_without_grad=True)
     times.wrap(trainer, "compute_loss", "forward")
     times.wrap(trainer.accelerator, "backward", "backward")
+    kl_check = _check_reference_kl(trainer, optimizer_steps * args.warmup) if training.ref_kl_coef > 0 else None
     print(f"TRL {trl.__version__}", file=sys.stderr)
     if _wait_for_command() == "step":
         trainer.train()
     _wait_for_command()  # the parent's quit
-    _report({"peak_rss_mib": _peak_rss_mib()})
+    _report({"peak_rss_mib": _peak_rss_mib(), "kl_check": kl_check})
+
+
+def _check_reference_kl(trainer: Any, warmup_optimizer_steps: int) -> dict[str, float]:
+    """During the warm-up steps (not timed), recompute the reference KL of each TRL loss call with
+    our estimator (`sent.losses.kl_penalty`, k3) on TRL's own log-probabilities and compare it
+    with the value TRL logs; report the largest difference at the end of the warm-up."""
+    import torch
+
+    from sent.losses import kl_penalty
+
+    inner = trainer._compute_loss
+    worst = {"diff": 0.0, "trl": 0.0, "calls": 0}
+
+    def checked(model, inputs):
+        loss = inner(model, inputs)
+        if trainer.state.global_step >= warmup_optimizer_steps:
+            return loss
+        with torch.no_grad():
+            ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, inputs["completion_ids"].size(1))
+            m = inputs["completion_mask"].float()
+            ours = float((kl_penalty(logps, inputs["ref_per_token_logps"], "low_var_kl") * m).sum() / m.sum())
+        theirs = float(trainer._metrics["train"]["kl"][-1])
+        worst.update(diff=max(worst["diff"], abs(ours - theirs)), trl=max(worst["trl"], theirs))
+        worst["calls"] += 1
+        return loss
+
+    trainer._compute_loss = checked
+    return worst
 
 
 # ------------------------------------------------------------------------------ the parent
@@ -245,7 +286,8 @@ def run_trl(args: argparse.Namespace) -> None:
 
 class Worker:
     def __init__(self, side: str, args: argparse.Namespace) -> None:
-        command = [sys.executable, __file__, "--worker", side, "--config", args.config, "--loss", args.loss]
+        command = [sys.executable, __file__, "--worker", side, "--config", args.config]
+        command += ["--loss", args.loss] if args.loss else []
         command += ["--warmup", str(args.warmup), "--steps", str(args.steps)]
         for override in args.set:
             command += ["--set", override]
@@ -283,7 +325,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--against", choices=["trl"], help="run TRL's GRPOTrainer beside the local engine")
     parser.add_argument("--config", default="configs/toy.yaml")
-    parser.add_argument("--loss", default="ppo_clip", help="the local engine's policy loss")
+    parser.add_argument("--loss", help="the local engine's policy loss (default: the config's training.loss)")
     parser.add_argument("--set", action="append", default=[], help="a config override for both sides (KEY=VALUE)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
@@ -296,6 +338,9 @@ def main() -> None:
     if not (_curriculum(cfg) / "manifest.json").is_file() or not Path(cfg.model.path).is_dir():
         print("skipped: run `sent toy bootstrap` and `sent curate --config configs/toy.yaml` first")
         return
+    if args.against == "trl" and importlib.util.find_spec("trl") is None:
+        print("TRL is not installed: pip install -e '.[bench]' (trl 1.16, transformers below verl's cap)")
+        sys.exit(2)
     sides = ["local", "trl"] if args.against else ["local"]
     workers = {side: Worker(side, args) for side in sides}
     steps: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
@@ -304,16 +349,25 @@ def main() -> None:
             record = workers[side].send("step")
             if i >= args.warmup:
                 steps[side].append(record)
-    peaks = {side: workers[side].send("quit")["peak_rss_mib"] for side in sides}
+    ends = {side: workers[side].send("quit") for side in sides}
+    peaks = {side: end["peak_rss_mib"] for side, end in ends.items()}
     training = cfg.training
     print(
         f"workload: {training.train_batch_size} prompts x G={training.group_size}, "
         f"<= {training.max_response_tokens} response tokens, "
-        f"{training.train_batch_size // training.mini_batch_size} optimizer steps per rollout, "
-        f"micro-batch {training.micro_batch_size}; "
-        f"medians of {args.steps} steps after {args.warmup} warm-up; local loss {args.loss}"
+        f"{training.train_batch_size // training.mini_batch_size} optimizer steps per rollout and epoch, "
+        f"{training.ppo_epochs} PPO epoch(s), micro-batch {training.micro_batch_size}, "
+        f"reference KL {training.ref_kl_coef}; "
+        f"medians of {args.steps} steps after {args.warmup} warm-up; local loss {training.loss}"
     )
     figures = {side: _summary(side, steps[side], peaks[side]) for side in sides}
+    kl_check = ends.get("trl", {}).get("kl_check")
+    if kl_check:
+        print(
+            f"reference KL (k3, beta {training.ref_kl_coef}): ours on TRL's tensors vs TRL's logged value, "
+            f"largest |difference| {kl_check['diff']:.2e} over {kl_check['calls']} warm-up loss calls "
+            f"(largest TRL value {kl_check['trl']:.2e})"
+        )
     if args.against:
         ratio = figures["local"][1] / figures["trl"][1]
         print(f"local/TRL throughput ratio: {ratio:.2f} (tokens/s over the whole step)")

@@ -103,30 +103,84 @@ def _takes_logits_to_keep(model_type: type) -> bool:
 
 
 def response_logits_and_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int, groups: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``(rows, L - start, V)`` predicting ``input_ids[:, start:]``, and those tokens'
     log-probabilities ``(rows, L - start)``, each given the tokens before it (differentiable).
-    The LM head runs on those positions only, where the model takes ``logits_to_keep``."""
-    keep = input_ids.shape[1] - start + 1
-    extra = {"logits_to_keep": keep} if _takes_logits_to_keep(type(model)) else {}
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra
-    )
-    logits = out.logits[:, -keep:-1]
+    The LM head runs on those positions only, where the model takes ``logits_to_keep``.
+
+    ``groups`` ``(rows,)``: rows with one group id share their prompt (``input_ids[:, :start]``
+    and its mask, as the G responses of a GRPO group do). Each prompt then goes through the model
+    once, and its keys and values are indexed out to its rows (`_shared_prompt_forward`): the
+    same result to float rounding, for a fraction of the prompt's cost."""
+    if groups is not None and _takes_logits_to_keep(type(model)):
+        logits = _shared_prompt_forward(model, input_ids, attention_mask, start, groups)
+    else:
+        keep = input_ids.shape[1] - start + 1
+        extra = {"logits_to_keep": keep} if _takes_logits_to_keep(type(model)) else {}
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra
+        )
+        logits = out.logits[:, -keep:-1]
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, start:].unsqueeze(-1)).squeeze(-1)
     return logits, logp
 
 
+def _shared_prompt_forward(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int, groups: torch.Tensor
+) -> torch.Tensor:
+    """The logits of `response_logits_and_logprobs` with one prompt forward per group: the prompt
+    rows give the logits of the first response token and a KV cache, whose rows are indexed out
+    to every row of their group (a differentiable gather: gradients of the G rows add up in the
+    prompt's); the responses then run over that cache."""
+    from transformers import DynamicCache
+
+    unique, inverse = torch.unique(groups, return_inverse=True)
+    rows = torch.arange(len(groups), device=groups.device)
+    first = torch.full((len(unique),), len(groups), device=groups.device).scatter_reduce(0, inverse, rows, "amin")
+    inverse, first = inverse.to(input_ids.device), first.to(input_ids.device)
+    prompt_mask = attention_mask[first, :start]
+    cache = DynamicCache(config=model.config)
+    out = model(
+        input_ids=input_ids[first, :start],
+        attention_mask=prompt_mask,
+        position_ids=position_ids_for(prompt_mask),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    head = out.logits[:, -1:][inverse]  # predicts the first response token
+    if input_ids.shape[1] - start == 1:
+        return head
+    cache.batch_select_indices(inverse)
+    mask = attention_mask[:, :-1]  # the last token predicts nothing
+    rest = model(
+        input_ids=input_ids[:, start:-1],
+        attention_mask=mask,
+        position_ids=position_ids_for(mask)[:, start:],
+        past_key_values=cache,
+        use_cache=True,
+    ).logits
+    return torch.cat([head, rest], dim=1)
+
+
 @torch.no_grad()
 def token_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int, *, chunk_rows: int = 16
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    start: int,
+    *,
+    chunk_rows: int = 16,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(rows, L - start)`` log-probabilities of ``input_ids[:, start:]`` under ``model``, each
-    given the tokens before it (0 where ``attention_mask`` is 0). Rows go through in chunks."""
+    given the tokens before it (0 where ``attention_mask`` is 0). Rows go through in chunks;
+    ``groups`` as in `response_logits_and_logprobs`."""
     out = []
     for i in range(0, input_ids.shape[0], chunk_rows):
         ids, mask = input_ids[i : i + chunk_rows], attention_mask[i : i + chunk_rows]
-        _, logp = response_logits_and_logprobs(model, ids, mask, start)
+        chunk_groups = groups[i : i + chunk_rows] if groups is not None else None
+        _, logp = response_logits_and_logprobs(model, ids, mask, start, chunk_groups)
         out.append(logp * mask[:, start:])
     return torch.cat(out)

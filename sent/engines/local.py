@@ -276,7 +276,9 @@ class LocalEngine:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # constant (paper)
         warm_up_verifier()
-        self.sampler = HFSampler(self.policy, self.tokenizer, batch_size=self.training.rollout_batch_size, progress=False)
+        self.sampler = HFSampler(
+            self.policy, self.tokenizer, batch_size=self.training.rollout_batch_size, progress=False
+        )
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.entropy_watch = EntropyWatch(self.training.entropy_collapse_fraction)
@@ -412,6 +414,7 @@ class LocalEngine:
             self.training.micro_batch_size,
         )
         need = batch["keep"].to(self.device).clone()
+        groups = batch["groups"].to(self.device)  # a group's rows share their prompt: one prompt forward
         with torch.no_grad():
             old = batch["sampled_logp"]
             if old is None:
@@ -420,14 +423,21 @@ class LocalEngine:
                 need_old[:on_policy_rows] = False
                 rest = need_old.nonzero().squeeze(-1)
                 if len(rest):
-                    old[rest] = token_logprobs(self.policy, ids[rest], mask[rest], prompt_len, chunk_rows=rows)
+                    old[rest] = token_logprobs(
+                        self.policy, ids[rest], mask[rest], prompt_len, chunk_rows=rows, groups=groups[rest]
+                    )
             ref = None
             if self.reference is not None:
                 ref = torch.zeros(mask[:, prompt_len:].shape, device=self.device)
                 rows_needed = need.nonzero().squeeze(-1)
                 if len(rows_needed):
                     ref[rows_needed] = token_logprobs(
-                        self.reference, ids[rows_needed], mask[rows_needed], prompt_len, chunk_rows=rows
+                        self.reference,
+                        ids[rows_needed],
+                        mask[rows_needed],
+                        prompt_len,
+                        chunk_rows=rows,
+                        groups=groups[rows_needed],
                     )
         return old, ref
 
@@ -444,11 +454,14 @@ class LocalEngine:
         """
         training = self.training
         ids, mask, prompt_len = micro.batch["input_ids"], micro.batch["attention"], micro.batch["prompt_len"]
+        groups = micro.batch["groups"].to(self.device)
         trained = micro.train_mask[micro.rows].any(-1)
         kept, dropped = micro.rows[trained], micro.rows[~trained]
         if len(dropped):
             with clock("forward"), torch.no_grad():
-                logits, _ = response_logits_and_logprobs(self.policy, ids[dropped], mask[dropped], prompt_len)
+                logits, _ = response_logits_and_logprobs(
+                    self.policy, ids[dropped], mask[dropped], prompt_len, groups[dropped]
+                )
                 entropy.add(token_entropy(logits), mask[dropped, prompt_len:])
         if not len(kept):
             # no trained token: the loss is 0, and its metrics are those of an all-masked row
@@ -474,7 +487,7 @@ class LocalEngine:
                 )
             return torch.zeros((), device=self.device), metrics
         with clock("forward"):
-            logits, logp = response_logits_and_logprobs(self.policy, ids[kept], mask[kept], prompt_len)
+            logits, logp = response_logits_and_logprobs(self.policy, ids[kept], mask[kept], prompt_len, groups[kept])
             with torch.set_grad_enabled(training.entropy_coeff > 0):  # a gradient only for the entropy bonus
                 ent = token_entropy(logits)
             m = micro.train_mask[kept]

@@ -1,23 +1,27 @@
-"""The ``hf`` sampler: Hugging Face ``generate``, batched with left padding, CPU or GPU.
+"""The ``hf`` sampler: a Hugging Face causal LM in this process, batched, CPU or GPU.
 
-Settings are passed as a fresh `GenerationConfig` (``top_k=0``), so the model's own generation
-defaults (often ``top_k=50``) never change the sampling distribution. Randomness comes from a
-forked RNG seeded per batch (the job's seed and the batch's index, counted from ``start``), so
-sampling leaves the caller's RNG state alone (the training engine checkpoints it), and a job cut
-into pieces on batch boundaries samples as it would whole.
+Each batch of prompts is sampled by `sent.sampling.decode` (one prefill per prompt, a
+preallocated KV cache; ``decoder="loop"``, the default) or by Hugging Face's ``generate``
+(``decoder="generate"``, and for models the loop does not cover). Both sample the same
+distribution (temperature, then the top-p nucleus, no top-k: ``generate`` gets a fresh
+`GenerationConfig` with ``top_k=0``, so a model's own generation defaults never change it), and
+both stop at the tokenizer's EOS and the generation config's EOS ids (`stop_token_ids`).
+Randomness comes from a generator seeded per batch (the job's seed and the batch's index, counted
+from ``start``), so sampling leaves the caller's RNG state alone (the training engine checkpoints
+it), and a job cut into pieces on batch boundaries samples as it would whole.
 
-Log-probabilities come from generate's own forward passes: a logits processor placed before
-temperature and top-p (Hugging Face runs caller processors before its warpers) keeps one step's
-log-softmax of the raw logits and reads off the token sampled from it at the next step. So they
-are the raw model distribution's, for any temperature or top-p, cost no extra forward pass, and
-hold one ``(rows, vocab)`` tensor at a time where keeping generate's per-step logits would hold
-all of them. They agree with a full forward pass over the finished sequences
-(`sent.models.token_logprobs`) to float rounding: the KV-cached decode adds in another order
-(tests/sampling/test_sampling.py states the tolerance).
+Log-probabilities are the raw model distribution's (before temperature and top-p), read from the
+sampler's own forward passes at no extra cost: the loop takes them from the logits it samples
+from; for ``generate`` a logits processor placed before temperature and top-p (Hugging Face runs
+caller processors before its warpers) keeps one step's log-softmax and reads off the token
+sampled from it at the next step. They agree with a full forward pass over the finished
+sequences (`sent.models.token_logprobs`) to float rounding: the KV-cached decode adds in another
+order (tests/sampling/test_sampling.py states the tolerance).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +30,23 @@ from tqdm.auto import tqdm
 
 from sent.models import load_model, load_tokenizer
 from sent.sampling.base import Completion, Messages, register_sampler
+from sent.sampling.decode import Decoded, decode, supports_decode_loop
+
+DECODERS = ("loop", "generate")
+"""loop: `sent.sampling.decode` (one prefill per prompt, a preallocated cache); generate:
+Hugging Face's ``generate``. The same distribution; the loop is the faster."""
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokens a response stops at: the tokenizer's EOS and the model's generation config's
+    (an instruct model's end-of-turn token is often only in the latter)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None) if config is not None else None
+    ids.update(extra if isinstance(extra, list | tuple) else [extra] if extra is not None else [])
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation config names an EOS token")
+    return sorted(ids)
 
 
 class _SampledLogprobs:
@@ -70,6 +91,7 @@ class HFSampler:
         trust_remote_code: bool = False,
         batch_size: int = 64,
         progress: bool = True,
+        decoder: str = "loop",
     ) -> None:
         if model is None:
             if model_path is None:
@@ -79,7 +101,9 @@ class HFSampler:
             tokenizer = load_tokenizer(tokenizer_path or model_path, trust_remote_code=trust_remote_code)
         tokenizer.padding_side = "left"
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.progress = batch_size, progress
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; known: {', '.join(DECODERS)}")
+        self.batch_size, self.progress, self.decoder = batch_size, progress, decoder
 
     def prompt_texts(self, prompts: Sequence[Messages]) -> list[str]:
         return [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
@@ -97,8 +121,6 @@ class HFSampler:
         logprobs: bool = True,
         start: int = 0,
     ) -> list[list[Completion]]:
-        from transformers import GenerationConfig, LogitsProcessorList
-
         if start % self.batch_size:
             raise ValueError(
                 f"start={start} is not a multiple of the batch size {self.batch_size}: the hf sampler seeds "
@@ -107,7 +129,68 @@ class HFSampler:
         first_batch = start // self.batch_size
 
         tok, model = self.tokenizer, self.model
-        eos = tok.eos_token_id
+        eos_ids = stop_token_ids(model, tok)
+        texts = self.prompt_texts(prompts)
+        prompt_ids = tok(texts, add_special_tokens=False)["input_ids"]
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        results: list[list[Completion]] = []
+        batches = range(0, len(texts), self.batch_size)
+        loop = self.decoder == "loop" and supports_decode_loop(model)
+        for b, lo in enumerate(tqdm(batches, desc="sampling", unit="batch", disable=not self.progress)):
+            batch_ids = prompt_ids[lo : lo + self.batch_size]
+            batch_seed = seed * 1_000_003 + first_batch + b
+            settings = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+            if loop:
+                generator = torch.Generator(device=device).manual_seed(batch_seed)
+                decoded = decode(
+                    model,
+                    batch_ids,
+                    **settings,
+                    eos_ids=eos_ids,
+                    pad_id=tok.pad_token_id,
+                    generator=generator,
+                    logprobs=logprobs,
+                )
+            else:
+                decoded = self._generate(batch_ids, batch_seed, eos_ids, logprobs, **settings)
+            for row, ids in enumerate(decoded.tokens):
+                stopped = bool(ids) and ids[-1] in eos_ids
+                text = tok.decode(ids[:-1] if stopped else ids, skip_special_tokens=True)
+                token_lp = tuple(decoded.logprobs[row]) if decoded.logprobs is not None else None
+                if row % n == 0:
+                    results.append([])
+                results[-1].append(
+                    Completion(
+                        text,
+                        tuple(ids),
+                        math.fsum(token_lp) if token_lp is not None else float("nan"),
+                        "stop" if stopped else "length",
+                        token_logprobs=token_lp,
+                        prompt_token_ids=tuple(batch_ids[row // n]),
+                    )
+                )
+        model.train(was_training)
+        return results
+
+    def _generate(
+        self,
+        batch_ids: list[list[int]],
+        seed: int,
+        eos_ids: list[int],
+        logprobs: bool,
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+    ) -> Decoded:
+        """One batch through Hugging Face's ``generate`` (models `decode` does not cover)."""
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        tok, model = self.tokenizer, self.model
+        device = next(model.parameters()).device
         gen_cfg = GenerationConfig(
             do_sample=temperature > 0,
             temperature=temperature if temperature > 0 else None,
@@ -116,58 +199,33 @@ class HFSampler:
             max_new_tokens=max_new_tokens,
             num_return_sequences=n if temperature > 0 else 1,  # greedy: decode once, replicate
             pad_token_id=tok.pad_token_id,
-            eos_token_id=eos,
+            eos_token_id=eos_ids,
         )
-        texts = self.prompt_texts(prompts)
-        prompt_ids = tok(texts, add_special_tokens=False)["input_ids"]
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        results: list[list[Completion]] = []
-        batches = range(0, len(texts), self.batch_size)
-        for b, lo in enumerate(tqdm(batches, desc="sampling", unit="batch", disable=not self.progress)):
-            batch_ids = prompt_ids[lo : lo + self.batch_size]
-            enc = tok.pad({"input_ids": batch_ids}, return_tensors="pt", padding=True)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            recorder = _SampledLogprobs() if logprobs else None
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed * 1_000_003 + first_batch + b)
-                seqs = model.generate(
-                    **enc,
-                    generation_config=gen_cfg,
-                    logits_processor=LogitsProcessorList([recorder]) if recorder else None,
-                )
-            prompt_len = enc["input_ids"].shape[1]
-            gen = seqs[:, prompt_len:]
-            token_lps = recorder.finish(gen) if recorder else None
-            if temperature <= 0:
-                gen = gen.repeat_interleave(n, dim=0)
-                token_lps = token_lps.repeat_interleave(n, dim=0) if recorder else None
-            # valid generated tokens: up to and including the first EOS (padding only follows it)
-            is_eos = (gen == eos).long()
-            gen_mask = (is_eos.cumsum(-1) - is_eos) == 0
-            gen_list, mask_list = gen.tolist(), gen_mask.tolist()
-            lps_list = (token_lps * gen_mask).tolist() if recorder else None
-            for row in range(gen.shape[0]):
-                length = sum(mask_list[row])
-                ids = gen_list[row][:length]
-                stopped = bool(ids) and ids[-1] == eos
-                text = tok.decode(ids[:-1] if stopped else ids, skip_special_tokens=True)
-                token_lp = tuple(lps_list[row][:length]) if lps_list else None
-                if row % n == 0:
-                    results.append([])
-                results[-1].append(
-                    Completion(
-                        text,
-                        tuple(ids),
-                        float(sum(token_lp)) if token_lp is not None else float("nan"),
-                        "stop" if stopped else "length",
-                        token_logprobs=token_lp,
-                        prompt_token_ids=tuple(batch_ids[row // n]),
-                    )
-                )
-        model.train(was_training)
-        return results
+        enc = tok.pad({"input_ids": batch_ids}, return_tensors="pt", padding=True)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        recorder = _SampledLogprobs() if logprobs else None
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            seqs = model.generate(
+                **enc,
+                generation_config=gen_cfg,
+                logits_processor=LogitsProcessorList([recorder]) if recorder else None,
+            )
+        gen = seqs[:, enc["input_ids"].shape[1] :]
+        token_lps = recorder.finish(gen) if recorder else None
+        if temperature <= 0:
+            gen = gen.repeat_interleave(n, dim=0)
+            token_lps = token_lps.repeat_interleave(n, dim=0) if token_lps is not None else None
+        # valid generated tokens: up to and including the first stop token (padding only follows it)
+        is_eos = torch.isin(gen, torch.tensor(eos_ids, device=gen.device)).long()
+        lengths = ((is_eos.cumsum(-1) - is_eos) == 0).sum(-1).tolist()
+        tokens = [row[:length] for row, length in zip(gen.tolist(), lengths, strict=True)]
+        lps = (
+            [row[:length] for row, length in zip(token_lps.tolist(), lengths, strict=True)]
+            if token_lps is not None
+            else None
+        )
+        return Decoded(tokens, lps)
 
 
 @register_sampler("hf")
