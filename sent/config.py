@@ -279,6 +279,11 @@ class TrainingConfig(_Section):
     filter_groups: bool = Field(
         False, description="leave groups whose G rewards are all equal out of the update (they carry no signal)"
     )
+    train_samples: Literal["all", "positive"] = Field(
+        "all",
+        description="local engine: which responses carry the policy gradient: all (GRPO), or only those with a "
+        "positive advantage (positive sample reinforcement, arXiv 2506.01347: the collapse regime's positive control)",
+    )
     correct_score: float = Field(1.0, description="reward of a right final answer")
     reward_timeout_s: float = Field(
         5.0, gt=0, description="grading budget of one response; undecided in time = wrong (counted as reward_undecided)"
@@ -288,6 +293,11 @@ class TrainingConfig(_Section):
         "sampling",
         description="local engine: the rollout's old log-probabilities from the sampler's own forward passes "
         "(no extra pass; equal to a recomputation to float rounding) or from a separate no-grad pass",
+    )
+    compile: bool = Field(
+        False,
+        description="local engine: torch.compile the policy's training forward (dynamic shapes; a one-off compile "
+        "of about a minute; measured slower than eager for the toy model on CPU, see docs/engine-speed.md)",
     )
     shuffle: bool = Field(True, description="shuffle within a stage (False keeps SE order)")
     save_every: int = Field(50, gt=0, description="steps between checkpoints (and one at the end of a stage)")
@@ -301,6 +311,10 @@ class TrainingConfig(_Section):
     def _batches_divide(self) -> TrainingConfig:
         if self.train_batch_size % self.mini_batch_size:
             raise ValueError("train_batch_size must be a multiple of mini_batch_size")
+        if self.train_samples != "all" and self.engine != "local":
+            raise ValueError(
+                f"train_samples={self.train_samples!r} is a local-engine setting; the verl engine trains all"
+            )
         PolicyLossConfig(**self.policy_loss.model_dump())  # the loss's own range checks
         return self
 
@@ -388,6 +402,13 @@ class TrackingConfig(_Section):
 BUILTIN_ARMS: dict[str, tuple[str, ...]] = {
     # the token-level losses, each without the curriculum: all problems in one stage
     "grpo": ("training.loss=ppo_clip", "curriculum.n_stages=1", "curriculum.method=quantile"),
+    # the positive control of entropy collapse: GRPO on the positive-advantage responses only
+    "grpo_positive": (
+        "training.loss=ppo_clip",
+        "training.train_samples=positive",
+        "curriculum.n_stages=1",
+        "curriculum.method=quantile",
+    ),
     "kl_cov": ("training.loss=kl_cov", "curriculum.n_stages=1", "curriculum.method=quantile"),
     "clip_cov": ("training.loss=clip_cov", "curriculum.n_stages=1", "curriculum.method=quantile"),
     "entropy_mask": ("training.loss=entropy_mask", "curriculum.n_stages=1", "curriculum.method=quantile"),

@@ -10,7 +10,10 @@ Metrics per benchmark, and their unweighted mean over benchmarks:
   problem with c correct of n samples, averaged over problems (k <= n);
 - ``avg@n``: mean accuracy over all samples;
 - ``maj@n``: the majority answer is right (answers clustered by equivalence; the largest class
-  wins, ties to the class seen first; responses without an answer do not vote).
+  wins, ties to the class seen first; responses without an answer do not vote);
+- ``se@n`` and ``distinct@n``: the policy's diversity on held-out problems: the mean semantic
+  entropy of a problem's n answers (nats; the same clustering, each response without an answer a
+  class of its own, as in curation) and the mean number of distinct answers.
 Outputs: ``results.json``, ``results.md`` (a Markdown table) and ``details.parquet`` (one row per
 sample: benchmark, problem id, sample, response, extracted answer, correct), like the seed's
 ``--dump-eval-details``.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +36,7 @@ from sent import interrupt
 from sent.errors import SentError
 from sent.rewards import extract_answer, is_equivalent
 from sent.sampling.base import Settings
-from sent.semantic import cluster
+from sent.semantic import discrete_entropy, score_answers
 
 logger = logging.getLogger(__name__)
 
@@ -158,13 +162,34 @@ def load_benchmark_from_hub(repo_id: str, *, split: str = "test", fields: dict[s
 
 
 def majority_correct(answers: Sequence[str | None], ground_truth: str) -> bool:
-    votes = [a for a in answers if a is not None and a.strip()]
-    if not votes:
-        return False
-    ids = cluster(votes)
-    counts = np.bincount(ids)
-    winner = votes[ids.index(int(np.argmax(counts)))]  # argmax: the first class among ties
-    return is_equivalent(winner, ground_truth)
+    return AnswerSpread.of(answers).majority_correct(ground_truth)
+
+
+@dataclass(frozen=True)
+class AnswerSpread:
+    """One problem's n answers clustered by equivalence (`sent.semantic`, the math judge): the
+    majority answer, the semantic entropy (each response without an answer a class of its own, as
+    in curation) and the number of distinct answers (responses without one neither vote nor count)."""
+
+    majority: str | None
+    entropy: float
+    distinct: int
+
+    @classmethod
+    def of(cls, answers: Sequence[str | None]) -> AnswerSpread:
+        ids = score_answers(answers).cluster_ids
+        present = [i for i, a in enumerate(answers) if a is not None and a.strip()]
+        counts = Counter(ids[i] for i in present)
+        first: dict[int, int] = {}
+        for i in present:
+            first.setdefault(ids[i], i)
+        # the largest class; ties to the class seen first
+        winner = max(counts, key=lambda c: (counts[c], -first[c])) if counts else None
+        majority = str(answers[first[winner]]) if winner is not None else None
+        return cls(majority, discrete_entropy(ids), len(counts))
+
+    def majority_correct(self, ground_truth: str) -> bool:
+        return self.majority is not None and is_equivalent(self.majority, ground_truth)
 
 
 def score_benchmark(
@@ -179,12 +204,15 @@ def score_benchmark(
     if len(sizes) != 1 or 0 in sizes:
         raise EvaluationError(f"{name}: every problem needs the same number of responses, got {sorted(sizes)}")
     n = sizes.pop()
-    details, correct_counts, majority = [], [], []
+    details, correct_counts, majority, entropies, distinct = [], [], [], [], []
     for p in problems:
         answers = [extract_answer(r) for r in responses[p.id]]
         correct = [a is not None and is_equivalent(a, p.answer) for a in answers]
         correct_counts.append(sum(correct))
-        majority.append(majority_correct(answers, p.answer))
+        spread = AnswerSpread.of(answers)
+        majority.append(spread.majority_correct(p.answer))
+        entropies.append(spread.entropy)
+        distinct.append(spread.distinct)
         details += [
             {"benchmark": name, "id": p.id, "sample": i, "response": r, "answer": a, "correct": c}
             for i, (r, a, c) in enumerate(zip(responses[p.id], answers, correct, strict=True))
@@ -195,6 +223,8 @@ def score_benchmark(
             metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, c, k) for c in correct_counts]))
     metrics[f"avg@{n}"] = float(np.sum(correct_counts) / (n * len(problems)))
     metrics[f"maj@{n}"] = float(np.mean(majority))
+    metrics[f"se@{n}"] = float(np.mean(entropies))
+    metrics[f"distinct@{n}"] = float(np.mean(distinct))
     return metrics, details
 
 
@@ -214,13 +244,28 @@ def flat_metrics(results: dict[str, Any], *, counts: bool = True) -> dict[str, f
     return flat
 
 
+SPREAD_METRICS = ("se@", "distinct@")
+"""Metrics that are not shares of problems: the mean semantic entropy of a problem's n answers
+(nats) and its mean number of distinct answers, a measure of the policy's diversity."""
+
+
+def is_share(metric: str) -> bool:
+    """Whether ``metric`` is a share (shown in points); the answer-spread metrics are not."""
+    return not metric.startswith(SPREAD_METRICS)
+
+
+def format_metric(metric: str, value: float) -> str:
+    return f"{100 * value:.2f}" if is_share(metric) else f"{value:.3f}"
+
+
 def markdown_table(per_benchmark: dict[str, dict[str, float]], mean: dict[str, float]) -> str:
-    keys = [k for k in mean if k.startswith("pass@")] + [k for k in mean if not k.startswith("pass@")]
+    """Pass@k first, then avg/maj (points), then the answers' spread (SE in nats, distinct answers)."""
+    keys = sorted(mean, key=lambda k: (not k.startswith("pass@"), not is_share(k)))
     lines = ["| benchmark | problems | " + " | ".join(keys) + " |", "| --- | --- |" + " --- |" * len(keys)]
     for name, m in per_benchmark.items():
-        cells = [f"{100 * m[k]:.2f}" if k in m else "" for k in keys]
+        cells = [format_metric(k, m[k]) if k in m else "" for k in keys]
         lines.append(f"| {name} | {int(m['problems'])} | " + " | ".join(cells) + " |")
-    lines.append("| **mean** | | " + " | ".join(f"**{100 * mean[k]:.2f}**" for k in keys) + " |")
+    lines.append("| **mean** | | " + " | ".join(f"**{format_metric(k, mean[k])}**" for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 

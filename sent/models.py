@@ -98,8 +98,13 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _takes_logits_to_keep(model_type: type) -> bool:
+def _forward_takes_logits_to_keep(model_type: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+
+
+def _takes_logits_to_keep(model) -> bool:
+    """Whether ``model`` (or the module a ``torch.compile`` wrapper holds) takes ``logits_to_keep``."""
+    return _forward_takes_logits_to_keep(type(getattr(model, "_orig_mod", model)))
 
 
 def response_logits_and_logprobs(
@@ -113,11 +118,11 @@ def response_logits_and_logprobs(
     and its mask, as the G responses of a GRPO group do). Each prompt then goes through the model
     once, and its keys and values are indexed out to its rows (`_shared_prompt_forward`): the
     same result to float rounding, for a fraction of the prompt's cost."""
-    if groups is not None and _takes_logits_to_keep(type(model)):
+    if groups is not None and _takes_logits_to_keep(model):
         logits = _shared_prompt_forward(model, input_ids, attention_mask, start, groups)
     else:
         keep = input_ids.shape[1] - start + 1
-        extra = {"logits_to_keep": keep} if _takes_logits_to_keep(type(model)) else {}
+        extra = {"logits_to_keep": keep} if _takes_logits_to_keep(model) else {}
         out = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_for(attention_mask), **extra
         )

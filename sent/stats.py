@@ -67,6 +67,34 @@ def problem_scores(details_path: str | Path) -> dict[tuple[str, str], float]:
     return {(r["benchmark"], r["id"]): 100.0 * r["score"] for r in per_problem.iter_rows(named=True)}
 
 
+def problem_counts(details_path: str | Path) -> dict[tuple[str, str], tuple[int, int]]:
+    """``{(benchmark, problem id): (correct samples, samples)}`` from an evaluation's
+    ``details.parquet``: what avg@n and every pass@k of a problem are computed from."""
+    import polars as pl
+
+    per_problem = (
+        pl.read_parquet(details_path)
+        .group_by("benchmark", "id")
+        .agg(pl.col("correct").cast(pl.Int64).sum().alias("c"), pl.len().alias("n"))
+    )
+    return {(r["benchmark"], r["id"]): (int(r["c"]), int(r["n"])) for r in per_problem.iter_rows(named=True)}
+
+
+def problem_spread(details_path: str | Path) -> dict[tuple[str, str], tuple[float, int]]:
+    """``{(benchmark, problem id): (semantic entropy of its answers, distinct answers)}`` from an
+    evaluation's ``details.parquet`` (`sent.evaluation.AnswerSpread`)."""
+    import polars as pl
+
+    from sent.evaluation import AnswerSpread
+
+    rows = pl.read_parquet(details_path).sort("benchmark", "id", "sample")
+    out = {}
+    for (bench, pid), group in rows.group_by("benchmark", "id", maintain_order=True):
+        spread = AnswerSpread.of(group["answer"].to_list())
+        out[(str(bench), str(pid))] = (spread.entropy, spread.distinct)
+    return out
+
+
 def compare_evaluations(
     base: Mapping[tuple[str, str], float],
     final: Mapping[tuple[str, str], float],

@@ -19,7 +19,8 @@ from typing import Any
 
 from prefect import task
 
-from sent.ablation import AblationPlan, ArmRun, RunOutcome, summarise, token_shares, write_report
+from sent.ablation import AblationPlan, ArmRun
+from sent.ablation_report import RunOutcome, summarise, token_shares, write_report
 from sent.lineage import code_version, digest_of
 from sent.steps import Step
 from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, level_groups, produced
@@ -174,25 +175,32 @@ def restage_step(ctx: RunContext, curation: Artefact, out: str) -> Artefact:
     )
 
 
-def _outcome(run: ArmRun, trained: list[Artefact], evaluation: Artefact) -> RunOutcome:
+def _evaluation_outcome(arm: str, seed: int, results_path: Path, trained: list[Artefact]) -> RunOutcome:
+    """An evaluation's means, per-problem scores, counts and answer spread, with the run's histories."""
     from sent.engines.stage import read_history
-    from sent.stats import problem_scores
+    from sent.stats import problem_counts, problem_scores, problem_spread
 
-    results = json.loads(Path(evaluation.path).read_text())
+    details = results_path.parent / "details.parquet"
     return RunOutcome(
-        arm=run.arm,
-        seed=run.seed,
-        results=results["mean"],
-        scores=problem_scores(Path(evaluation.path).parent / "details.parquet"),
+        arm=arm,
+        seed=seed,
+        results=json.loads(results_path.read_text())["mean"],
+        scores=problem_scores(details),
         histories=[read_history(Path(a.path).parent) for a in trained],
+        counts=problem_counts(details),
+        spread=problem_spread(details),
     )
+
+
+def _outcome(run: ArmRun, trained: list[Artefact], evaluation: Artefact) -> RunOutcome:
+    return _evaluation_outcome(run.arm, run.seed, Path(evaluation.path), trained)
 
 
 @task(name="close-arm-run", task_run_name="close:{run.arm}/seed-{run.seed}")
 def close_arm_run(ctx: RunContext, run: ArmRun, trained: list[Artefact], evaluation: Artefact) -> dict[str, Any]:
     """The arm x seed's summary metrics into its MLflow run (also when its steps came from the
     cache), and the run ended. Returns what the report reads."""
-    from sent.ablation import entropy_curve
+    from sent.ablation_report import entropy_curve
     from sent.tracking import Tracker
 
     outcome = _outcome(run, trained, evaluation)
@@ -227,7 +235,7 @@ def ablation_report(
     ablation's directory and its MLflow parent run, which then ends (failed with ``error``)."""
     from prefect.artifacts import create_markdown_artifact
 
-    from sent.ablation import markdown_report
+    from sent.ablation_report import markdown_report
     from sent.tracking import Tracker
 
     cfg = base.load()
@@ -247,17 +255,16 @@ def ablation_report(
         for pid, level in ids.items()
         if f"{bench} {level}" in trained_groups
     }
+    out_base = Path(base.run_dir) / "eval-base" / "results.json"
     summary = summarise(
         outcomes,
         reference=plan.reference,
         n=cfg.evaluation.n,
         trained_keys=trained_keys or None,
         arms=[a.name for a in plan.arms if any(o.arm == a.name for o in outcomes)],
+        # the starting model, for scale
+        start=_evaluation_outcome("start", cfg.seed, out_base, []) if out_base.is_file() else None,
     )
-    out_base = Path(base.run_dir) / "eval-base" / "results.json"
-    if out_base.is_file():  # the starting model, for scale
-        base_results = json.loads(out_base.read_text())["mean"]
-        summary["start"] = {m: 100 * base_results[m] for m in summary["metrics"] if m in base_results}
     summary["trained_groups"] = sorted(trained_groups)
     summary["runs"] = {f"{f['arm']}/seed-{f['seed']}": f["run_dir"] for f in finished}
     summary["missing"] = sorted(

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sent.ablation import AblationError, RunOutcome, markdown_report, parse_seeds, plan_ablation, summarise
+from sent.ablation import AblationError, parse_seeds, plan_ablation
+from sent.ablation_report import RunOutcome, markdown_report, summarise
 from sent.config import BUILTIN_ARMS, load_config
 from sent.stats import mean_interval, pooled_paired_difference
 
@@ -252,3 +253,54 @@ def test_the_command_line_refuses_a_bad_arm_before_anything_runs(capsys, tmp_pat
     assert not (tmp_path / "abl").exists()
     assert main(["ablate", "--config", str(TOY), "--seeds", "0,x"]) == 2
     assert "error: seed 'x' is not an integer" in capsys.readouterr().err
+
+
+def test_the_collapse_measures_by_hand():
+    """pass@k on all and on the trained problems, its paired difference, the answers' spread, the
+    entropy window and the fit, from two problems and two seeds worked out by hand."""
+    k1, k2 = ("toy", "1"), ("toy", "2")
+
+    def outcome(arm, seed, counts, spread, entropy, accuracy):
+        history = [{"policy_entropy": h, "accuracy": a} for h, a in zip(entropy, accuracy, strict=True)]
+        scores = {k: 100 * c / n for k, (c, n) in counts.items()}
+        results = {"avg@4": sum(scores.values()) / 200, "pass@4": 0.5, "maj@4": 0.5, "pass@1": 0.25}
+        return RunOutcome(arm, seed, results, scores, [history], counts=counts, spread=spread)
+
+    flat = [0.3, 0.3, 0.2, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1]
+    law = [1.1 - 0.5 * math.exp(h) for h in flat]  # exactly on R = -0.5 exp(H) + 1.1
+    outcomes = [
+        outcome("grpo", s, {k1: (1, 4), k2: (0, 4)}, {k1: (0.5, 2), k2: (1.0, 3)}, flat, law) for s in (0, 1)
+    ] + [outcome("sent", s, {k1: (2, 4), k2: (1, 4)}, {k1: (0.7, 2), k2: (1.2, 4)}, flat, law) for s in (0, 1)]
+    start = RunOutcome("start", 0, {"pass@1": 0.1, "pass@4": 0.2}, {}, [], counts={k1: (1, 4), k2: (1, 4)})
+    s = summarise(outcomes, reference="grpo", n=4, trained_keys={k1}, start=start)
+    assert s["ks"] == [1, 4]
+    grpo, sent = s["arms"]["grpo"]["rows"], s["arms"]["sent"]["rows"]
+    # trained problem k1: grpo 1 of 4 right -> pass@1 25, pass@4 100; sent 2 of 4 -> pass@2 = 1 - C(2,2)/C(4,2)
+    assert grpo["trained.pass@1"]["mean"] == pytest.approx(25.0) and grpo["trained.pass@4"]["mean"] == 100.0
+    assert sent["trained.pass@1"]["mean"] == pytest.approx(50.0)
+    assert s["start_rows"]["trained.pass@4"] == 100.0 and s["start_rows"]["pass@1"] == pytest.approx(10.0)
+    # paired pass@4: k2 goes from 0 (no right answer) to 100 in both seeds, k1 stays 100: +50 over all
+    assert s["paired_pass"]["sent"]["all"]["difference"] == pytest.approx(50.0)
+    assert s["paired_pass"]["sent"]["trained"]["difference"] == pytest.approx(0.0)
+    # spread: SE over all problems (0.5 + 1.0) / 2 and on the trained one 0.5; distinct 2.5 and 2
+    assert grpo["all.se"]["mean"] == pytest.approx(0.75) and grpo["trained.se"]["mean"] == pytest.approx(0.5)
+    assert sent["all.distinct"]["mean"] == pytest.approx(3.0) and sent["trained.distinct"]["mean"] == 2.0
+    # entropy: first five 0.3, 0.3, 0.2, 0.2, 0.2 -> 0.24; last five 0.1 -> ratio 0.1 / 0.24
+    e = s["arms"]["grpo"]
+    assert e["entropy_start_window"]["mean"] == pytest.approx(0.24)
+    assert e["entropy_ratio"]["mean"] == pytest.approx(0.1 / 0.24)
+    assert (e["fit"]["a"], e["fit"]["b"], e["fit"]["ceiling"]) == pytest.approx((0.5, 1.1, 0.6))
+    assert e["fit"]["n"] == 20  # both seeds' steps
+    text = markdown_report(s)
+    assert "| (starting model) | 10.00 | 20.00 |" in text  # pass@1, pass@4 on all problems
+    assert "| grpo | 20 | 0.500 ± 0.000 | 1.100 ± 0.000 | 0.600 ± 0.000 | 1.00 |" in text
+
+
+def test_a_step_without_entropy_does_not_break_the_report():
+    # a step whose groups all lacked signal has policy_entropy null in metrics.jsonl
+    history = [{"policy_entropy": None, "accuracy": 0.0}, {"policy_entropy": 0.2, "accuracy": 0.5}]
+    outcome = RunOutcome("grpo", 0, {"avg@2": 0.5, "pass@2": 0.5, "maj@2": 0.5}, {("toy", "1"): 50.0}, [history])
+    s = summarise([outcome], reference="grpo", n=2)
+    assert s["arms"]["grpo"]["entropy_final"]["mean"] == pytest.approx(0.2)
+    assert math.isnan(s["arms"]["grpo"]["entropy_start"]["mean"])  # the first step had none
+    markdown_report(s)

@@ -63,6 +63,10 @@ def test_scoring_with_known_answers(tmp_path):
     assert metrics["pass@2"] == pytest.approx(((1 - 1 / 6) + (1 - 3 / 6)) / 2)
     assert metrics["pass@4"] == 1.0 and "pass@8" not in metrics  # k > n is not reported
     assert metrics["maj@4"] == 0.5  # a: 0.5 and \frac12 form the largest class; b: 4 wins
+    # a: classes {0.5, 1/2}, {2} and the missing answer alone: p = 1/2, 1/4, 1/4, SE = 0.5 ln 2 + 0.5 ln 4;
+    # b: {4, 4}, {3}, {5}: the same SE. Distinct answers: 2 (the missing one is none) and 3
+    assert metrics["se@4"] == pytest.approx(1.5 * math.log(2))
+    assert metrics["distinct@4"] == pytest.approx(2.5)
     assert len(details) == 8 and details[2] == {
         "benchmark": "toy",
         "id": "a",
@@ -71,6 +75,27 @@ def test_scoring_with_known_answers(tmp_path):
         "answer": None,
         "correct": False,
     }
+
+
+def test_answer_spread_of_hand_made_answers():
+    from sent.evaluation import AnswerSpread
+
+    all_same = AnswerSpread.of(["4", "\\frac{8}{2}", "4.0", "4"])  # one value, three spellings
+    assert (all_same.majority, all_same.entropy, all_same.distinct) == ("4", 0.0, 1)
+    none = AnswerSpread.of([None, " ", None])  # no answer at all: three classes of one, no answer counted
+    assert none.majority is None and none.entropy == pytest.approx(math.log(3)) and none.distinct == 0
+    spread = AnswerSpread.of(["1", "2", "3", "4", "1", "2", "3", "4"])
+    assert spread.entropy == pytest.approx(math.log(4)) and spread.distinct == 4 and spread.majority == "1"
+
+
+def test_markdown_shows_shares_in_points_and_the_spread_as_it_is():
+    from sent.evaluation import markdown_table
+
+    table = markdown_table(
+        {"toy": {"problems": 2.0, "n": 4.0, "pass@1": 0.375, "se@4": 1.04, "distinct@4": 2.5}},
+        {"pass@1": 0.375, "se@4": 1.04, "distinct@4": 2.5},
+    )
+    assert "| toy | 2 | 37.50 | 1.040 | 2.500 |" in table
 
 
 def test_majority_vote_ties_go_to_the_first_class():

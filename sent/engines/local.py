@@ -144,6 +144,12 @@ class MicroBatch:
     """No optimizer step yet since the rollout: the policy is the rollout policy."""
 
 
+def positive_samples(advantages: torch.Tensor) -> torch.Tensor:
+    """``(rows,)`` mask of the responses that train under ``train_samples: positive``: those with a
+    positive advantage (right answers in a group that is not all right)."""
+    return advantages > 0
+
+
 def score_rollout(rows: list[dict], outs: list[list[Completion]], training: TrainingConfig) -> list[dict[str, Any]]:
     """`compute_score` of every completion, in rollout order. A group repeats answers, so each
     distinct response text of a prompt is graded once (grading is a pure function of the text)."""
@@ -262,6 +268,8 @@ class LocalEngine:
             self.start_model, device=model.device, dtype=model.dtype, trust_remote_code=model.trust_remote_code
         )
         self.device = next(self.policy.parameters()).device
+        # the training forward may be compiled; sampling and checkpoints use the module itself
+        self.train_model = torch.compile(self.policy, dynamic=True) if self.training.compile else self.policy
         self.reference = None
         if self.training.ref_kl_coef > 0:
             self.reference = load_model(
@@ -387,6 +395,8 @@ class LocalEngine:
             group_rewards = rewards.view(-1, group_size)
             signal = group_rewards.max(1).values != group_rewards.min(1).values
             keep = signal[groups] if training.filter_groups else torch.ones(n_seqs, dtype=torch.bool)
+            if training.train_samples == "positive":
+                keep = keep & positive_samples(adv)
         return {
             "input_ids": input_ids.to(self.device),
             "attention": attention.to(self.device),
@@ -487,7 +497,9 @@ class LocalEngine:
                 )
             return torch.zeros((), device=self.device), metrics
         with clock("forward"):
-            logits, logp = response_logits_and_logprobs(self.policy, ids[kept], mask[kept], prompt_len, groups[kept])
+            logits, logp = response_logits_and_logprobs(
+                self.train_model, ids[kept], mask[kept], prompt_len, groups[kept]
+            )
             with torch.set_grad_enabled(training.entropy_coeff > 0):  # a gradient only for the entropy bonus
                 ent = token_entropy(logits)
             m = micro.train_mask[kept]

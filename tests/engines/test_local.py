@@ -134,10 +134,13 @@ def plain_grpo_steps(cfg, curriculum, n_steps):
             ids[i, P - len(p) : P + len(r)] = torch.tensor(p + r)
             mask[i, P - len(p) : P + len(r)] = 1
         groups = torch.arange(len(rows)).repeat_interleave(group)
-        adv = grpo_advantages(rewards, groups, norm_by_std=t.norm_adv_by_std)[:, None].expand(-1, R)
+        seq_adv = grpo_advantages(rewards, groups, norm_by_std=t.norm_adv_by_std)
+        adv = seq_adv[:, None].expand(-1, R)
         by_group = rewards.view(-1, group)
         signal = by_group.max(1).values != by_group.min(1).values
         train_mask = mask[:, P:].bool() & (signal[groups] if t.filter_groups else True)[:, None]
+        if t.train_samples == "positive":  # only the responses with a positive advantage train
+            train_mask = train_mask & (seq_adv > 0)[:, None]
         old = token_logprobs(policy, ids, mask, P, chunk_rows=t.micro_batch_size)
         sums, norms, ent_sum, ent_n = {}, [], 0.0, 0
         policy.train()
@@ -184,17 +187,21 @@ def plain_grpo_steps(cfg, curriculum, n_steps):
 
 
 @pytest.mark.parametrize(
-    ("loss", "old_logprobs", "ppo_epochs"),
+    ("loss", "old_logprobs", "ppo_epochs", "train_samples"),
     [
-        ("sent", "sampling", 1),
-        ("sent", "recompute", 1),
-        ("ppo_clip", "sampling", 1),
+        ("sent", "sampling", 1, "all"),
+        ("sent", "recompute", 1, "all"),
+        ("ppo_clip", "sampling", 1, "all"),
         # the collapse regime's shape: every mini-batch trained again after optimizer steps
-        ("ppo_clip", "recompute", 2),
-        ("sent", "sampling", 2),
+        ("ppo_clip", "recompute", 2, "all"),
+        ("sent", "sampling", 2, "all"),
+        # its positive control (the grpo_positive arm)
+        ("ppo_clip", "sampling", 2, "positive"),
     ],
 )
-def test_the_fast_step_equals_the_plain_algorithm(tiny_toy, curriculum, tmp_path, loss, old_logprobs, ppo_epochs):
+def test_the_fast_step_equals_the_plain_algorithm(
+    tiny_toy, curriculum, tmp_path, loss, old_logprobs, ppo_epochs, train_samples
+):
     # groups without signal left out (rows skipped in the backward), two micro-batches per
     # mini-batch (SENT selects per micro-batch), two optimizer steps per rollout and epoch
     cfg = cfg_for(
@@ -202,6 +209,7 @@ def test_the_fast_step_equals_the_plain_algorithm(tiny_toy, curriculum, tmp_path
         f"training.loss={loss}",
         f"training.old_logprobs={old_logprobs}",
         f"training.ppo_epochs={ppo_epochs}",
+        f"training.train_samples={train_samples}",
         "training.filter_groups=true",
         "training.micro_batch_size=8",
         "training.mini_batch_size=4",
@@ -220,6 +228,16 @@ def test_the_fast_step_equals_the_plain_algorithm(tiny_toy, curriculum, tmp_path
     got_weights = weights(result.final_dir)
     for name, value in expected_weights.items():
         torch.testing.assert_close(got_weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_positive_samples_are_the_right_answers_of_mixed_groups():
+    from sent.advantages import grpo_advantages
+    from sent.engines.local import positive_samples
+
+    # group 0: two right of four (advantage +-0.87); group 1: all right (0: no signal); group 2: one right
+    rewards = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 1.0])
+    adv = grpo_advantages(rewards, torch.arange(3).repeat_interleave(4))
+    assert positive_samples(adv).tolist() == [True, False, False, True] + [False] * 4 + [False, False, False, True]
 
 
 def test_reference_kl_and_entropy_bonus(tiny_toy, curriculum, tmp_path):
