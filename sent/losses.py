@@ -244,8 +244,10 @@ def kl_cov_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=No
     )
     losses = -advantages * torch.exp(neg_kl) + config.ppo_kl_coef * weight * abs_kl
     loss = _aggregate(losses, mask, config)
+    penalised = weight > 0
     return loss, {
         "ppo_kl": masked_mean(abs_kl, mask).detach(),
+        "ppo_kl_abs_penalised": masked_mean(abs_kl.detach(), penalised),
         "n_penalised": torch.count_nonzero(weight).detach(),
     }
 
@@ -300,6 +302,8 @@ def sent_loss(*, log_prob, old_log_prob, advantages, response_mask, entropy=None
     metrics = {
         "ppo_kl": -torch.dot(kl, maskf.reshape(-1)) / n_valid.clamp(min=1),
         "ppo_kl_abs": torch.dot(kl.abs(), maskf.reshape(-1)) / n_valid.clamp(min=1),
+        # how far the penalised tokens have moved: the size of the force on them
+        "ppo_kl_abs_penalised": torch.dot(kl.abs(), penalised.reshape(-1)) / n_pen.clamp(min=1),
         "n_valid_tokens": n_valid,
         "n_low_entropy": torch.count_nonzero(low),
         "n_penalised": n_pen,

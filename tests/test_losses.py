@@ -228,6 +228,8 @@ def test_sent_known_answer():
     # mean entropy of the penalised tokens (1,1) .4, (0,4) .3, (0,3) .5, (1,0) .05
     assert m["entropy_penalised"] == pytest.approx((0.4 + 0.3 + 0.5 + 0.05) / 4)
     assert m["entropy_low_set"] == pytest.approx((0.05 + 0.1 + 0.2 + 0.3 + 0.4 + 0.5 + 0.6) / 7)
+    # |log pi - log pi_old| of the same four: 0.7, 0.5, 0.4, 0.6
+    assert m["ppo_kl_abs_penalised"] == pytest.approx((0.7 + 0.5 + 0.4 + 0.6) / 4)
 
 
 def test_sent_gradient_flows_only_through_the_selected_penalties():

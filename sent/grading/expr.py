@@ -42,7 +42,7 @@ class _ExprParser:
 
     def __init__(self, text: str, env: dict[str, float] | None = None) -> None:
         self.tokens = self._TOKEN.findall(text)
-        if "".join(self.tokens) != text:
+        if "".join(self.tokens) != text.replace(" ", ""):  # a space only ends a command: "\\pi r"
             raise ValueError("not an arithmetic expression")
         self.env = env or {}
         self.i = 0
@@ -226,12 +226,12 @@ def _relation(s: str) -> tuple[list[str], list[str]] | None:
         elif tok in ")}]":
             depth -= 1
         elif depth == 0:
-            sides.append(s[last : m.start()].removeprefix("{}"))  # "\\geq{}x": the normal form's separator
+            sides.append(s[last : m.start()].strip())  # "\\geq x": the normal form keeps that space
             ops.append(_CANONICAL_OP[tok])
             last = m.end()
     if not ops:
         return None
-    sides.append(s[last:].removeprefix("{}"))
+    sides.append(s[last:].strip())
     return sides, ops
 
 
@@ -288,3 +288,54 @@ def _compare_relations(a: tuple[list[str], list[str]], b: tuple[list[str], list[
 def _is_set_like(s: str) -> bool:
     """Intervals and sets, which an inequality can equal (``x>3`` and ``(3,\\infty)``)."""
     return _bracketed_items(s) is not None or any(marker in s for marker in _SET_MARKERS)
+
+
+_NAME = r"(?:[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?'*|[A-Z]{2,4})"
+_LABEL_ATOM = (
+    rf"(?:{_NAME}|\|{_NAME}\||\\overline\{{{_NAME}\}}|m?\\angle ?{_NAME}"
+    r"|[A-Za-z]\([-+]?\d+(?:\.\d+)?\)|[A-Za-z]\([A-Za-z]\))"
+)
+_LABEL_RE = re.compile(rf"{_LABEL_ATOM}(?::{_LABEL_ATOM})*|\\frac\{{{_LABEL_ATOM}\}}\{{{_LABEL_ATOM}\}}")
+"""What names a quantity on the left of ``=``: a variable (``y``, ``S_{ABC}``), a segment or its
+length (``AB``, ``|PQ|``, ``\\overline{PQ}``), an angle, a function at a number or a variable
+(``g(2)``, ``f(x)``), and ratios or quotients of those (``P:Q``, ``\\frac{AM}{MB}``)."""
+
+
+def labelled_value(rel: tuple[list[str], list[str]]) -> str | None:
+    """The value of ``label = value`` (``g(2)=5`` -> ``5``; ``y=x^2-4x+4`` -> ``x^2-4x+4``), or None
+    when the relation is anything else: an equation that constrains (``a+3z=0``, ``7=11a+c``)
+    has no value to compare with a bare answer."""
+    sides, ops = rel
+    if ops != ["="]:
+        return None
+    label, value = sides
+    if not value or _LABEL_RE.fullmatch(label) is None:
+        return None
+    if any(fn == arg for fn, arg in re.findall(r"([A-Za-z])\(([A-Za-z])\)", label)):
+        return None  # "x(x)" is a product, not a function's name
+    return value
+
+
+_LESS = {"<": ")", "<=": "]"}
+_LESS_OPEN = {"<": "(", "<=": "["}
+
+
+def relation_as_interval(rel: tuple[list[str], list[str]]) -> str | None:
+    """An inequality in one variable as the interval it describes: ``1<x\\le3`` -> ``(1,3]``,
+    ``x>2`` -> ``(2,\\infty)``; None for anything else."""
+    sides, ops = rel
+    if any(op not in ("<", "<=", ">", ">=") for op in ops) or len(ops) > 2:
+        return None
+    if ops[0] in _FLIPPED:  # read it the other way round: 3>x>1 is 1<x<3
+        if not all(op in _FLIPPED for op in ops):
+            return None
+        sides, ops = sides[::-1], [_FLIPPED[op] for op in reversed(ops)]
+    elif not all(op in _LESS for op in ops):
+        return None
+    variables = [i for i, side in enumerate(sides) if re.fullmatch(_NAME, side)]
+    if len(variables) != 1 or any(_ExprParser.variables(sides[i]) for i in range(len(sides)) if i != variables[0]):
+        return None
+    at = variables[0]
+    low = (_LESS_OPEN[ops[at - 1]], sides[at - 1]) if at > 0 else ("(", "-\\infty")
+    high = (sides[at + 1], _LESS[ops[at]]) if at < len(ops) else ("\\infty", ")")
+    return f"{low[0]}{low[1]},{high[0]}{high[1]}"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 
+from sent.grading.expr import _compare_by_value
 from sent.grading.limits import MAX_RESPONSE_CHARS
-from sent.grading.normalize import normalize_answer
+from sent.grading.normalize import _as_number, normalize_answer
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BRACE_RE = re.compile(r"\\.|[{}]", re.DOTALL)
@@ -19,10 +20,11 @@ _FINAL_RES = (
 _INLINE_MATH_RE = re.compile(r"^\$+([^$]+)\$+")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
 _HEDGE_GAP_RE = re.compile(
-    r"(?:[\s$,;.:]|\\quad|\\qquad|\\text\{\s*(?:(?:or|and)\s*)?\}|\b(?:or|and)\b)*", re.IGNORECASE
+    r"(?:[\s$,;.:]|\\quad|\\qquad|\\text\{\s*(?:(?:or|and)\s*)?\}|\b(?:or|and)\b|\b[A-Za-z]\s*=)*", re.IGNORECASE
 )
 MAX_HEDGE_GAP = 64
-"""What may stand between two boxes of one hedged final answer: ``\\boxed{1}, \\boxed{2} or \\boxed{3}``."""
+"""What may stand between two boxes of one final answer: ``\\boxed{1}, \\boxed{2} or \\boxed{3}``,
+``$x = \\boxed{-3}$ or $x = \\boxed{2}$``."""
 _BARE_TOKEN_RE = re.compile(r"[^\s$]+")
 _NON_SPACE_RE = re.compile(r"\S")
 Box = tuple[int, int, int, int]
@@ -69,19 +71,72 @@ def _boxes(text: str) -> list[Box]:
     return boxes
 
 
-def _last_box(text: str, boxes: list[Box]) -> str | None:
-    """The content of the last of ``boxes`` (from `_boxes`, at least one), or None when it ends a
-    final answer hedged over several boxes with different answers (only spaces, commas, "or"/"and"
-    between them): a policy must not be rewarded for listing candidates."""
+def _final_group(text: str, boxes: list[Box]) -> list[str]:
+    """The contents of the last of ``boxes`` (from `_boxes`, at least one) and of the boxes just
+    before it with only spaces, commas, "or"/"and" between them: one final answer, in order."""
     start, _, lo, hi = boxes[-1]
-    answer = text[lo:hi].strip()
+    group = [text[lo:hi].strip()]
     for prev_start, prev_end, prev_lo, prev_hi in reversed(boxes[:-1]):
         if start - prev_end > MAX_HEDGE_GAP or not _HEDGE_GAP_RE.fullmatch(text, prev_end, start):
             break
-        if normalize_answer(text[prev_lo:prev_hi].strip()) != normalize_answer(answer):
-            return None
+        group.append(text[prev_lo:prev_hi].strip())
         start = prev_start
-    return answer
+    return group[::-1]
+
+
+def same_value(a: str, b: str) -> bool:
+    """Whether two boxes state one value, decided in process: one normal form, one exact number
+    (``2\\frac14`` and ``\\frac94``, ``\\frac34`` and ``0.75``) or one value of an expression."""
+    na, nb = normalize_answer(a), normalize_answer(b)
+    if na == nb:
+        return True
+    xa, xb = _as_number(na), _as_number(nb)
+    if xa is not None and xb is not None:
+        return xa == xb
+    return _compare_by_value(na, nb) is True
+
+
+def _last_box(text: str, boxes: list[Box]) -> str | None:
+    """The final answer of the boxes, or None when it is hedged over several boxes with different
+    values: a policy must not be rewarded for listing candidates (a list answered box by box is
+    read against its reference by `sent.grading.scoring.response_answer`)."""
+    group = _final_group(text, boxes)
+    answer = group[-1]
+    return answer if all(same_value(other, answer) for other in group[:-1]) else None
+
+
+def extract_answers(text: str) -> list[str]:
+    """Every box of the final answer of a response (several when it is given box by box), else
+    the one answer `extract_answer` finds, else none."""
+    if not isinstance(text, str) or not text:
+        return []
+    text = text[-MAX_RESPONSE_CHARS:]
+    boxes = _boxes(text)
+    if boxes:
+        group = _final_group(text, boxes)
+        distinct: list[str] = []
+        for answer in group:
+            if not any(same_value(answer, seen) for seen in distinct):
+                distinct.append(answer)
+        return distinct
+    answer = extract_answer(text)
+    return [] if answer is None else [answer]
+
+
+def top_level_items(answer: str) -> list[str]:
+    """The items of a bare list answer (``2, -3``: commas outside brackets and braces), one item
+    for anything else."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(answer):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            items.append(answer[start:i])
+            start = i + 1
+    items.append(answer[start:])
+    return [item.strip() for item in items if item.strip()]
 
 
 def _clean_final_line(ans: str) -> str | None:

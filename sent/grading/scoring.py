@@ -15,11 +15,16 @@ from sent.grading.expr import (
     _is_arithmetic,
     _is_set_like,
     _relation,
+    labelled_value,
+    relation_as_interval,
 )
-from sent.grading.extract import extract_answer
+from sent.grading.extract import extract_answer, extract_answers, top_level_items
 from sent.grading.limits import DEFAULT_TIMEOUT_S, MAX_ANSWER_CHARS, MAX_BRACE_DEPTH, MAX_SYMBOLIC_CHARS
-from sent.grading.normalize import _PLAIN_TEXT_RE, _as_number, normalize_answer
+from sent.grading.normalize import _PLAIN_TEXT_RE, _as_number, has_percent, normalize_answer
 from sent.grading.verify import _brace_depth, _symbolic_equivalent
+
+OPTION_LETTERS = frozenset("ABCDE")
+"""Multiple-choice options: ``b`` and ``\\text{(B)}`` name the same one."""
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +43,18 @@ def _equivalent_forms(na: str, nb: str, deadline: float) -> bool | None:
     if _PLAIN_TEXT_RE.match(na) and _PLAIN_TEXT_RE.match(nb) and (len(na) > 1 or len(nb) > 1):
         # words ("Monday", "even"): no maths to compare beyond the spelling
         return na.casefold() == nb.casefold()
+    if na.upper() == nb.upper() and na.upper() in OPTION_LETTERS:
+        return True
     ra, rb = _relation(na), _relation(nb)
     if ra is not None or rb is not None:
         if ra is None or rb is None:
+            relation, other = (ra, nb) if ra is not None else (rb, na)
+            value = labelled_value(relation)
+            if value is not None:  # "g(2)=5", "|PQ|=4", "y=x^2-4x+4": the value of a named quantity
+                return _equivalent_forms(normalize_answer(value), other, deadline)
+            interval = relation_as_interval(relation)
+            if interval is not None and _bracketed_items(other) is not None:  # "1<x\\le3" and "(1,3]"
+                return _equivalent_forms(interval, other, deadline)
             # an equation or inequality is never a bare value: "a+3z=0" is not "0", "7=11a+c" is
             # not "11a+c" (math-verify would compare one side); only a set or interval can equal
             # an inequality ("x>3" and "(3,\\infty)"), and math-verify decides those
@@ -80,6 +94,17 @@ def _symbolic_or_none(na: str, nb: str, deadline: float) -> bool | None:
     return _symbolic_equivalent(lo, hi, deadline)
 
 
+def _percent_equivalent(percent: str, other: str) -> bool:
+    """A percentage against an answer without the sign (both in normal form, the sign dropped):
+    the same number spelled the same way (``25\\%`` and ``25``: the sign left out), or the
+    percentage's value (``25\\%`` and ``0.25``, ``50\\%`` and ``\\frac12``). Never by dropping the
+    sign from a different spelling: ``0.5\\%`` is 0.005, not ``\\frac12``."""
+    if percent == other:
+        return True
+    x, y = _as_number(percent), _as_number(other)
+    return x is not None and y is not None and x / 100 == y
+
+
 def equivalence(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIMEOUT_S) -> bool | None:
     """`is_equivalent`, telling apart "not equivalent" (False) from "not decided within ``timeout``"
     (None: the symbolic check ran out of time or could not run)."""
@@ -87,7 +112,11 @@ def equivalence(a: str | None, b: str | None, *, timeout: float = DEFAULT_TIMEOU
     try:
         if a is None or b is None:
             return False
-        return _equivalent_forms(normalize_answer(str(a)), normalize_answer(str(b)), deadline)
+        a, b = str(a), str(b)
+        na, nb = normalize_answer(a), normalize_answer(b)
+        if has_percent(a) != has_percent(b):
+            return _percent_equivalent(*((na, nb) if has_percent(a) else (nb, na)))
+        return _equivalent_forms(na, nb, deadline)
     except Exception as exc:
         logger.warning("is_equivalent(%r, %r) failed: %s", str(a)[:200], str(b)[:200], exc)
         return False
@@ -134,9 +163,23 @@ def grade_answer(
     return None if undecided else False
 
 
+def response_answer(response: str, ground_truth: str | Sequence[str]) -> str | None:
+    """The final answer of ``response`` as graded against ``ground_truth``: `extract_answer`'s,
+    except that a final answer given in several boxes with different values (a hedge, no answer
+    by itself) is the list of those values when a reference is a list of as many items
+    (``\\boxed{2}`` and ``\\boxed{-3}`` for ``2, -3``)."""
+    answer = extract_answer(response)
+    if answer is not None:
+        return answer
+    boxes = extract_answers(response)
+    if len(boxes) > 1 and any(len(top_level_items(gt)) == len(boxes) for gt in _ground_truths(ground_truth)):
+        return ", ".join(boxes)
+    return None
+
+
 def grade(response: str, ground_truth: str | Sequence[str], *, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
     """Whether the final answer of ``response`` matches ``ground_truth`` (any of several)."""
-    return grade_answer(extract_answer(response), ground_truth, timeout=timeout) is True
+    return grade_answer(response_answer(response, ground_truth), ground_truth, timeout=timeout) is True
 
 
 def compute_score(
@@ -159,7 +202,7 @@ def compute_score(
     """
     del data_source, extra_info
     start = time.monotonic()
-    pred = extract_answer(solution_str)
+    pred = response_answer(solution_str, ground_truth)
     verdict = grade_answer(pred, ground_truth, timeout=max(0.0, timeout - (time.monotonic() - start)))
     acc = verdict is True
     return {

@@ -98,11 +98,13 @@ EQUIVALENCE = [
     ("[0,1]", "(0,1)", False),
     ("\\{1,2\\}", "\\{2,1\\}", True),
     ("(-\\sqrt{3}, \\sqrt{3})", "(-\\sqrt{3},\\sqrt{3})", True),
-    # equations and inequalities: "x = <constant>" states a value; any other relation is only
-    # ever equal to a relation (found by a peer suite where our normal form was wrong)
+    # equations and inequalities: "x = <constant>" states a value, and so does any "name = value"
+    # (a labelled answer: "y = 2x+1" answers "2x+1", as a person reads it); an equation that
+    # constrains is only ever equal to a relation (found by a peer suite where our normal form was wrong)
     ("x = 3", "3", True),
     ("3 = x", "x = 3", True),
-    ("y = 2x+1", "2x+1", False),  # an equation in variables is not its right side
+    ("y = 2x+1", "2x+1", True),
+    ("y = 2x+1", "2x+2", False),
     ("y=\\frac{1}{2}", "0.5", True),
     ("x = 3", "4", False),
     ("x \\leq 5", "5 \\geq x", True),
