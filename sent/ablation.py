@@ -16,6 +16,7 @@ This module plans; the Prefect flow `flows/ablation.py` runs the plan, and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 from sent.config import BUILTIN_ARMS, ConfigError, SentConfig, load_config
 from sent.errors import SentError
 
+_ARM_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 ARM_SECTIONS = ("training", "curriculum")
 """What an arm may change: the rest (model, data, sampling, scoring, evaluation, seed) is shared,
 or the arms would not share a curation and an evaluation."""
@@ -105,6 +107,9 @@ def plan_ablation(
     base = load_config(config, list(overrides))
     table = known_arms(base)
     names = parse_list(arms, "arms") or list(base.ablation.default_arms)
+    unsafe = [a for a in names if not _ARM_NAME_RE.fullmatch(a) or ".." in a]
+    if unsafe:  # an arm's name is a directory under --out: "../x" or "/x" would write outside it
+        raise AblationError(f"arm name(s) {unsafe} must be letters, digits, '_', '-' or '.' (not '..')")
     unknown = [a for a in names if a not in table]
     if unknown:
         raise AblationError(f"unknown arm(s) {unknown}; known: {sorted(table)} (or declare them in ablation.arms)")

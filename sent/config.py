@@ -17,16 +17,28 @@ import hashlib
 import inspect
 import itertools
 import json
+import string
+import sys
 import textwrap
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from sent.errors import SentError
-from sent.loss_config import PolicyLossConfig
+from sent.loss_config import BUILTIN_LOSSES, PolicyLossConfig
 
 PAPER_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 """METHOD.md §5: the zero-shot prompt of training, curation and evaluation."""
@@ -37,7 +49,39 @@ class ConfigError(SentError, ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no NaN or infinity anywhere: lr=.inf or correct_score=.nan would only fail mid-run
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's ``true`` is not a number: ``sampling.n: true`` would otherwise be 1."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if bool not in _member_types(annotation) and annotation is not Any:
+                raise ValueError(f"expected {_type_name(annotation)}, got the boolean {str(value).lower()}")
+        return value
+
+
+def _member_types(annotation: Any) -> set[Any]:
+    """The types an annotation admits (``int | None`` -> {int, None}; a ``Literal``'s values' types)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return {type(v) for v in typing.get_args(annotation)}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_member_types(a) for a in typing.get_args(annotation)))
+    return {origin or annotation}
+
+
+def known_losses() -> set[str]:
+    """The built-in losses and any a plugin registered in `sent.losses` (when it is imported)."""
+    registry = getattr(sys.modules.get("sent.losses"), "POLICY_LOSSES", {})
+    return set(BUILTIN_LOSSES) | set(registry)
+
+
+def _type_name(annotation: Any) -> str:
+    names = sorted(getattr(t, "__name__", str(t)) for t in _member_types(annotation) if t is not type(None))
+    return " or ".join(names) or "a value"
 
 
 class ModelConfig(_Section):
@@ -75,6 +119,21 @@ class DataConfig(_Section):
 class PromptConfig(_Section):
     template: str = Field(PAPER_PROMPT, description="user message; {problem} is replaced")
     system: str | None = Field(None, description="optional system message")
+
+    @field_validator("template")
+    @classmethod
+    def _one_field(cls, template: str) -> str:
+        """The template takes the problem and nothing else (other braces are doubled: ``{{}}``)."""
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"not a format string ({exc}); write a literal brace as {{{{ or }}}}") from None
+        if fields != {"problem"}:
+            other = sorted(fields - {"problem"})
+            missing = "" if "problem" in fields else "it has no {problem}"
+            extra = f"unknown fields {other} (a literal brace is written {{{{ or }}}})" if other else ""
+            raise ValueError("; ".join(m for m in (missing, extra) if m))
+        return template
 
     def messages(self, problem: str) -> list[dict[str, str]]:
         user = self.template.format(problem=problem)
@@ -307,6 +366,21 @@ class TrainingConfig(_Section):
     entropy_collapse_fraction: float = Field(0.5, gt=0, lt=1, description="warn below this share of start entropy")
     val_every: int = Field(10, gt=0, description="validation frequency (verl test_freq)")
 
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, loss: str) -> str:
+        known = known_losses()
+        if loss not in known:
+            raise ValueError(f"unknown loss {loss!r}; known: {', '.join(sorted(known))}")
+        return loss
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"AdamW's betas must each be in [0, 1), got {list(betas)}")
+        return betas
+
     @model_validator(mode="after")
     def _batches_divide(self) -> TrainingConfig:
         if self.train_batch_size % self.mini_batch_size:
@@ -328,12 +402,35 @@ class EvaluationConfig(_Section):
     )
     data_dir: str | None = Field(None, description="directory of <benchmark>.jsonl files")
     n: int = Field(16, gt=0, description="responses sampled per problem (avg@n, maj@n)")
-    k: list[int] = Field([1, 8, 16], description="the k of pass@k (unbiased estimator; k <= n)")
+    k: list[int] = Field(
+        [1, 8, 16], description="the k of pass@k (unbiased estimator; each k <= n); default: 1, 8, 16 up to n, and n"
+    )
     temperature: float = Field(1.0, ge=0, description="sampling temperature (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     max_new_tokens: int = Field(8000, gt=0, description="response budget, in tokens")
     backend: Literal["hf", "vllm"] | None = Field(None, description="the sampler; default: sampling.backend")
     limit: int | None = Field(None, gt=0, description="first N problems of each benchmark (smoke runs)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_k_follows_n(cls, data: Any) -> Any:
+        """Without ``k``, pass@k is reported at 1, 8 and 16 where n allows, and at n."""
+        if isinstance(data, dict) and "k" not in data and isinstance(data.get("n"), int):
+            n = data["n"]
+            return {**data, "k": sorted({1, n} | {k for k in (8, 16) if k <= n})}
+        return data
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> EvaluationConfig:
+        if any(k < 1 for k in self.k):
+            raise ValueError(f"evaluation.k must be at least 1, got {self.k}")
+        above = sorted(k for k in set(self.k) if k > self.n)
+        if above:
+            raise ValueError(
+                f"evaluation.k {above} above evaluation.n={self.n}: pass@k needs k <= n samples; "
+                "raise n or drop those k"
+            )
+        return self
 
 
 class ToyConfig(_Section):
@@ -520,7 +617,12 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {key!r} is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(text) if text.strip() else None
+    try:
+        value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else None  # a SafeLoader
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({problem})") from None
+    node[keys[-1]] = value
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

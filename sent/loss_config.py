@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+BUILTIN_LOSSES = ("ppo_clip", "kl_cov", "clip_cov", "entropy_mask", "sent")
+"""The losses `sent.losses` registers (checked against its registry by the tests), known here so
+that a config can name-check ``training.loss`` without importing torch."""
+
 LossAggMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 

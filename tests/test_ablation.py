@@ -116,6 +116,9 @@ def _config_with_arms(tmp_path, arms: dict) -> str:
         ({"bad": ["training.lr=-1"]}, "grpo,bad", r"(?s)arm 'bad': .*training\.lr"),
         ({"leaky": ["data.limit=10"]}, "grpo,leaky", r"arm 'leaky': \['data.limit=10'\] change a shared setting"),
         ({}, "sent,kl_cov", r"the reference arm 'grpo' is not among the arms"),
+        # an arm's name is its directory: nothing may write outside --out
+        ({"../..": ["training.lr=1e-5"]}, "grpo,../..", r"arm name\(s\) \['../..'\] must be"),
+        ({"/tmp/x": ["training.lr=1e-5"]}, "grpo,/tmp/x", r"arm name\(s\) \['/tmp/x'\] must be"),
     ],
 )
 def test_a_bad_arm_is_refused_by_name(tmp_path, arms, names, message):

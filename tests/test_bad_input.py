@@ -173,6 +173,67 @@ def unknown_config_key(tiny_toy, tmp_path, capsys):
     return _cli_error(capsys, ["curate", "--config", TOY, "sampling.bogus=1"]).replace(TOY, "<file>")
 
 
+def _config_error(capsys, override: str) -> str:
+    """The one line (or block) `sent curate` prints for a bad override, before any work starts."""
+    return _cli_error(capsys, ["curate", "--config", TOY, override]).replace(TOY, "<file>")
+
+
+def unknown_loss(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "training.loss=bogus")
+
+
+def betas_out_of_range(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "training.betas=[2,3]")
+
+
+def k_of_zero(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "evaluation.k=[0]")
+
+
+def k_above_n(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "evaluation.k=[1,4,16]")
+
+
+def template_without_problem(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "prompt.template=Solve it.")
+
+
+def template_with_another_field(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "prompt.template=Solve {problem} in {language}")
+
+
+def boolean_sample_count(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "sampling.n=true")
+
+
+def infinite_learning_rate(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "training.lr=.inf")
+
+
+def nan_reward(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "training.correct_score=.nan")
+
+
+def infinite_judge_timeout(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "semantic.judge_timeout=.inf")
+
+
+def override_with_a_python_tag(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "seed=!!python/object/apply:os.system [echo hi]")
+
+
+def override_cut_short(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "seed=[1,")
+
+
+def override_with_an_undefined_alias(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "seed=*a")
+
+
+def override_with_a_reserved_character(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, "seed=@x")
+
+
 # ------------------------------------------------------------------------------------ evaluation
 
 
@@ -234,6 +295,36 @@ CASES = {
     "pass --allow-unknown-ids to score the rest anyway",
     non_utf8_response_row: "line 201: not valid UTF-8 (byte 0xff at column 26)",
     malformed_benchmark_row: "<file>:1: field 'answer' is missing, empty or not a string",
+    unknown_loss: "error: invalid configuration in <file> with ['training.loss=bogus']:\n"
+    "  training.loss: Value error, unknown loss 'bogus'; known: clip_cov, entropy_mask, kl_cov, ppo_clip, sent",
+    betas_out_of_range: "error: invalid configuration in <file> with ['training.betas=[2,3]']:\n"
+    "  training.betas: Value error, AdamW's betas must each be in [0, 1), got [2.0, 3.0]",
+    k_of_zero: "error: invalid configuration in <file> with ['evaluation.k=[0]']:\n"
+    "  evaluation: Value error, evaluation.k must be at least 1, got [0]",
+    k_above_n: "error: invalid configuration in <file> with ['evaluation.k=[1,4,16]']:\n"
+    "  evaluation: Value error, evaluation.k [16] above evaluation.n=8: pass@k needs k <= n samples; "
+    "raise n or drop those k",
+    template_without_problem: "error: invalid configuration in <file> with ['prompt.template=Solve it.']:\n"
+    "  prompt.template: Value error, it has no {problem}",
+    template_with_another_field: "error: invalid configuration in <file> with "
+    "['prompt.template=Solve {problem} in {language}']:\n"
+    "  prompt.template: Value error, unknown fields ['language'] (a literal brace is written {{ or }})",
+    boolean_sample_count: "error: invalid configuration in <file> with ['sampling.n=true']:\n"
+    "  sampling.n: Value error, expected int, got the boolean true",
+    infinite_learning_rate: "error: invalid configuration in <file> with ['training.lr=.inf']:\n"
+    "  training.lr: Input should be a finite number",
+    nan_reward: "error: invalid configuration in <file> with ['training.correct_score=.nan']:\n"
+    "  training.correct_score: Input should be a finite number",
+    infinite_judge_timeout: "error: invalid configuration in <file> with ['semantic.judge_timeout=.inf']:\n"
+    "  semantic.judge_timeout: Input should be a finite number",
+    override_with_a_python_tag: "error: override 'seed=!!python/object/apply:os.system [echo hi]': the value is "
+    "not valid YAML (could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system')",
+    override_cut_short: "error: override 'seed=[1,': the value is not valid YAML "
+    "(expected the node content, but found '<stream end>')",
+    override_with_an_undefined_alias: "error: override 'seed=*a': the value is not valid YAML "
+    "(found undefined alias 'a')",
+    override_with_a_reserved_character: "error: override 'seed=@x': the value is not valid YAML "
+    "(found character '@' that cannot start any token)",
 }
 
 
