@@ -356,7 +356,7 @@ class TrainingConfig(_Section):
     compile: bool = Field(
         False,
         description="local engine: torch.compile the policy's training forward (dynamic shapes; a one-off compile "
-        "of about a minute; measured slower than eager for the toy model on CPU, see docs/engine-speed.md)",
+        "of about a minute; about 10 % faster a step for the toy model on CPU, see docs/engine-speed.md)",
     )
     shuffle: bool = Field(True, description="shuffle within a stage (False keeps SE order)")
     save_every: int = Field(50, gt=0, description="steps between checkpoints (and one at the end of a stage)")
