@@ -57,6 +57,7 @@ from sent.data_contract import (
     write_table,
 )
 from sent.errors import SentError
+from sent.integrity import file_problem, seal_file, sidecar
 from sent.locks import LOCK_FILE, exclusive
 from sent.rewards import extract_answer, grade_answer, warm_up_verifier
 from sent.sampling.base import Completion, Settings
@@ -356,11 +357,22 @@ def grade_chunk(cfg: SentConfig, problems: Sequence[Problem], outs: list[list[Co
 
 
 def _chunk_complete(path: Path, expected_rows: int) -> bool:
-    try:
-        f = pq.ParquetFile(path)
-        return f.metadata.num_rows == expected_rows and f.schema_arrow.equals(SAMPLES_SCHEMA)
-    except Exception:
+    """Whether a chunk's part was written whole by this version and is still those bytes (its
+    digest, `sent.integrity`), with the rows and schema it should have. A damaged part is
+    sampled again: chunks are seeded by their index, so it comes back the same."""
+    if not path.exists():
         return False
+    problem = file_problem(path)
+    if problem is None:
+        try:
+            f = pq.ParquetFile(path)
+            if f.metadata.num_rows == expected_rows and f.schema_arrow.equals(SAMPLES_SCHEMA):
+                return True
+            problem = f"{path} has {f.metadata.num_rows} rows or another schema, expected {expected_rows} rows"
+        except Exception as exc:
+            problem = f"{path} does not read as Parquet ({type(exc).__name__})"
+    logger.warning("%s; the chunk is sampled again", problem)
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -617,6 +629,13 @@ def _curate_locked(
     return CurationResult(out_dir, manifest, reused=False)
 
 
+def write_part(table: pa.Table, path: Path) -> None:
+    """A chunk's samples, written atomically and then sealed (its digest beside it)."""
+    sidecar(path).unlink(missing_ok=True)  # an old digest never vouches for new bytes
+    write_table(table, path, SAMPLES_SCHEMA)
+    seal_file(path)
+
+
 def _sample_locally(
     cfg: SentConfig, missing: dict[int, list[Problem]], parts: list[Path], out_dir: Path, sampler, model_cfg
 ) -> float:
@@ -631,7 +650,7 @@ def _sample_locally(
         t0 = time.perf_counter()
         table = sample_chunk(cfg, chunk, sampler, ci, judge)
         t_sampling += time.perf_counter() - t0
-        write_table(table, parts[ci], SAMPLES_SCHEMA)
+        write_part(table, parts[ci])
         logger.info("sampled chunk %d/%d (%d problems)", ci + 1, len(parts), len(chunk))
         interrupt.check(f"after sampling chunk {ci + 1}/{len(parts)} of {out_dir} (a rerun resumes from there)")
     return t_sampling
@@ -645,7 +664,7 @@ def _sample_on_ray(cfg: SentConfig, missing: dict[int, list[Problem]], parts: li
     def write(ci: int, table: pa.Table) -> None:
         if table.num_rows != len(missing[ci]) * cfg.sampling.n:
             raise CurationError(f"chunk {ci}: {table.num_rows} samples, expected {len(missing[ci]) * cfg.sampling.n}")
-        write_table(table, parts[ci], SAMPLES_SCHEMA)
+        write_part(table, parts[ci])
         done.append(ci)
         logger.info("sampled chunk %d/%d on Ray (%d of %d missing done)", ci + 1, len(parts), len(done), len(missing))
         interrupt.check(f"after sampling chunk {ci + 1}/{len(parts)} of {out_dir} (a rerun resumes from there)")

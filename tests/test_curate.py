@@ -103,7 +103,7 @@ def test_curation_outputs_and_manifest(curated):
         "se_undecided_problems": 0,  # toy answers are integers: decided in-process, never timed out
         "grade_undecided_samples": 0,
     }
-    assert [f.name for f in sorted((out / "samples").iterdir())] == [f"part-0000{i}.parquet" for i in range(3)]
+    assert [f.name for f in sorted((out / "samples").glob("part-*"))] == [f"part-0000{i}.parquet" for i in range(3)]
     assert (out / "se_histogram.png").stat().st_size > 0 and (out / "se_vs_pass_rate.png").stat().st_size > 0
     listed = {e["path"] for e in m["files"]}
     assert {"scores.parquet", "rejected.parquet", "samples/part-00000.parquet", "se_histogram.png"} <= listed
@@ -197,6 +197,30 @@ def test_tampered_or_truncated_shards_are_detected(curated, tmp_path):
         load_manifest(copy)
     with pytest.raises(ContractError, match="stage 3 does not exist"):
         stage_files(result.out_dir, 3)
+
+
+def test_a_damaged_or_unsealed_part_of_an_unfinished_curation_is_sampled_again(curated, tmp_path):
+    """An unfinished curation (no manifest yet) resumes from its parts only where their digests
+    hold: one flipped bit in a part, or a part with no digest (written by an older version or cut
+    short), is sampled again, and the curation comes out as the uninterrupted one."""
+    import shutil
+
+    cfg, result = curated
+    copy = tmp_path / "run"
+    shutil.copytree(result.out_dir, copy)
+    (copy / "manifest.json").unlink()  # as if stopped before the end
+    part1, part2 = copy / "samples" / "part-00001.parquet", copy / "samples" / "part-00002.parquet"
+    data = bytearray(part1.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    part1.write_bytes(bytes(data))
+    (part2.parent / f".{part2.name}.sha256").unlink()
+    untouched = copy / "samples" / "part-00000.parquet"
+    mtime = untouched.stat().st_mtime_ns
+    resumed = curate(cfg, out=copy, limit=60)
+    assert untouched.stat().st_mtime_ns == mtime  # an intact part is not redone
+    for name in ("scores.parquet", "samples/part-00001.parquet", "samples/part-00002.parquet"):
+        assert pq.read_table(copy / name).equals(pq.read_table(result.out_dir / name)), name
+    assert resumed.manifest["curriculum"] == result.manifest["curriculum"]
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ The engine reports metrics to a callback and never imports MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -68,6 +69,7 @@ from sent.engines.stage import (
     write_summary,
 )
 from sent.entropy import token_entropy
+from sent.integrity import directory_problem, seal_directory
 from sent.locks import exclusive
 from sent.losses import (
     PolicyLossConfig,
@@ -169,6 +171,16 @@ def score_rollout(rows: list[dict], outs: list[list[Completion]], training: Trai
                 )
             scores.append(graded[c.text])
     return scores
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf where two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        return out
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -295,17 +307,58 @@ class LocalEngine:
         root = self.out / CHECKPOINTS
         return sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file()) if root.is_dir() else []
 
+    def _identity(self) -> dict[str, Any]:
+        """What this stage's result depends on: a checkpoint made under anything else is not this
+        stage's (where work is saved or how often is left out: it changes no step)."""
+        placement = {"save_every", "resume", "entropy_collapse_fraction", "val_every", "verl"}
+        rows = hashlib.sha256(json.dumps(self.rows, sort_keys=True, default=str).encode()).hexdigest()
+        return json_safe(
+            {
+                "training": self.training.model_dump(mode="json", exclude=placement),
+                "model": self.cfg.model.model_dump(mode="json"),
+                "prompt": self.cfg.prompt.model_dump(mode="json"),
+                "seed": training_seed(self.cfg),
+                "curriculum_rows": rows,
+                "start_model": self.start_model,
+            }
+        )
+
+    def _intact_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files are the ones that were written (`sent.integrity`);
+        a damaged one is passed over for the one before it (its steps are recomputed)."""
+        checkpoints = self._checkpoints()
+        for ckpt in reversed(checkpoints):
+            if not (ckpt / "state.json").is_file():
+                raise TrainingError(
+                    f"{ckpt} was written by an older version (no state.json) and is not loaded; "
+                    "retrain the stage with --fresh (fresh=True)"
+                )
+            problem = directory_problem(ckpt)
+            if problem is None:
+                return ckpt
+            logger.warning("stage %d: %s; not resumed from it", self.stage, problem)
+        if checkpoints:
+            raise TrainingError(
+                f"stage {self.stage}: no intact checkpoint in {self.out / CHECKPOINTS} "
+                f"({directory_problem(checkpoints[-1])}); retrain the stage with --fresh (fresh=True)"
+            )
+        return None
+
     def _resume(self) -> None:
         if self.training.resume != "auto" or not self._checkpoints():
             return
-        ckpt = self._checkpoints()[-1]
-        if not (ckpt / "state.json").is_file():
+        ckpt = self._intact_checkpoint()
+        if ckpt is None:
+            return
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        differs = _differences(state.get("identity", {}), self._identity())
+        if differs:
             raise TrainingError(
-                f"{ckpt} was written by an older version (no state.json) and is not loaded; "
-                "retrain the stage with --fresh (fresh=True)"
+                f"stage {self.stage}: the checkpoint {ckpt} was made with other settings ({'; '.join(differs[:5])}); "
+                "resuming would mix two runs. Retrain the stage with --fresh (fresh=True), which keeps the old run "
+                "beside it, or rerun with the settings it was made with"
             )
         tensors = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
-        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
         from transformers import AutoModelForCausalLM
 
         weights = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=next(self.policy.parameters()).dtype)
@@ -348,11 +401,13 @@ class LocalEngine:
             torch.save(tensors, tmp / "state.pt")
             state = {
                 "step": self.step,
+                "identity": self._identity(),
                 "history": json_safe(self.history),
                 "rng": _rng_state_json(),
                 "entropy_watch": {"start": self.entropy_watch.start, "warned": self.entropy_watch.warned},
             }
             (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+            seal_directory(tmp)  # written last: a checkpoint without it was never finished
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         return target

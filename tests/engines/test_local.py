@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -302,6 +303,59 @@ def test_crash_then_resume_reproduces_the_uninterrupted_metrics(tiny_toy, curric
     assert strip(resumed.history) == strip(clean.history)
     a, b = weights(clean.final_dir), weights(resumed.final_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _crash_after(cfg, curriculum, run_dir, step, max_steps=6):
+    class Crash(Exception):
+        pass
+
+    def crash(at, _metrics):
+        if at == step:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_stage(cfg, stage=1, curriculum_dir=curriculum, run_dir=run_dir, max_steps=max_steps, callback=crash)
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_never_resumed_from(tiny_toy, curriculum, tmp_path):
+    """One flipped byte in the newest checkpoint's weights: the stage resumes from the checkpoint
+    before it (its steps are recomputed: the same metrics as an uninterrupted run); with no intact
+    checkpoint left, it is refused with the file named."""
+    cfg = cfg_for(tiny_toy)
+    clean = train_stage(cfg, stage=1, curriculum_dir=curriculum, run_dir=tmp_path / "clean", max_steps=6)
+    _crash_after(cfg, curriculum, tmp_path / "crash", step=5)  # checkpoints at steps 2 and 4
+    checkpoints = tmp_path / "crash" / "stage-1" / "checkpoints"
+    _flip_a_byte(checkpoints / "step-000004" / "model.safetensors")
+    resumed = train_stage(cfg, stage=1, curriculum_dir=curriculum, run_dir=tmp_path / "crash", max_steps=6)
+    drop = lambda h: [{k: v for k, v in m.items() if not is_timing(k)} for m in h]  # noqa: E731
+    assert drop(resumed.history) == drop(clean.history)
+
+    _crash_after(cfg, curriculum, tmp_path / "twice", step=3)  # one checkpoint, at step 2
+    _flip_a_byte(tmp_path / "twice" / "stage-1" / "checkpoints" / "step-000002" / "state.pt")
+    with pytest.raises(TrainingError, match=r"no intact checkpoint .*step-000002/state.pt is not the file"):
+        train_stage(cfg, stage=1, curriculum_dir=curriculum, run_dir=tmp_path / "twice", max_steps=6)
+
+
+def test_a_checkpoint_made_with_other_settings_is_refused(tiny_toy, curriculum, tmp_path):
+    cfg = cfg_for(tiny_toy)
+    _crash_after(cfg, curriculum, tmp_path, step=3)
+    for override, named in (
+        ("training.lr=5e-4", "training.lr: 0.0001 -> 0.0005"),
+        ("training.loss=ppo_clip", "training.loss: 'sent' -> 'ppo_clip'"),
+    ):
+        with pytest.raises(TrainingError, match=rf"other settings \(.*{re.escape(named)}.*--fresh"):
+            train_stage(cfg_for(tiny_toy, override), stage=1, curriculum_dir=curriculum, run_dir=tmp_path, max_steps=6)
+    # where checkpoints go and how often is no setting of the result: it resumes
+    resumed = train_stage(
+        cfg_for(tiny_toy, "training.save_every=3"), stage=1, curriculum_dir=curriculum, run_dir=tmp_path, max_steps=6
+    )
+    assert resumed.steps == 6
 
 
 @pytest.mark.slow

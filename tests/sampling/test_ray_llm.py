@@ -280,7 +280,13 @@ def test_evaluation_on_ray_equals_the_local_evaluation(tiny_toy, tmp_path):
     from sent.evaluation import evaluate_model
 
     # 7 problems a benchmark in batches of 3: three pieces each, the last one short
-    common = ["sampling.batch_size=3", "evaluation.n=2", "evaluation.limit=7", "evaluation.max_new_tokens=16"]
+    common = [
+        "sampling.batch_size=3",
+        "evaluation.n=2",
+        "evaluation.k=[1,2]",
+        "evaluation.limit=7",
+        "evaluation.max_new_tokens=16",
+    ]
     local_cfg = toy_config(tiny_toy, *common)
     ray_cfg = toy_config(
         tiny_toy, *common, "sampling.executor=ray", "ray.replicas=1", f"ray.cpus_per_actor={torch.get_num_threads()}"
