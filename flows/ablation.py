@@ -15,10 +15,12 @@ from prefect import flow, task
 
 from sent.ablation import AblationPlan, ArmRun, plan_ablation
 from sent.interrupt import Interrupted, check, handle_signals
+from sent.locks import exclusive
 from tasks.ablation import ablation_report, close_arm_run, end_arm_run, open_ablation, open_arm_run, restage_step
 from tasks.common import Artefact, RunContext
 from tasks.curate import curate_step
 from tasks.evaluate import evaluate_step
+from tasks.stop_logging import quiet_expected_stops
 from tasks.toy import base_model, bootstrap_toy
 from tasks.train import train_step
 
@@ -50,7 +52,8 @@ def run_ablation(plan: AblationPlan, out: str, parallel: int = 1) -> dict[str, A
     """The shared steps, then the arm x seed runs (``parallel`` at a time, each in a process of
     its own when more than one), then the report, also for the runs that finished before a failure."""
     root = str(Path.cwd())
-    with handle_signals():
+    quiet_expected_stops()
+    with handle_signals(), exclusive(Path(out), "ablation"):  # a second ablation on it is refused at once
         base = open_ablation(plan, out, root)
         finished: list[dict[str, Any]] = []
         try:

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from sent.interrupt import Interrupted, check, handle_signals
+from sent.locks import exclusive
 from sent.steps import Step, last_trained
 from tasks.common import Artefact, RunContext
 from tasks.curate import curate_step
 from tasks.evaluate import evaluate_step
+from tasks.record import default_run_dir
 from tasks.run import close_run, open_run, record_step
+from tasks.stop_logging import quiet_expected_stops
 from tasks.toy import base_model, bootstrap_toy
 from tasks.train import train_step
 
@@ -55,9 +59,13 @@ def run_steps(
     reuse: str | None,
     refresh_cache: bool,
 ) -> dict[str, Any]:
-    """Open the run, compose the steps, close the run (failed, with the step's error, if one raises)."""
-    with handle_signals():  # SIGTERM/SIGINT: stop at the next safe point, then close the run below
-        ctx = open_run(config, overrides, steps, run_dir, reuse)
+    """Open the run, compose the steps, close the run (failed, with the step's error, if one raises).
+    The run directory is locked first: a second pipeline on it is refused before it writes anything."""
+    quiet_expected_stops()
+    out = Path(run_dir).resolve() if run_dir else default_run_dir(Path.cwd())
+    # SIGTERM/SIGINT: stop at the next safe point, then close the run below
+    with handle_signals(), exclusive(out, "pipeline run"):
+        ctx = open_run(config, overrides, steps, str(out), reuse)
         try:
             run_planned_steps(ctx, refresh_cache=refresh_cache)
         except BaseException as exc:

@@ -39,6 +39,7 @@ from pydantic import (
 
 from sent.errors import SentError
 from sent.loss_config import BUILTIN_LOSSES, PolicyLossConfig
+from sent.redaction import redact_text
 
 PAPER_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 """METHOD.md §5: the zero-shot prompt of training, curation and evaluation."""
@@ -621,8 +622,46 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else None  # a SafeLoader
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"override {override!r}: the value is not valid YAML ({problem})") from None
+        raise ConfigError(f"override {redact_text(override)!r}: the value is not valid YAML ({problem})") from None
+    _check_size(value, f"override {path.strip()}")
     node[keys[-1]] = value
+
+
+MAX_CONFIG_VALUES = 100_000
+"""More values than any config has: past it, YAML aliases are being expanded into a bomb."""
+
+
+def _check_size(value: Any, where: str) -> None:
+    """Refuse a YAML structure of more than `MAX_CONFIG_VALUES` values once its aliases are
+    expanded. A 1 KB file of nested aliases (an alias bomb) is a graph of billions of values: it
+    loads in microseconds, shared, and then hangs whatever dumps or digests it. The walk stops at
+    the bound, so checking costs at most that many steps."""
+    count, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{where}: more than {MAX_CONFIG_VALUES:,} values once its YAML aliases are expanded; "
+                "a config is far smaller (an alias bomb?)"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _uri_with_credentials(value: Any, key: str = "") -> str | None:
+    """The key path of the first string in ``value`` that holds a URI with credentials (user
+    information, or a query value named like a secret: `sent.redaction`)."""
+    if isinstance(value, str):
+        return key if redact_text(value) != value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _uri_with_credentials(v, f"{key}.{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -669,6 +708,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
+    _check_size(raw, str(path))
     return raw
 
 
@@ -705,6 +745,14 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     raw = _read_with_bases(path)
     for override in overrides:
         apply_override(raw, override)
+    secret = _uri_with_credentials(raw)
+    if secret is not None:  # refused before anything is written, and the value is never printed
+        raise ConfigError(
+            f"{path}: {secret} holds credentials in a URI. A run stores its config in run.json, MLflow and "
+            "Prefect's database, so credentials go in the environment: MLFLOW_TRACKING_URI, or "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), and a "
+            "storage service's own credential variables"
+        )
     raw["source"] = str(path)
     raw["overrides"] = list(overrides)
     try:

@@ -191,6 +191,10 @@ def _text_field(row: dict, name: str, *, allow_numbers: bool) -> tuple[str | Non
         return None, f"field {name!r} has type {type(value).__name__}, expected a string"
     if not value.strip():
         return None, f"field {name!r} is empty"
+    try:
+        value.encode("utf-8")  # JSON's "\ud800" decodes to a lone surrogate, which no tokenizer or file takes
+    except UnicodeEncodeError as exc:
+        return None, f"field {name!r} holds a lone surrogate ({value[exc.start]!r}) at character {exc.start}: not text"
     return value, None
 
 
@@ -568,7 +572,15 @@ def _curate_locked(
     """The curation proper, under ``out_dir``'s lock."""
     state_path = out_dir / STATE
     if state_path.exists():
-        state = json.loads(state_path.read_text())
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            state = None
+        if not isinstance(state, dict):
+            raise CurationError(
+                f"{state_path} is not a curation's state (not a JSON object): the directory was damaged; "
+                "choose another --out, or remove it to start again"
+            )
         if state.get("identity") != identity:
             raise CurationError(
                 f"{out_dir} holds an unfinished curation of another configuration; choose another --out"

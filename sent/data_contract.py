@@ -195,14 +195,21 @@ def load_manifest(run_dir: str | Path, *, verify: bool = True, only: str | None 
         raise ContractError(f"{run_dir}: no {MANIFEST} (an unfinished or foreign directory)")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ContractError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ContractError(f"{path}: a manifest is a JSON object, got {type(manifest).__name__}")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ContractError(
             f"{path}: schema version {manifest.get('schema_version')}, this code reads {SCHEMA_VERSION}"
         )
+    files = manifest.get("files")
+    if not isinstance(files, list) or not all(
+        isinstance(e, dict) and {"path", "bytes", "sha256"} <= e.keys() for e in files
+    ):
+        raise ContractError(f"{path}: 'files' must list each file's path, bytes and sha256")
     if verify:
-        for entry in manifest["files"]:
+        for entry in files:
             if only is not None and not entry["path"].startswith(only):
                 continue
             f = run_dir / entry["path"]

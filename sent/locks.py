@@ -38,6 +38,8 @@ def exclusive(directory: str | Path, what: str) -> Iterator[Path]:
     """Hold ``directory``'s lock (creating the directory) for the ``with`` block; `LockedError`
     when another process holds it. ``what`` names the work for the message ("curation")."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise LockedError(f"{directory} is a file, not a directory: choose another output directory")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

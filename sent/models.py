@@ -18,10 +18,24 @@ import torch
 from sent.errors import SentError
 
 
+class ModelError(SentError, RuntimeError):
+    """A model that cannot be used here: a device this machine lacks, a directory that does not load."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when there is one), else the device named; one this machine lacks is a
+    `ModelError` naming ``model.device`` (torch would fail later, inside a forward pass)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"model.device={name!r} is not a device torch knows (cpu, cuda, cuda:N, auto)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ModelError(f"model.device={name!r}, but this machine has {count} CUDA device(s); use auto or cpu")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -64,10 +78,13 @@ def check_model_path(path: str | Path) -> None:
 def _from_pretrained(loader, path: str | Path, **kwargs):
     try:
         return loader.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
         local = Path(str(path))
-        if local.is_dir() and any(local.iterdir()):
-            raise  # a real directory that fails to load: the library's own error says why
+        if local.is_dir() and any(local.iterdir()):  # there, but damaged: an empty config, a cut weight file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ModelError(f"{path} does not load ({type(exc).__name__}: {first[:300]})") from None
+        if not isinstance(exc, OSError | ValueError):
+            raise
         raise _missing_model(path, exc) from exc
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 _SECRET_KEY_RE = re.compile(r"token|secret|passw|pwd|key|sig|auth|credential|session", re.IGNORECASE)
@@ -45,6 +45,22 @@ _URI_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,;
 def redact_text(text: str) -> str:
     """``text`` (a message, an error) with every URI in it passed through `redact_uri`."""
     return _URI_IN_TEXT_RE.sub(lambda m: redact_uri(m.group()), text)
+
+
+def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """``http://user:pw@host/x`` -> ``("http://host/x", {MLFLOW_TRACKING_USERNAME: user,
+    MLFLOW_TRACKING_PASSWORD: pw})``: the same server for an MLflow client, with the credentials
+    in variables that a child process gets through its environment, never its command line (which
+    a job's log, its Hydra config and the process table all show)."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, {}
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    env = {"MLFLOW_TRACKING_USERNAME": unquote(user)}
+    if password:
+        env["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment)), env
 
 
 def redact(obj: Any) -> Any:

@@ -141,15 +141,44 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
         ) from None
 
 
+class _RedactedClient:
+    """An `MlflowClient` whose errors never carry the tracking URI's credentials: a server that
+    dies mid-run raises errors with ``http://user:secret@host/...`` in their text, which Prefect
+    would print and store. Each call's error becomes a `TrackingError` with its text redacted."""
+
+    def __init__(self, client: mlflow.MlflowClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except mlflow.exceptions.MlflowException as exc:
+                if redact_text(str(exc)) == str(exc):
+                    raise  # nothing to hide: callers may catch MLflow's own type
+                raise TrackingError(f"MLflow {name}: {redact_text(str(exc))}") from None
+            except Exception as exc:  # a connection error from requests/urllib3
+                raise TrackingError(f"MLflow {name}: {type(exc).__name__}: {redact_text(str(exc))}") from None
+
+        return call
+
+
 class Tracker:
     """Explicit-id access to one MLflow experiment (see the module docstring)."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | Path | None = None) -> None:
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
+        if redact_uri(tracking_uri) != tracking_uri:
+            # MLflow prints "View run ... at: <URL>" with the URI's userinfo when a run ends
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         check_reachable(tracking_uri)
         self.tracking_uri = tracking_uri
-        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        self.client: Any = _RedactedClient(mlflow.MlflowClient(tracking_uri=tracking_uri))
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             self.experiment_id = found.experiment_id
@@ -253,7 +282,7 @@ class Tracker:
         )
 
     def ui_link(self, run_id: str, ui_url: str | None = None) -> str:
-        base = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else ui_url
+        base = redact_uri(self.tracking_uri) if self.tracking_uri.startswith(("http://", "https://")) else ui_url
         return f"{(base or '').rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sent.data_contract import write_json
+from sent.redaction import redact
 from sent.steps import StepError
 from tasks.common import Artefact, RunContext
 
@@ -37,12 +38,13 @@ def recorded_artefacts(run_dir: str | Path) -> dict[str, Artefact]:
 
 
 def write_record(ctx: RunContext, **updates: Any) -> dict[str, Any]:
-    """Merge ``updates`` into the run's record (top-level keys), stamp it and write it atomically."""
+    """Merge ``updates`` into the run's record (top-level keys), stamp it and write it atomically,
+    with any URI's credentials masked (an error's text may quote one)."""
     path = Path(ctx.run_dir) / RECORD
     record = read_record(ctx.run_dir) if path.is_file() else {}
     record.update(updates)
     record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return write_json(record, path)
+    return write_json(redact(record), path)
 
 
 def default_run_dir(root: Path) -> Path:

@@ -11,6 +11,7 @@ Steps, in order: ``bootstrap`` (toy configs only), ``curate``, ``train:1`` ... `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -23,8 +24,8 @@ from prefect.artifacts import create_link_artifact
 from sent.config import load_config
 from sent.data_contract import json_safe
 from sent.lineage import code_version
-from sent.redaction import redact_uri
-from sent.steps import depends_on, plan_steps, reused_inputs
+from sent.redaction import redact_text, redact_uri
+from sent.steps import StepError, depends_on, plan_steps, reused_inputs
 from sent.tracking import Tracker, lineage_tags, resolve_tracking_uri
 from tasks.common import Artefact, RunContext
 from tasks.record import RECORD, default_run_dir, read_record, recorded_artefacts, write_record
@@ -132,7 +133,28 @@ def record_step(ctx: RunContext, artefact: Artefact) -> None:
 @task(name="close-run", task_run_name="close-run")
 def close_run(ctx: RunContext, error: str | None = None, interrupted: bool = False) -> dict[str, Any]:
     """Plots and summaries of the whole run into the run directory and the MLflow parent run;
-    the run's status in both: finished, failed (``error``), or interrupted by a signal (MLflow KILLED)."""
+    the run's status in both: finished, failed (``error``), or interrupted by a signal (MLflow KILLED).
+
+    A run is closed whatever happens: when closing itself fails (the tracking server died, a
+    reused stage's files are damaged), ``run.json`` still says failed, with both errors. The
+    close's error is raised only where the run had none (else the run's own error stays the one
+    the caller raises)."""
+    try:
+        return _close(ctx, error, interrupted)
+    except Exception as exc:
+        why = f"closing the run failed: {type(exc).__name__}: {redact_text(str(exc))}"
+        logger.error(why)
+        record = write_record(
+            ctx, status="interrupted" if interrupted else "failed", error=f"{error}; {why}" if error else why
+        )
+        with contextlib.suppress(Exception):  # the tracking store may be the thing that failed
+            Tracker(ctx.tracking_uri, ctx.experiment).end_run(ctx.mlflow_run_id, failed=True, killed=interrupted)
+        if error is None:
+            raise StepError(why) from None
+        return json_safe(record)
+
+
+def _close(ctx: RunContext, error: str | None, interrupted: bool) -> dict[str, Any]:
     tracker = Tracker(ctx.tracking_uri, ctx.experiment)
     record = read_record(ctx.run_dir)
     artefacts = {k: Artefact.model_validate(v) for k, v in record.get("artefacts", {}).items()}

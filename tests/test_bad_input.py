@@ -80,6 +80,16 @@ def infinite_answer(tiny_toy, tmp_path, capsys):
     return _reason_of(tiny_toy, tmp_path, '{"id": "x", "problem": "Compute 5.", "answer": -Infinity}')
 
 
+def lone_surrogate_row(tiny_toy, tmp_path, capsys):
+    return _reason_of(tiny_toy, tmp_path, '{"id": "x", "problem": "Compute \\ud800 + 1.", "answer": "1"}')
+
+
+def ray_address_nobody_listens_on(tiny_toy, tmp_path, capsys):
+    from sent.ray_address import check_ray_address
+
+    return _raises(ConnectionError, lambda: check_ray_address("127.0.0.1:1", "ray.address", timeout=5))
+
+
 def not_json_row(tiny_toy, tmp_path, capsys):
     return _reason_of(tiny_toy, tmp_path, "{'id': 'x'}")
 
@@ -234,6 +244,71 @@ def override_with_a_reserved_character(tiny_toy, tmp_path, capsys):
     return _config_error(capsys, "seed=@x")
 
 
+def credentials_in_a_config_value(tiny_toy, tmp_path, capsys):
+    message = _config_error(capsys, "tracking.tracking_uri=http://alice:s3cret@127.0.0.1:5000")
+    assert "s3cret" not in message
+    return message
+
+
+_BOMB = ", ".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['x'] * 9)}]"
+    for prev, name in zip(["", *"abcdefg"], "abcdefgh")
+)  # a: &a [x x 9], b: &b [*a x 9], ...: 9^8 = 43 million values from 300 bytes
+
+
+def yaml_alias_bomb(tiny_toy, tmp_path, capsys):
+    return _config_error(capsys, f"ray.runtime_env={{{_BOMB}}}")
+
+
+# ------------------------------------------------------------------------------------ damaged state
+
+
+def device_this_machine_lacks(tiny_toy, tmp_path, capsys):
+    from sent.models import ModelError, resolve_device
+
+    return re.sub(r"has \d+ CUDA", "has <n> CUDA", _raises(ModelError, lambda: resolve_device("cuda:99")))
+
+
+def model_with_an_empty_config(tiny_toy, tmp_path, capsys):
+    import shutil
+
+    from sent.models import ModelError, load_model
+
+    model = shutil.copytree(tiny_toy.model_dir, tmp_path / "model")
+    (model / "config.json").write_text("")
+    return _raises(ModelError, lambda: load_model(model)).replace(str(model), "<dir>")
+
+
+def curation_state_that_is_a_list(tiny_toy, tmp_path, capsys):
+    out = tmp_path / "cur"
+    out.mkdir()
+    (out / "curation.json").write_text("[]")
+    message = _raises(CurationError, lambda: curate(toy_config(tiny_toy), out=out, limit=4))
+    return message.replace(str(out), "<dir>")
+
+
+def manifest_that_is_a_list(tiny_toy, tmp_path, capsys):
+    from sent.data_contract import ContractError, load_manifest
+
+    (tmp_path / "manifest.json").write_text("[]")
+    return _raises(ContractError, lambda: load_manifest(tmp_path)).replace(str(tmp_path), "<dir>")
+
+
+def manifest_without_files(tiny_toy, tmp_path, capsys):
+    from sent.data_contract import SCHEMA_VERSION, ContractError, load_manifest
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION}))
+    return _raises(ContractError, lambda: load_manifest(tmp_path)).replace(str(tmp_path), "<dir>")
+
+
+def output_that_is_a_file(tiny_toy, tmp_path, capsys):
+    from sent.locks import LockedError
+
+    out = tmp_path / "a-file"
+    out.write_text("")
+    return _raises(LockedError, lambda: curate(toy_config(tiny_toy), out=out, limit=4)).replace(str(out), "<path>")
+
+
 # ------------------------------------------------------------------------------------ evaluation
 
 
@@ -273,6 +348,9 @@ CASES = {
     non_utf8_row: "(row): not valid UTF-8 (byte 0xe9 at column 28)",
     nan_answer: "answer: field 'answer' is nan, not a finite number",
     infinite_answer: "answer: field 'answer' is -inf, not a finite number",
+    lone_surrogate_row: "problem: field 'problem' holds a lone surrogate ('\\ud800') at character 8: not text",
+    ray_address_nobody_listens_on: "the Ray cluster at ray.address=127.0.0.1:1 cannot be reached (127.0.0.1:1: "
+    "Connection refused); start it (`ray start --head`), correct ray.address, or unset it to run on a local Ray",
     not_json_row: "(row): not valid JSON (Expecting property name enclosed in double quotes at column 2)",
     not_an_object_row: "(row): a row must be an object, got list",
     missing_problem: "problem: missing field 'problem'",
@@ -294,6 +372,20 @@ CASES = {
     unknown_response_ids: "<file>: 1 ids are in none of the benchmarks ['toy'] (first: 'not-a-problem'); "
     "pass --allow-unknown-ids to score the rest anyway",
     non_utf8_response_row: "line 201: not valid UTF-8 (byte 0xff at column 26)",
+    credentials_in_a_config_value: "error: <file>: tracking.tracking_uri holds credentials in a URI. A run stores "
+    "its config in run.json, MLflow and Prefect's database, so credentials go in the environment: "
+    "MLFLOW_TRACKING_URI, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), "
+    "and a storage service's own credential variables",
+    yaml_alias_bomb: "error: override ray.runtime_env: more than 100,000 values once its YAML aliases are "
+    "expanded; a config is far smaller (an alias bomb?)",
+    device_this_machine_lacks: "model.device='cuda:99', but this machine has <n> CUDA device(s); use auto or cpu",
+    model_with_an_empty_config: "<dir> does not load (OSError: It looks like the config file at "
+    "'<dir>/config.json' is not a valid JSON file.)",
+    curation_state_that_is_a_list: "<dir>/curation.json is not a curation's state (not a JSON object): the "
+    "directory was damaged; choose another --out, or remove it to start again",
+    manifest_that_is_a_list: "<dir>/manifest.json: a manifest is a JSON object, got list",
+    manifest_without_files: "<dir>/manifest.json: 'files' must list each file's path, bytes and sha256",
+    output_that_is_a_file: "<path> is a file, not a directory: choose another output directory",
     malformed_benchmark_row: "<file>:1: field 'answer' is missing, empty or not a string",
     unknown_loss: "error: invalid configuration in <file> with ['training.loss=bogus']:\n"
     "  training.loss: Value error, unknown loss 'bogus'; known: clip_cov, entropy_mask, kl_cov, ppo_clip, sent",

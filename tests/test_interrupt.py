@@ -111,6 +111,7 @@ def test_a_signal_stops_the_run_at_a_safe_point_and_closes_it(project, signum, d
     assert code == 128 + signum, log[-3000:]
     assert time.monotonic() - t0 < 120
     assert f"error: stopped by {signum.name}" in log
+    assert "Traceback" not in log, log[-3000:]  # an expected stop is a line, not a traceback
 
     run = _run_dir(root)
     record = json.loads((run / "run.json").read_text())
@@ -171,3 +172,79 @@ def test_check_raises_only_after_a_signal_and_a_second_signal_stops_at_once():
             time.sleep(1)
     check("after the block")  # the request ends with the block
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mlflow_server(store: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    """A real MLflow tracking server (no auth: it ignores the userinfo, as a proxy in front would not)."""
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store / 'server.db'}", "--artifacts-destination", str(store / "art")],
+        cwd=store, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc, port
+        except OSError:
+            assert proc.poll() is None, "the MLflow server did not start"
+            time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the MLflow server did not answer within 120 s")
+
+
+def _files_holding(needle: bytes, *roots: Path) -> list[str]:
+    return [
+        str(p) for root in roots if root.exists() for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()
+    ]
+
+
+def test_no_file_a_run_writes_and_no_line_it_prints_holds_the_tracking_credentials(project, tmp_path):
+    """A pipeline tracked on a server whose URI carries a password (in MLFLOW_TRACKING_URI, the one
+    supported place: a config value with credentials is refused at load): the password is in no
+    output line and in no file under the project, the server's store or Prefect's home. Then the
+    server dies in the middle of training: the error is one redacted line, and the run is closed."""
+    root, env = project
+    store = tmp_path / "mlflow-server"
+    store.mkdir()
+    server, port = _mlflow_server(store, env)
+    env = {**env, "MLFLOW_TRACKING_URI": f"http://alice:s3cret@127.0.0.1:{port}"}
+    try:
+        args = ["--run-dir", "data/runs/ok", "training.epochs_per_stage=1"]
+        done = subprocess.run(
+            [*SENT, "pipeline", "--config", "pipeline.yaml", *args], cwd=root, env=env, capture_output=True, text=True,
+            timeout=900,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "s3cret" not in done.stdout + done.stderr
+        assert json.loads((root / "data" / "runs" / "ok" / "run.json").read_text())["status"] == "finished"
+
+        # long enough (about a minute) for the server to die in the middle of it
+        args = ["--run-dir", "data/runs/dies", "--steps", "train:1", "--reuse", "data/runs/ok"]
+        args.append("training.epochs_per_stage=40")
+        proc = subprocess.Popen(
+            [*SENT, "pipeline", "--config", "pipeline.yaml", *args],
+            cwd=root, env=env, stdout=(root / "pipeline.log").open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        metrics = root / "data" / "runs" / "dies" / "stage-1" / "metrics.jsonl"
+        _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, 600, proc, root)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its workers
+        server.wait()
+    assert proc.wait(timeout=300) != 0
+    log = (root / "pipeline.log").read_text()
+    assert "s3cret" not in log
+    assert any(line.startswith("error: MLflow ") for line in log.splitlines()), log[-3000:]
+    assert json.loads((root / "data" / "runs" / "dies" / "run.json").read_text())["status"] == "failed"
+    assert _files_holding(b"s3cret", root, store, Path(env["PREFECT_HOME"])) == []

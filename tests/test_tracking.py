@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -108,17 +107,39 @@ def test_redact_uri(uri, expected):
     assert redact_text(f"failed on {uri}: timeout") == f"failed on {expected}: timeout"
 
 
-def test_credentials_in_the_tracking_uri_are_not_logged_as_params(tmp_path):
-    from sent.config import load_config
+def test_credentials_in_a_config_are_refused_and_never_logged(tmp_path):
+    """A config value with credentials would be stored verbatim in run.json, MLflow and Prefect's
+    database: it is refused at load, without printing it. What reaches the tracker otherwise (tags,
+    params, a link) has any URI's credentials masked, and the URI's own user is never printed."""
+    from sent.config import ConfigError, load_config
 
     secret = "https://alice:s3cr3t@mlflow.example.com"
-    cfg = load_config(ROOT / "configs" / "toy.yaml", [f"tracking.tracking_uri={secret}"])
-    assert cfg.tracking.tracking_uri == secret  # the client still gets it
-    dumped = json.dumps(cfg.public_dump())
-    assert "s3cr3t" not in dumped and "alice" not in dumped
+    for override in (
+        f"tracking.tracking_uri={secret}",
+        "data.train_path=https://s3.example.com/x.parquet?X-Amz-Signature=s3cr3t",
+    ):
+        with pytest.raises(ConfigError, match=r"holds credentials in a URI.*MLFLOW_TRACKING_USERNAME") as exc:
+            load_config(ROOT / "configs" / "toy.yaml", [override])
+        assert "s3cr3t" not in str(exc.value)
     tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", "e")
-    run = tracker.start_run("r", tags={"sent.note": f"from {secret}"}, params=cfg.model_dump(mode="json"))
+    run = tracker.start_run("r", tags={"sent.note": f"from {secret}"}, params={"where": {"uri": secret}})
     data = tracker.client.get_run(run).data
-    assert data.params["tracking.tracking_uri"] == "https://***@mlflow.example.com"
+    assert data.params["where.uri"] == "https://***@mlflow.example.com"
     assert data.tags["sent.note"] == "from https://***@mlflow.example.com"
     assert not any("s3cr3t" in v for v in [*data.params.values(), *data.tags.values()])
+
+
+def test_an_mlflow_error_never_carries_the_uris_credentials(monkeypatch):
+    """A tracking server that is gone mid-run: MLflow's error quotes the whole URI (userinfo too),
+    which Prefect prints and stores. Through the tracker it is a TrackingError with it masked."""
+    import mlflow
+
+    from sent.tracking import _RedactedClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    client = _RedactedClient(mlflow.MlflowClient(tracking_uri="http://alice:s3cr3t@127.0.0.1:9"))
+    with pytest.raises(TrackingError) as exc:
+        client.get_experiment_by_name("e")  # nothing listens on the discard port
+    assert "s3cr3t" not in str(exc.value) and "***@127.0.0.1:9" in str(exc.value)
+    assert exc.value.__cause__ is None and exc.value.__suppress_context__

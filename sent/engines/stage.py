@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sent.config import SentConfig
-from sent.data_contract import json_safe
+from sent.data_contract import json_safe, sha256_file
 from sent.errors import SentError
 
 logger = logging.getLogger(__name__)
@@ -97,9 +97,27 @@ def clear_finished(stage_out: str | Path, stage: int, *, fresh: bool, error: typ
 
 
 def read_history(stage_out: str | Path) -> list[dict[str, float]]:
-    """The per-step metrics of a stage (``stage-K/metrics.jsonl``, as every engine writes it)."""
-    text = (Path(stage_out) / HISTORY).read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """The per-step metrics of a stage (``stage-K/metrics.jsonl``, as every engine writes it). A
+    finished stage's summary holds the file's digest: a file changed since (truncated, edited)
+    is refused, naming it, rather than reported as the stage's curves."""
+    path = Path(stage_out) / HISTORY
+    if not path.is_file():
+        raise TrainingError(f"{path} is missing: the stage's metrics are gone; retrain the stage")
+    summary = Path(stage_out) / FINAL / SUMMARY
+    if summary.is_file():
+        try:
+            expected = json.loads(summary.read_text(encoding="utf-8")).get("history_sha256")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise TrainingError(f"{summary} is not a readable stage summary; retrain the stage") from None
+        if expected is not None and sha256_file(path) != expected:
+            raise TrainingError(
+                f"{path} is not the file the finished stage wrote (its sha256 differs from {summary}); "
+                "retrain the stage"
+            )
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"{path} is not JSON lines ({exc}); retrain the stage") from None
 
 
 def write_history(stage_out: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
@@ -114,8 +132,13 @@ def write_history(stage_out: str | Path, rows: Iterable[dict[str, Any]]) -> Path
 
 def write_summary(final_tmp: str | Path, summary: dict[str, Any]) -> Path:
     """``stage.json`` in the stage's final directory while it is still temporary (the caller renames
-    the directory to ``final/`` after this, so the summary is complete when it appears)."""
+    the directory to ``final/`` after this, so the summary is complete when it appears). It holds
+    the digest of the stage's ``metrics.jsonl`` (written before it), which the final directory's
+    own digest, the pipeline's artefact, then covers."""
     path = Path(final_tmp) / SUMMARY
+    history = Path(final_tmp).parent / HISTORY
+    if history.is_file():
+        summary = {**summary, "history_sha256": sha256_file(history)}
     path.write_text(json.dumps(json_safe(summary), indent=2))
     return path
 

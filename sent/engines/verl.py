@@ -39,6 +39,8 @@ from sent.config import SentConfig, loss_config, training_seed
 from sent.data_contract import json_safe
 from sent.engines.stage import FINAL, clear_finished, stage_dir, stage_steps, write_history, write_summary
 from sent.errors import SentError
+from sent.ray_address import check_ray_address
+from sent.redaction import redact_text, split_credentials
 
 logger = logging.getLogger(__name__)
 TRAINER_MODULE = "verl.trainer.main_ppo"
@@ -70,6 +72,8 @@ class StagePlan:
     rows: int | None = None  # the stage's problems (None before curation)
     batch_size: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
+    """Variables the local job's process gets and nothing shows: not `command`, `shell`, Hydra."""
     ray_address: str | None = None
     trainer_module: str = TRAINER_MODULE
 
@@ -269,8 +273,18 @@ def plan_stage(
 
         env.update(verl_cpu.environment())
         overrides += verl_cpu.overrides(local_ray=v.ray_address is None)
+    secret_env: dict[str, str] = {}
     if mlflow is not None:
-        env.update({"MLFLOW_TRACKING_URI": mlflow[0], "MLFLOW_RUN_ID": mlflow[1]})
+        uri, secret_env = split_credentials(mlflow[0])
+        env.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": mlflow[1]})
+        if secret_env and v.ray_address is not None:
+            logger.warning(
+                "the tracking URI's credentials are not sent to the Ray cluster at %s (a job's command line and "
+                "runtime env are stored in the clear); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "in the cluster's environment",
+                v.ray_address,
+            )
+            secret_env = {}
     for key, value in sorted(env.items()):  # the Ray workers get the same environment
         overrides.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}={hydra_value(value)}")
     overrides += v.extra_overrides
@@ -289,6 +303,7 @@ def plan_stage(
         rows=n_rows,
         batch_size=t.train_batch_size,
         env=env,
+        secret_env=secret_env,
         ray_address=v.ray_address,
         trainer_module=v.trainer_module,
     )
@@ -400,8 +415,8 @@ def stream(command: list[str], env: dict[str, str], what: str, on_line=None) -> 
         bufsize=1,
     )
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip("\n")
+    for raw in proc.stdout:
+        line = redact_text(raw.rstrip("\n"))  # a library may print a URI it was given, credentials and all
         tail.append(line)
         logger.info("[%s] %s", what, line)
         if on_line is not None:
@@ -420,6 +435,8 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
     first (so verl cannot resume from it)."""
     if not plan.curated:
         raise VerlEngineError(f"stage {plan.stage} has no curriculum yet: {plan.train_files[0]} does not exist")
+    if plan.ray_address is not None:
+        check_ray_address(plan.ray_address, "training.verl.ray_address")  # `ray job submit` would retry it
     if plan.rows is not None and plan.rows < plan.batch_size:
         # verl's dataloader drops the last partial batch: no step at all (ZeroDivisionError in verl's fit)
         raise VerlEngineError(
@@ -447,7 +464,7 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
 
     t0 = time.perf_counter()
     logger.info("stage %d: verl job\n%s", plan.stage, plan.shell())
-    stream(plan.command, plan.env, f"verl stage {plan.stage}", on_line)
+    stream(plan.command, {**plan.env, **plan.secret_env}, f"verl stage {plan.stage}", on_line)
     step = latest_step(plan.checkpoint_dir)
     tmp = plan.merged_dir.with_name(".final.tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a merge interrupted earlier
@@ -464,9 +481,9 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
         "seconds": time.perf_counter() - t0,
         "last_metrics": history[-1] if history else {},
     }
+    write_step_history(metrics_path)  # before the summary, which records its digest
     write_summary(tmp, summary)
     tmp.rename(plan.merged_dir)
-    write_step_history(metrics_path)
     return summary
 
 

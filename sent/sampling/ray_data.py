@@ -52,6 +52,7 @@ import pyarrow as pa
 
 from sent import interrupt
 from sent.errors import SentError
+from sent.ray_address import check_ray_address
 from sent.sampling.base import Completion, Messages, Settings
 
 if TYPE_CHECKING:
@@ -320,6 +321,7 @@ def _connect(ray, cfg: SentConfig, backend: str) -> bool:
         options["num_cpus"] = max(os.cpu_count() or 1, int(rc.replicas * rc.cpus_per_actor + rc.cpus_per_grader))
         options["num_gpus"] = math.ceil(replica_gpus(cfg, backend) * rc.replicas) or None  # none: Ray detects them
     else:
+        check_ray_address(rc.address, "ray.address")  # ray.init would retry a dead address forever
         options["address"] = rc.address
     logger.info("Ray: %s", rc.address or f"a local Ray ({options['num_cpus']} logical CPUs)")
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -336,6 +336,31 @@ def test_the_launcher_streams_the_log_and_fails_with_its_tail(caplog):
     assert step == 3 and metrics["actor/pg_loss"] == 0.25
 
 
+def test_the_tracking_credentials_reach_the_job_by_its_environment_only(tmp_path, caplog):
+    """The verl job tracks into the stage's MLflow run. With a URI that carries a password, the
+    command line, command.sh, the Hydra config verl saves and prints, and the job's log hold the
+    URI without it; the password travels in MLFLOW_TRACKING_PASSWORD of the job's process alone."""
+    import logging
+
+    from sent.config import load_config
+    from sent.engines.verl import compose_verl_config, plan_stage, stream
+
+    cfg = load_config(ROOT / "configs" / "toy.yaml", ["training.engine=verl", "training.verl.device=cpu"])
+    plan = plan_stage(
+        cfg, stage=1, curriculum_dir=tmp_path / "c", run_dir=tmp_path / "r", start_model="data/models/toy",
+        mlflow=("http://alice:s3cr%40t@127.0.0.1:5000", "0123abcd"),
+    )  # fmt: skip
+    assert "s3cr" not in " ".join(plan.command) + plan.shell() + repr(plan)
+    env = dict(compose_verl_config(plan.overrides).ray_kwargs.ray_init.runtime_env.env_vars)
+    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000" and "MLFLOW_TRACKING_PASSWORD" not in env
+    assert plan.secret_env == {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "s3cr@t"}
+    lines: list[str] = []
+    script = "import os; print(os.environ['MLFLOW_TRACKING_PASSWORD'] == 's3cr@t', 'http://bob:pw@h/x')"
+    with caplog.at_level(logging.INFO):
+        stream([sys.executable, "-c", script], plan.secret_env, "job", on_line=lines.append)
+    assert lines == ["True http://***@h/x"] and "pw@" not in caplog.text
+
+
 def test_dry_run_prints_the_command_and_the_resolved_config(capsys):
     from sent.cli import main
 

@@ -132,3 +132,19 @@ def test_parallel_runs_give_the_sequential_numbers(in_project):
         for key in ("entropy_start", "entropy_final", "entropy_min"):  # the whole run's trajectory, to float noise
             assert parallel["arms"][arm][key]["mean"] == pytest.approx(sequential["arms"][arm][key]["mean"], rel=1e-6)
     assert Path(in_project / "data" / "runs" / "par" / "ablation.md").is_file()
+
+
+def test_a_second_ablation_on_one_directory_is_refused_before_it_writes(in_project):
+    """Another process holds the ablation directory (here: this one, through another open file,
+    which flock treats alike): the flow fails at once, naming the holder, and writes no plan."""
+    import os
+
+    from flows.ablation import sent_ablation
+    from sent.locks import LockedError, exclusive
+
+    out = in_project / "data" / "runs" / "held"
+    with exclusive(out, "ablation"):
+        state = sent_ablation(config="ablate.yaml", arms=["grpo"], seeds=[0], out=str(out), return_state=True)
+        with pytest.raises(LockedError, match=rf"{out} is being written by another ablation \(PID {os.getpid()} "):
+            state.result()
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

@@ -392,3 +392,20 @@ def test_the_stage_flows_run_their_step_alone(in_project, first_run):
     assert evaluated["steps"] == ["eval"]
     results = json.loads(Path(evaluated["artefacts"]["eval"]["path"]).read_text())
     assert results["model"] == trained["artefacts"]["train:2"]["path"]  # the reused run's last stage
+
+
+def test_a_second_pipeline_on_one_run_directory_is_refused_before_it_writes(in_project):
+    """Another process holds the run directory (here: this one, through another open file, which
+    flock treats alike): the flow fails at once, naming the holder; no run.json, no MLflow run."""
+    import os
+
+    from sent.locks import LockedError, exclusive
+
+    run = in_project / "data" / "runs" / "held"
+    runs_before = len(tracker(in_project).client.search_runs([tracker(in_project).experiment_id]))
+    with exclusive(run, "pipeline run"):
+        state, _ = run_pipeline(run_dir=str(run), steps=["curate"])
+        with pytest.raises(LockedError, match=rf"{run} is being written by another pipeline run \(PID {os.getpid()} "):
+            state.result()
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert len(tracker(in_project).client.search_runs([tracker(in_project).experiment_id])) == runs_before
