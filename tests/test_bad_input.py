@@ -252,7 +252,7 @@ def credentials_in_a_config_value(tiny_toy, tmp_path, capsys):
 
 _BOMB = ", ".join(
     f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['x'] * 9)}]"
-    for prev, name in zip(["", *"abcdefg"], "abcdefgh")
+    for prev, name in zip(["", *"abcdefg"], "abcdefgh", strict=True)
 )  # a: &a [x x 9], b: &b [*a x 9], ...: 9^8 = 43 million values from 300 bytes
 
 
