@@ -451,9 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second signal (`StopNow`), or Ctrl-C outside any handler
         print("error: stopped at once by a second signal (a rerun resumes from the last checkpoint)", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

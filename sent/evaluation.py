@@ -337,6 +337,20 @@ def evaluate_responses(
     return per_benchmark, details
 
 
+def _sample_stoppably(sampler, prompts: list, settings: Settings, seed: int, name: str) -> list:
+    """A benchmark's samples, one sampler batch at a time with a stop check between (a SIGTERM
+    waited minutes for a whole benchmark). The pieces are the rows of one job sampled whole
+    (`Sampler.generate`'s ``start``); a sampler without batches (vLLM's) gets the job at once."""
+    step = getattr(sampler, "batch_size", 0) or max(1, len(prompts))
+    outs: list = []
+    for lo in range(0, len(prompts), step):
+        interrupt.check(
+            f"while evaluating {name} (an evaluation writes nothing until it ends: a rerun starts it again)"
+        )
+        outs += sampler.generate(prompts[lo : lo + step], seed=seed, start=lo, **asdict(settings))
+    return outs
+
+
 def evaluate_model(
     cfg,
     *,
@@ -378,9 +392,8 @@ def evaluate_model(
         if sampled is not None:
             outs = sampled[name]
         else:
-            interrupt.check(f"before evaluating {name}")
-            outs = sampler.generate(
-                [cfg.prompt.messages(p.problem) for p in problems], seed=cfg.seed, **asdict(settings)
+            outs = _sample_stoppably(
+                sampler, [cfg.prompt.messages(p.problem) for p in problems], settings, cfg.seed, name
             )
         responses = {p.id: [c.text for c in cs] for p, cs in zip(problems, outs, strict=True)}
         metrics, rows = score_benchmark(name, problems, responses, ev.k)

@@ -47,10 +47,22 @@ def check(where: str) -> None:
         raise Interrupted(_requested, where)
 
 
+class StopNow(KeyboardInterrupt):
+    """A second signal: stop at once (no safe point); the process exits 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"second {signal.Signals(signum).name}: stopping at once")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 def _handle(signum: int, _frame) -> None:
     global _requested
     if _requested is not None:
-        raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping at once")
+        raise StopNow(signum)
     _requested = signal.Signals(signum)
     logger.warning("%s received: stopping at the next safe point (send it again to stop at once)", _requested.name)
 

@@ -301,6 +301,17 @@ def manifest_without_files(tiny_toy, tmp_path, capsys):
     return _raises(ContractError, lambda: load_manifest(tmp_path)).replace(str(tmp_path), "<dir>")
 
 
+def training_into_a_curation_directory(tiny_toy, tmp_path, capsys):
+    from sent.engines.stage import TrainingError, train_stage
+
+    (tmp_path / "curation.json").write_text("{}")
+    (tmp_path / "stage-1").mkdir()
+    call = lambda: train_stage(toy_config(tiny_toy), stage=1, curriculum_dir=tmp_path, run_dir=tmp_path, fresh=True)  # noqa: E731
+    message = _raises(TrainingError, call).replace(str(tmp_path), "<dir>")
+    assert (tmp_path / "stage-1").is_dir(), "the curriculum's stage was not moved aside"
+    return message
+
+
 def output_that_is_a_file(tiny_toy, tmp_path, capsys):
     from sent.locks import LockedError
 
@@ -385,6 +396,7 @@ CASES = {
     "directory was damaged; choose another --out, or remove it to start again",
     manifest_that_is_a_list: "<dir>/manifest.json: a manifest is a JSON object, got list",
     manifest_without_files: "<dir>/manifest.json: 'files' must list each file's path, bytes and sha256",
+    training_into_a_curation_directory: "<dir> is a curation directory, not a run directory; train into another --out",
     output_that_is_a_file: "<path> is a file, not a directory: choose another output directory",
     malformed_benchmark_row: "<file>:1: field 'answer' is missing, empty or not a string",
     unknown_loss: "error: invalid configuration in <file> with ['training.loss=bogus']:\n"

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from sent.evaluation import (
     EvaluationError,
+    _sample_stoppably,
     benchmark_path,
     evaluate_model,
     evaluate_responses,
@@ -180,3 +181,44 @@ def test_evaluate_the_tiny_model_on_the_toy_benchmark(tiny_toy, tmp_path):
     assert toy["problems"] == 20 and toy["n"] == 4
     assert 0 <= toy["avg@4"] <= toy["pass@4"] <= 1 and set(results["mean"]) >= {"pass@1", "pass@4", "avg@4", "maj@4"}
     assert pq.read_table(tmp_path / "details.parquet").num_rows == 80
+
+
+def test_an_evaluation_sampled_batch_by_batch_is_the_one_sampled_whole_and_stops_between(tiny_toy, tmp_path):
+    """A benchmark is sampled one sampler batch at a time (so a SIGTERM is honoured within a
+    batch, not after the whole benchmark): its samples are those of the job sampled at once, and
+    a stop requested during the first batch ends the evaluation before the second, writing nothing."""
+    import signal
+    from dataclasses import asdict
+
+    from sent import interrupt
+    from sent.config import ModelConfig
+    from sent.sampling.base import Settings
+    from sent.sampling.configured import build_sampler
+
+    cfg = toy_config(tiny_toy, f"toy.data_dir={tiny_toy.test_path.parent}", "sampling.batch_size=8")
+    sampler = build_sampler(cfg, ModelConfig(**{**cfg.model.model_dump(), "path": str(tiny_toy.model_dir)}))
+    problems = read_jsonl(tiny_toy.test_path)[:20]
+    prompts = [cfg.prompt.messages(p["problem"]) for p in problems]
+    settings = Settings(2, cfg.evaluation.temperature, cfg.evaluation.top_p, 16, logprobs=False)
+    whole = sampler.generate(prompts, seed=3, **asdict(settings))
+    calls = []
+
+    class Counting:  # the real sampler, counting its calls
+        batch_size = sampler.batch_size
+
+        def generate(self, *args, **kwargs):
+            calls.append(kwargs["start"])
+            return sampler.generate(*args, **kwargs)
+
+    pieces = _sample_stoppably(Counting(), prompts, settings, 3, "toy")
+    assert calls == [0, 8, 16] and [[c.text for c in cs] for cs in pieces] == [[c.text for c in cs] for cs in whole]
+
+    class StopsAfterTheFirst(Counting):
+        def generate(self, *args, **kwargs):
+            signal.raise_signal(signal.SIGTERM)  # as `kill -TERM` during the batch
+            return super().generate(*args, **kwargs)
+
+    calls.clear()
+    with interrupt.handle_signals(), pytest.raises(interrupt.Interrupted, match="while evaluating toy"):
+        _sample_stoppably(StopsAfterTheFirst(), prompts, settings, 3, "toy")
+    assert calls == [0]

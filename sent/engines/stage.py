@@ -166,6 +166,10 @@ def train_stage(
     run_id)`` for verl's own logger, and ``on_plan(plan)`` sees the job's `StagePlan` before it
     starts (to record its command, say)."""
     engine = engine or cfg.training.engine
+    if any((Path(run_dir) / name).is_file() for name in ("manifest.json", "curation.json")):
+        # its stage-K/ directories are the curriculum's shards: training there (with --fresh, moving
+        # stage-K/ aside) would take the curriculum away from under itself
+        raise TrainingError(f"{run_dir} is a curation directory, not a run directory; train into another --out")
     start = str(start_model) if start_model is not None else start_model_for(cfg, run_dir, stage)
     if engine == "local":
         from sent.engines.local import LocalEngine
