@@ -641,6 +641,15 @@ def _curate_locked(
     return CurationResult(out_dir, manifest, reused=False)
 
 
+def _state_identity(path: Path) -> Any:
+    """The identity a state file records; None when it is unreadable (a damaged directory)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return state.get("identity") if isinstance(state, dict) else None
+
+
 def write_part(table: pa.Table, path: Path) -> None:
     """A chunk's samples, written atomically and then sealed (its digest beside it)."""
     sidecar(path).unlink(missing_ok=True)  # an old digest never vouches for new bytes
@@ -780,7 +789,7 @@ def restage(cfg: SentConfig, scored_dir: str | Path, out_dir: str | Path) -> Cur
         if finished is not None:
             return finished
         state_path = out_dir / STATE
-        if state_path.is_file() and json.loads(state_path.read_text()).get("identity") == identity:
+        if state_path.is_file() and _state_identity(state_path) == identity:
             for p in out_dir.iterdir():  # an interrupted restaging: cheap to redo from the start
                 if p.name not in (LOCK_FILE, STATE):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()

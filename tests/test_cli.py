@@ -45,6 +45,8 @@ USER_ERRORS = [
     ("sent.evaluation", "EvaluationError", ValueError),
     ("sent.locks", "LockedError", RuntimeError),
     ("sent.models", "ModelNotFoundError", OSError),
+    ("sent.models", "ModelError", RuntimeError),
+    ("sent.ray_address", "RayAddressError", ConnectionError),
     ("sent.sampling.ray_data", "RayExecutorError", RuntimeError),
     ("sent.steps", "StepError", RuntimeError),
     ("sent.tracking", "TrackingError", RuntimeError),

@@ -208,7 +208,10 @@ def test_a_damaged_or_unsealed_part_of_an_unfinished_curation_is_sampled_again(c
     cfg, result = curated
     copy = tmp_path / "run"
     shutil.copytree(result.out_dir, copy)
-    (copy / "manifest.json").unlink()  # as if stopped before the end
+    # as if stopped before the end: the state file a running curation keeps, and no manifest yet
+    identity = json.loads((copy / "manifest.json").read_text())["identity"]
+    (copy / "curation.json").write_text(json.dumps({"identity": identity}))
+    (copy / "manifest.json").unlink()
     part1, part2 = copy / "samples" / "part-00001.parquet", copy / "samples" / "part-00002.parquet"
     data = bytearray(part1.read_bytes())
     data[len(data) // 2] ^= 0x01

@@ -21,20 +21,26 @@ a new directory (and so a new experiment name).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import math
 import os
+import queue
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sent import interrupt
 from sent.config import SentConfig, loss_config, training_seed
 from sent.data_contract import json_safe
 from sent.engines.stage import FINAL, clear_finished, stage_dir, stage_steps, write_history, write_summary
@@ -402,9 +408,54 @@ def parse_step_metrics(line: str) -> tuple[int, dict[str, float]] | None:
     return int(m.group(1)), metrics
 
 
-def stream(command: list[str], env: dict[str, str], what: str, on_line=None) -> None:
+class StopAtCheckpoint:
+    """When a stop is requested, a verl job ends once it has written a checkpoint after the
+    request (every ``trainer.save_freq`` steps), so that a rerun resumes from there: verl has no
+    safe point of its own that a signal reaches, and killing it mid-step loses the steps since
+    its last checkpoint."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.at_request: int | None = None
+
+    def _latest(self) -> int:
+        try:
+            return latest_step(self.checkpoint_dir)
+        except (VerlEngineError, ValueError, OSError):
+            return 0
+
+    def __call__(self) -> bool:
+        if self.at_request is None:
+            self.at_request = self._latest()
+            logger.warning(
+                "stopping the verl job after its next checkpoint (after step %d; trainer.save_freq)", self.at_request
+            )
+            return False
+        return self._latest() > self.at_request
+
+
+def _end(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """SIGTERM the job's process group (the trainer and the local Ray it started), SIGKILL after ``grace_s``."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def stream(
+    command: list[str], env: dict[str, str], what: str, on_line=None, stop_when: Callable[[], bool] | None = None
+) -> None:
     """Run ``command``, forwarding its output line by line to our log; a non-zero exit raises with
-    the last lines of the output."""
+    the last lines of the output. Once a stop is requested (`sent.interrupt`) and ``stop_when()``
+    says the job may end (`StopAtCheckpoint`), the job is ended and `Interrupted` raised; a job
+    that is never to be cut (``stop_when`` None) runs to its end. However this returns (a second
+    signal included), the job does not outlive it."""
     tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
     proc = subprocess.Popen(
         command,
@@ -413,14 +464,36 @@ def stream(command: list[str], env: dict[str, str], what: str, on_line=None) -> 
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
+        start_new_session=True,  # its own process group, ended as one; signals reach us, not it
     )
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = redact_text(raw.rstrip("\n"))  # a library may print a URI it was given, credentials and all
-        tail.append(line)
-        logger.info("[%s] %s", what, line)
-        if on_line is not None:
-            on_line(line)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read(out=proc.stdout) -> None:
+        for raw in out:
+            lines.put(raw)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True, name=f"{what} log").start()
+    try:
+        while True:
+            try:
+                raw = lines.get(timeout=1.0)  # a silent job still gets its stop checked each second
+            except queue.Empty:
+                raw = ""
+            if raw is None:
+                break
+            if raw:
+                line = redact_text(raw.rstrip("\n"))  # a library may print a URI it was given, credentials and all
+                tail.append(line)
+                logger.info("[%s] %s", what, line)
+                if on_line is not None:
+                    on_line(line)
+            if stop_when is not None and interrupt.requested() is not None and stop_when():
+                _end(proc)
+                interrupt.check(f"after {what} wrote a checkpoint (a rerun resumes from it)")
+    finally:
+        _end(proc)
     rc = proc.wait()
     if rc != 0:
         raise VerlEngineError(f"{what} exited with status {rc}; last lines:\n" + "\n".join(tail))
@@ -464,7 +537,8 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
 
     t0 = time.perf_counter()
     logger.info("stage %d: verl job\n%s", plan.stage, plan.shell())
-    stream(plan.command, {**plan.env, **plan.secret_env}, f"verl stage {plan.stage}", on_line)
+    stop = StopAtCheckpoint(plan.checkpoint_dir)
+    stream(plan.command, {**plan.env, **plan.secret_env}, f"verl stage {plan.stage}", on_line, stop_when=stop)
     step = latest_step(plan.checkpoint_dir)
     tmp = plan.merged_dir.with_name(".final.tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a merge interrupted earlier

@@ -361,6 +361,42 @@ def test_the_tracking_credentials_reach_the_job_by_its_environment_only(tmp_path
     assert lines == ["True http://***@h/x"] and "pw@" not in caplog.text
 
 
+def test_a_stop_ends_the_job_once_it_has_written_a_checkpoint(tmp_path):
+    """A stand-in for a verl job (verl itself runs under the verl marker): it prints a line a
+    second and marks checkpoints 1, 2, 3 the way verl does. SIGTERM arrives after checkpoint 1:
+    the job runs on to checkpoint 2, then it and its process group are ended and `Interrupted`
+    raised (a rerun resumes from 2); it never reaches 3."""
+    import signal
+    import time
+
+    from sent import interrupt
+    from sent.engines.verl import StopAtCheckpoint, stream
+
+    marker = tmp_path / "latest_checkpointed_iteration.txt"
+    script = textwrap.dedent(
+        f"""
+        import pathlib, time
+        for step in range(1, 4):
+            time.sleep(1.5)
+            pathlib.Path({str(marker)!r}).write_text(str(step))
+            print(f"step:{{step}} - x:1", flush=True)
+        time.sleep(30)
+        """
+    )
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        if line.startswith("step:1 "):
+            signal.raise_signal(signal.SIGTERM)
+
+    t0 = time.monotonic()
+    with interrupt.handle_signals(), pytest.raises(interrupt.Interrupted, match="wrote a checkpoint"):
+        stream([sys.executable, "-c", script], {}, "job", on_line, stop_when=StopAtCheckpoint(tmp_path))
+    assert marker.read_text() == "2" and lines[0] == "step:1 - x:1" and "step:3 - x:1" not in lines
+    assert time.monotonic() - t0 < 15  # not the job's 30 s of silence after its last step
+
+
 def test_dry_run_prints_the_command_and_the_resolved_config(capsys):
     from sent.cli import main
 

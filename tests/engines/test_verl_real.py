@@ -280,6 +280,38 @@ def test_a_stage_killed_with_sigkill_resumes_from_verls_checkpoint(resumed):
     assert summary["steps"] == 3 and summary["checkpoint"].endswith("global_step_3")
 
 
+def test_sigterm_stops_a_verl_stage_after_its_next_checkpoint_and_a_rerun_finishes_it(resumed):
+    """`sent train` on verl, sent SIGTERM once step 1 is logged: the job goes on to its next
+    checkpoint (save_every=1: step 2), is ended there, and the command exits 143 with one error
+    line; the rerun resumes after that checkpoint and finishes the stage."""
+    tmp, config, curriculum, _, _, _, _ = resumed
+    out = tmp / "run-sigterm"
+    command = _train_command(config, curriculum, out)
+    marker = out / "stage-1" / "verl" / "checkpoints" / "latest_checkpointed_iteration.txt"
+    log_path = tmp / "sigterm.log"
+    with log_path.open("w") as log:
+        job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env(tmp))
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while 1 not in _steps_logged(log_path.read_text()):
+            assert job.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "step 1 was not logged in time"
+            time.sleep(0.5)
+        at_request = int(marker.read_text()) if marker.is_file() else 0
+        job.send_signal(signal.SIGTERM)
+        code = job.wait(timeout=JOB_TIMEOUT)
+    text = log_path.read_text()
+    _ray_stop()
+    assert code == 143, text[-3000:]
+    assert "error: stopped by SIGTERM after verl stage 1 wrote a checkpoint" in text
+    stopped_at = int(marker.read_text())
+    assert stopped_at > at_request  # ended after a checkpoint made after the request
+    assert not (out / "stage-1" / "final").exists()
+    second = subprocess.run(command, capture_output=True, text=True, env=_env(tmp), timeout=JOB_TIMEOUT)
+    _ray_stop()
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert _steps_logged(second.stdout + second.stderr) == list(range(stopped_at + 1, 4))
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A real local Ray head, as a cluster for CPU jobs (sent.engines.verl_cpu.RAY_HEAD_RESOURCES),
