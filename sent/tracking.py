@@ -157,12 +157,11 @@ class _RedactedClient:
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return method(*args, **kwargs)
-            except mlflow.exceptions.MlflowException as exc:
-                if redact_text(str(exc)) == str(exc):
-                    raise  # nothing to hide: callers may catch MLflow's own type
-                raise TrackingError(f"MLflow {name}: {redact_text(str(exc))}") from None
-            except Exception as exc:  # a connection error from requests/urllib3
-                raise TrackingError(f"MLflow {name}: {type(exc).__name__}: {redact_text(str(exc))}") from None
+            except Exception as exc:  # MLflow's own, or a connection error from requests/urllib3
+                text = str(exc)
+                if redact_text(text) == text:
+                    raise  # nothing to hide: the error as it was (callers may catch MLflow's own type)
+                raise TrackingError(f"MLflow {name}: {redact_text(text)}") from None
 
         return call
 

@@ -492,9 +492,10 @@ def stream(
             if stop_when is not None and interrupt.requested() is not None and stop_when():
                 _end(proc)
                 interrupt.check(f"after {what} wrote a checkpoint (a rerun resumes from it)")
-    finally:
+    except BaseException:  # a stop, a second signal, an error in a callback: the job goes too
         _end(proc)
-    rc = proc.wait()
+        raise
+    rc = proc.wait()  # its output ended: it is exiting by itself
     if rc != 0:
         raise VerlEngineError(f"{what} exited with status {rc}; last lines:\n" + "\n".join(tail))
 

@@ -126,3 +126,56 @@ def test_prefect_yaml_deploys_and_a_stage_deployment_runs_on_a_worker(server, tm
     assert Path(record["artefacts"]["curate"]["path"]).parent == project / "data" / "runs"
     tracker = Tracker(f"sqlite:///{project / 'data' / 'mlflow.db'}", "sent")
     assert [r.info.run_name for r in tracker.children(record["mlflow"]["run_id"])] == ["curate"]
+
+
+def test_a_cancel_from_prefect_ends_the_run_cancelled_at_a_safe_point(server, tmp_path, tiny_toy):
+    """The toy pipeline deployment on a real process worker, cancelled from the API (as the UI's
+    Cancel does) in the middle of training: the worker sends SIGTERM with its cancel intent; the
+    run stops at the next safe point, closes its record as interrupted, and the flow run ends
+    Cancelled, not Failed (a plain SIGTERM, with no intent, ends as before: tests/test_interrupt.py)."""
+    import json
+    import signal
+
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Cancelling
+
+    project = tmp_path / "project"
+    project.mkdir()
+    cfg = pipeline_config(tiny_toy)
+    cfg["training"]["epochs_per_stage"] = 40  # a stage of a minute or more: cancelled in its middle
+    (project / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**server, "SENT_PROJECT_DIR": str(project)}
+    prefect(env, "work-pool", "create", "cpu", "--type", "process", "--overwrite")
+    prefect(env, "deploy", "--name", "sent-pipeline-toy", "--prefect-file", str(ROOT / "prefect.yaml"), cwd=project)
+    with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as client:
+            flow_name = client.read_flow(client.read_deployment_by_name("sent-pipeline/sent-pipeline-toy").flow_id).name
+        flow_run = run_deployment(f"{flow_name}/sent-pipeline-toy", parameters={"config": "tiny.yaml"}, timeout=0)
+        log = (tmp_path / "worker.log").open("w")
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "cpu"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 600
+            metrics = list((project / "data" / "runs").glob("pipeline-*/stage-1/metrics.jsonl"))
+            while not (metrics and len(metrics[0].read_text().splitlines()) >= 3):
+                assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-4000:]
+                time.sleep(1)
+                metrics = list((project / "data" / "runs").glob("pipeline-*/stage-1/metrics.jsonl"))
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+                while not (state := client.read_flow_run(flow_run.id).state).is_final():
+                    assert time.monotonic() < deadline + 180, (tmp_path / "worker.log").read_text()[-4000:]
+                    time.sleep(1)
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=60)
+            log.close()
+    text = (tmp_path / "worker.log").read_text()
+    assert state.is_cancelled(), f"{state}\n{text[-4000:]}"
+    record = json.loads((metrics[0].parent.parent / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["error"].startswith("Interrupted: stopped by SIGTERM")
+    assert not (metrics[0].parent / "final").exists(), "stopped in the middle of the stage"
