@@ -1,6 +1,7 @@
 """kill -9 at random points, then rerun: does the work resume to the uninterrupted result?
 
-For curation and for one training stage, on a tiny toy world built here (about a minute):
+For curation (the local loop, or ``--only curate-ray``: the Ray executor with one sampler actor on
+a local Ray) and for one training stage, on a tiny toy world built here (about a minute):
 
 1. one uninterrupted run, the reference;
 2. N trials: start the same command in a fresh directory, SIGKILL it after a random delay drawn
@@ -97,8 +98,14 @@ def run(cmd: list[str]) -> float:
     return time.monotonic() - t0
 
 
-def killed_then_rerun(cmd: list[str], delay: float) -> bool:
-    """Start ``cmd``, SIGKILL it after ``delay`` s (False if it finished first), then rerun it."""
+def ray_stop() -> None:
+    """Stop what a killed driver's local Ray left behind (a machine that died would have none)."""
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def killed_then_rerun(cmd: list[str], delay: float, between=None) -> bool:
+    """Start ``cmd``, SIGKILL it after ``delay`` s (False if it finished first), call ``between``,
+    then rerun it."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         proc.wait(timeout=delay)
@@ -107,6 +114,8 @@ def killed_then_rerun(cmd: list[str], delay: float) -> bool:
         proc.kill()
         proc.wait()
         killed = True
+    if between is not None:
+        between()
     run(cmd)
     return killed
 
@@ -116,7 +125,9 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary directory)")
-    parser.add_argument("--only", choices=["curate", "train"], help="one of the two kinds of trial")
+    parser.add_argument(
+        "--only", choices=["curate", "curate-ray", "train"], help="one kind of trial (default: curate and train)"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sent-kill-trials-"))
@@ -131,7 +142,7 @@ def main() -> int:
     reference = curation_outputs(ref_cur)
     counts = json.loads((ref_cur / "manifest.json").read_text())["counts"]
     print(f"curation reference: {seconds:.1f} s, {len(reference)} Parquet files, counts {counts}")
-    for i in range(args.trials if args.only != "train" else 0):
+    for i in range(args.trials if args.only in (None, "curate") else 0):
         out = work / f"curate-{i}"
         delay = rng.uniform(0.2, 1.0) * seconds
         killed = killed_then_rerun([*curate, "--out", str(out)], delay)
@@ -143,6 +154,26 @@ def main() -> int:
             f"  curation trial {i}: kill -9 at {delay:5.1f} s ({'killed' if killed else 'finished first'}); "
             f"rows conserved {conserved}; outputs identical {same}"
         )
+
+    if args.only == "curate-ray":  # the Ray executor: one sampler actor on a local Ray, started per run
+        ray = [*curate, "sampling.executor=ray", "ray.replicas=1", "ray.cpus_per_actor=1"]
+        ref_ray = work / "curate-ray-ref"
+        seconds = run([*ray, "--out", str(ref_ray)])
+        ray_stop()
+        reference = curation_outputs(ref_ray)
+        print(f"Ray curation reference: {seconds:.1f} s, {len(reference)} Parquet files")
+        for i in range(args.trials):
+            out = work / f"curate-ray-{i}"
+            delay = rng.uniform(0.2, 1.0) * seconds
+            killed = killed_then_rerun([*ray, "--out", str(out)], delay, between=ray_stop)
+            same = curation_outputs(out) == reference
+            failures += not same
+            print(
+                f"  Ray curation trial {i}: kill -9 at {delay:5.1f} s ({'killed' if killed else 'finished first'}); "
+                f"outputs identical {same}"
+            )
+        print(f"{args.trials - failures} of {args.trials} trials identical to the uninterrupted run ({work})")
+        return 1 if failures else 0
 
     train = [*SENT, "train", *config, "--stage", "1", "--curriculum", str(ref_cur), "--max-steps", "6"]
     seconds = run([*train, "--out", str(work / "train-ref")])
