@@ -20,7 +20,7 @@ from tasks.ablation import ablation_report, close_arm_run, end_arm_run, open_abl
 from tasks.common import Artefact, RunContext
 from tasks.curate import curate_step
 from tasks.evaluate import evaluate_step
-from tasks.stop_logging import as_prefect_stop, quiet_expected_stops
+from tasks.stop_logging import quiet_expected_stops, raise_if_cancelled
 from tasks.toy import base_model, bootstrap_toy
 from tasks.train import train_step
 
@@ -83,9 +83,7 @@ def run_ablation(plan: AblationPlan, out: str, parallel: int = 1) -> dict[str, A
             ablation_report(
                 base, plan, finished, error=f"{type(exc).__name__}: {exc}" if not stopped else "interrupted"
             )
-            stop = as_prefect_stop(exc)  # a cancel from Prefect's UI ends Cancelled
-            if stop is not exc:
-                raise stop from exc
+            raise_if_cancelled(exc)  # a cancel from Prefect's UI ends Cancelled
             raise
         return ablation_report(base, plan, finished)
 

@@ -16,7 +16,7 @@ from tasks.curate import curate_step
 from tasks.evaluate import evaluate_step
 from tasks.record import default_run_dir
 from tasks.run import close_run, open_run, record_step
-from tasks.stop_logging import as_prefect_stop, quiet_expected_stops
+from tasks.stop_logging import quiet_expected_stops, raise_if_cancelled
 from tasks.toy import base_model, bootstrap_toy
 from tasks.train import train_step
 
@@ -71,9 +71,7 @@ def run_steps(
         except BaseException as exc:
             stopped = isinstance(exc, Interrupted | KeyboardInterrupt)
             close_run(ctx, error=f"{type(exc).__name__}: {exc}", interrupted=stopped)
-            stop = as_prefect_stop(exc)  # a cancel from Prefect's UI ends Cancelled
-            if stop is not exc:
-                raise stop from exc
+            raise_if_cancelled(exc)  # a cancel from Prefect's UI ends Cancelled
             raise
         return close_run(ctx)
 

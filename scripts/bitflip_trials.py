@@ -26,12 +26,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kill_trials import ROOT, SENT, build_world, curation_outputs, overrides, run, training_outputs
+from kill_trials import SENT, curation_outputs, run, toy_commands, training_outputs
 
 
 def flip_bits(path: Path, rng: random.Random) -> list[int]:
@@ -101,11 +100,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary directory)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="sent-bitflip-trials-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model, data = build_world(work)
-    config = ["--config", str(ROOT / "configs" / "toy.yaml"), *overrides(model, data)]
-    curate = [*SENT, "curate", *config, "--limit", "48"]
+    work, config, curate = toy_commands(args.workdir, "sent-bitflip-trials-")
     failures = 0
 
     ref_cur = work / "curate-ref"

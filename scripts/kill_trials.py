@@ -72,6 +72,16 @@ def overrides(model: Path, data: Path) -> list[str]:
     ]
 
 
+def toy_commands(workdir: Path | None, prefix: str) -> tuple[Path, list[str], list[str]]:
+    """The trials' directory (``workdir`` or a new temporary one), with the tiny world built in it,
+    its ``sent`` config arguments and its curation command."""
+    work = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    model, data = build_world(work)
+    config = ["--config", str(ROOT / "configs" / "toy.yaml"), *overrides(model, data)]
+    return work, config, [*SENT, "curate", *config, "--limit", "48"]
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -130,11 +140,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="sent-kill-trials-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model, data = build_world(work)
-    config = ["--config", str(ROOT / "configs" / "toy.yaml"), *overrides(model, data)]
-    curate = [*SENT, "curate", *config, "--limit", "48"]
+    work, config, curate = toy_commands(args.workdir, "sent-kill-trials-")
     failures = 0
 
     ref_cur = work / "curate-ref"

@@ -572,11 +572,8 @@ def _curate_locked(
     """The curation proper, under ``out_dir``'s lock."""
     state_path = out_dir / STATE
     if state_path.exists():
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            state = None
-        if not isinstance(state, dict):
+        state = _read_state(state_path)
+        if state is None:
             raise CurationError(
                 f"{state_path} is not a curation's state (not a JSON object): the directory was damaged; "
                 "choose another --out, or remove it to start again"
@@ -641,13 +638,13 @@ def _curate_locked(
     return CurationResult(out_dir, manifest, reused=False)
 
 
-def _state_identity(path: Path) -> Any:
-    """The identity a state file records; None when it is unreadable (a damaged directory)."""
+def _read_state(path: Path) -> dict[str, Any] | None:
+    """A curation's state file; None when it is not a JSON object (a damaged directory)."""
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         return None
-    return state.get("identity") if isinstance(state, dict) else None
+    return state if isinstance(state, dict) else None
 
 
 def write_part(table: pa.Table, path: Path) -> None:
@@ -789,7 +786,7 @@ def restage(cfg: SentConfig, scored_dir: str | Path, out_dir: str | Path) -> Cur
         if finished is not None:
             return finished
         state_path = out_dir / STATE
-        if state_path.is_file() and _state_identity(state_path) == identity:
+        if state_path.is_file() and (_read_state(state_path) or {}).get("identity") == identity:
             for p in out_dir.iterdir():  # an interrupted restaging: cheap to redo from the start
                 if p.name not in (LOCK_FILE, STATE):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()

@@ -13,19 +13,12 @@ resuming from a piece, its digests are checked: a damaged piece is recomputed wh
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from sent.data_contract import sha256_file
+from sent.data_contract import sha256_file, write_json, write_text
 
 DIGESTS = "digests.json"
 SIDECAR = ".sha256"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def sidecar(path: Path) -> Path:
@@ -36,7 +29,7 @@ def sidecar(path: Path) -> Path:
 def seal_file(path: Path) -> str:
     """Write ``path``'s digest beside it (`sidecar`); return the digest."""
     digest = sha256_file(path)
-    _write_atomically(sidecar(path), digest + "\n")
+    write_text(digest + "\n", sidecar(path))
     return digest
 
 
@@ -58,7 +51,7 @@ def seal_directory(directory: Path) -> Path:
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != DIGESTS)
     digests = {str(p.relative_to(directory)): sha256_file(p) for p in files}
     path = directory / DIGESTS
-    _write_atomically(path, json.dumps(digests, indent=1, sort_keys=True))
+    write_json(digests, path)
     return path
 
 

@@ -8,7 +8,7 @@ records into one line each; every other exception keeps its traceback.
 
 A cancel from the Prefect UI reaches a worker's flow-run process as SIGTERM too, which our handler
 (`sent.interrupt`) takes in place of Prefect's. Prefect's runner records its intent before it
-sends the signal; `as_prefect_stop` turns our stop into the `TerminationSignal` Prefect's engine
+sends the signal; `raise_if_cancelled` turns our stop into the `TerminationSignal` Prefect's engine
 expects when that intent is a cancel, so the flow run ends Cancelled rather than Failed. A SIGTERM
 from anywhere else carries no intent and ends as before.
 """
@@ -49,13 +49,10 @@ def cancelled_by_prefect() -> bool:
     return get_intent() == "cancel"
 
 
-def as_prefect_stop(exc: BaseException) -> BaseException:
-    """The exception a flow re-raises for ``exc`` once its run is closed: Prefect's cancellation
-    signal where a cancel asked for the stop, else ``exc`` itself."""
+def raise_if_cancelled(exc: BaseException) -> None:
+    """Once a stopped flow has closed its run: raise Prefect's cancellation signal (from ``exc``)
+    where a cancel asked for the stop; return otherwise, for the caller to re-raise ``exc``."""
     if isinstance(exc, Interrupted) and cancelled_by_prefect():
         from prefect.exceptions import TerminationSignal
 
-        stop = TerminationSignal(signal.SIGTERM)
-        stop.__cause__ = exc
-        return stop
-    return exc
+        raise TerminationSignal(signal.SIGTERM) from exc

@@ -37,6 +37,7 @@ The engine reports metrics to a callback and never imports MLflow.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -307,6 +308,7 @@ class LocalEngine:
         root = self.out / CHECKPOINTS
         return sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file()) if root.is_dir() else []
 
+    @functools.cached_property
     def _identity(self) -> dict[str, Any]:
         """What this stage's result depends on: a checkpoint made under anything else is not this
         stage's (where work is saved or how often is left out: it changes no step)."""
@@ -345,13 +347,13 @@ class LocalEngine:
         return None
 
     def _resume(self) -> None:
-        if self.training.resume != "auto" or not self._checkpoints():
+        if self.training.resume != "auto":
             return
         ckpt = self._intact_checkpoint()
         if ckpt is None:
             return
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-        differs = _differences(state.get("identity", {}), self._identity())
+        differs = _differences(state.get("identity", {}), self._identity)
         if differs:
             raise TrainingError(
                 f"stage {self.stage}: the checkpoint {ckpt} was made with other settings ({'; '.join(differs[:5])}); "
@@ -401,7 +403,7 @@ class LocalEngine:
             torch.save(tensors, tmp / "state.pt")
             state = {
                 "step": self.step,
-                "identity": self._identity(),
+                "identity": self._identity,
                 "history": json_safe(self.history),
                 "rng": _rng_state_json(),
                 "entropy_watch": {"start": self.entropy_watch.start, "warned": self.entropy_watch.warned},
