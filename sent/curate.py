@@ -57,7 +57,7 @@ from sent.data_contract import (
     write_table,
 )
 from sent.errors import SentError
-from sent.integrity import file_problem, seal_file, sidecar
+from sent.integrity import file_problem, seal_file
 from sent.locks import LOCK_FILE, exclusive
 from sent.rewards import extract_answer, grade_answer, warm_up_verifier
 from sent.sampling.base import Completion, Settings
@@ -648,10 +648,9 @@ def _read_state(path: Path) -> dict[str, Any] | None:
 
 
 def write_part(table: pa.Table, path: Path) -> None:
-    """A chunk's samples, written atomically and then sealed (its digest beside it)."""
-    sidecar(path).unlink(missing_ok=True)  # an old digest never vouches for new bytes
-    write_table(table, path, SAMPLES_SCHEMA)
-    seal_file(path)
+    """A chunk's samples, sealed (its digest beside it) and then put in place atomically: a kill
+    at any point leaves the part missing or whole and sealed, never unsealed."""
+    write_table(table, path, SAMPLES_SCHEMA, before_replace=lambda tmp: seal_file(path, written=tmp))
 
 
 def _sample_locally(

@@ -24,7 +24,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -130,15 +130,20 @@ def _atomic_replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_table(table: pa.Table, path: Path, schema: pa.Schema) -> dict[str, Any]:
+def write_table(
+    table: pa.Table, path: Path, schema: pa.Schema, *, before_replace: Callable[[Path], None] | None = None
+) -> dict[str, Any]:
     """Write ``table`` (cast to ``schema``, which must match its columns) atomically.
-    Returns the manifest entry ``{"rows", "sha256", "bytes"}``."""
+    ``before_replace`` sees the finished temporary file before it takes ``path``'s name (to seal
+    it first: `sent.integrity.seal_file`). Returns the manifest entry ``{"rows", "sha256", "bytes"}``."""
     if table.schema.names != schema.names:
         raise ContractError(f"{path}: columns {table.schema.names} do not match the contract {schema.names}")
     table = table.cast(schema)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
+    if before_replace is not None:
+        before_replace(tmp)
     _atomic_replace(tmp, path)
     return {"rows": table.num_rows, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 

@@ -26,9 +26,11 @@ def sidecar(path: Path) -> Path:
     return path.with_name(f".{path.name}{SIDECAR}")
 
 
-def seal_file(path: Path) -> str:
-    """Write ``path``'s digest beside it (`sidecar`); return the digest."""
-    digest = sha256_file(path)
+def seal_file(path: Path, written: Path | None = None) -> str:
+    """Write ``path``'s digest beside it (`sidecar`); return the digest. With ``written`` (the
+    temporary file that is about to be renamed to ``path``), its bytes are sealed before ``path``
+    exists, so a kill between the two leaves no unsealed file: a missing one, or a sealed one."""
+    digest = sha256_file(written or path)
     write_text(digest + "\n", sidecar(path))
     return digest
 

@@ -76,3 +76,25 @@ def prefect_harness(results_dir: Path):
 
     with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(results_dir)}), prefect_test_harness():
         yield
+
+
+def parquet_difference(a: Path, b: Path) -> str | None:
+    """Where two Parquet files' tables differ (schema, rows, or the first differing cell of each
+    column), or None when they are equal: a failing comparison then says what differs."""
+    import pyarrow.parquet as pq
+
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    if ta.equals(tb):
+        return None
+    if not ta.schema.equals(tb.schema):
+        return f"{a.name}: schemas differ: {ta.schema} vs {tb.schema}"
+    if ta.num_rows != tb.num_rows:
+        return f"{a.name}: {ta.num_rows} rows vs {tb.num_rows}"
+    diffs = []
+    for name in ta.column_names:
+        xs, ys = ta.column(name).to_pylist(), tb.column(name).to_pylist()
+        rows = [i for i, (x, y) in enumerate(zip(xs, ys, strict=True)) if x != y and not (x != x and y != y)]
+        if rows:
+            i = rows[0]
+            diffs.append(f"{name}: {len(rows)} rows, first row {i}: {xs[i]!r} vs {ys[i]!r}")
+    return f"{a} vs {b}: " + "; ".join(diffs)

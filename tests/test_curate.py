@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -24,7 +25,7 @@ from sent.data_contract import (
 )
 from sent.models import load_tokenizer
 
-from sent_testing import ROOT, toy_config
+from sent_testing import ROOT, parquet_difference, toy_config
 
 BAD_ROWS = [
     {"id": "a", "problem": "Compute 1+1.", "answer": "2"},
@@ -222,8 +223,35 @@ def test_a_damaged_or_unsealed_part_of_an_unfinished_curation_is_sampled_again(c
     resumed = curate(cfg, out=copy, limit=60)
     assert untouched.stat().st_mtime_ns == mtime  # an intact part is not redone
     for name in ("scores.parquet", "samples/part-00001.parquet", "samples/part-00002.parquet"):
-        assert pq.read_table(copy / name).equals(pq.read_table(result.out_dir / name)), name
+        assert parquet_difference(copy / name, result.out_dir / name) is None
     assert resumed.manifest["curriculum"] == result.manifest["curriculum"]
+
+
+@pytest.mark.parametrize("killed", ["before the rename", "after the rename"])
+def test_a_part_is_sealed_before_it_takes_its_name(curated, tmp_path, monkeypatch, killed):
+    """A kill between a part's rename and its digest left an unsealed part that a rerun sampled
+    again (a CI failure). The digest is written first: a kill on either side of the rename leaves
+    the part missing, or whole and sealed."""
+    import sent.data_contract
+    from sent.curate import _chunk_complete, write_part
+
+    _, result = curated
+    table = pq.read_table(result.out_dir / "samples" / "part-00000.parquet")
+    path = tmp_path / "samples" / "part-00000.parquet"
+    replace = sent.data_contract._atomic_replace
+
+    def kill_at_rename(src, dst):
+        if Path(dst) != path:  # the digest's own atomic write
+            return replace(src, dst)
+        if killed == "after the rename":
+            replace(src, dst)
+        raise KeyboardInterrupt  # stands for SIGKILL: nothing after this line runs
+
+    monkeypatch.setattr(sent.data_contract, "_atomic_replace", kill_at_rename)
+    with pytest.raises(KeyboardInterrupt):
+        write_part(table, path)
+    assert (tmp_path / "samples" / ".part-00000.parquet.sha256").is_file()
+    assert _chunk_complete(path, table.num_rows) is (killed == "after the rename")
 
 
 @pytest.mark.slow
@@ -262,7 +290,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(tiny_toy, tmp_path):
     clean = tmp_path / "clean"
     subprocess.run([*cmd, "--out", str(clean), *args], check=True, capture_output=True, timeout=600)
     for name in ["scores.parquet", *[f"samples/part-0000{i}.parquet" for i in range(5)]]:
-        assert pq.read_table(killed / name).equals(pq.read_table(clean / name)), name
+        assert parquet_difference(killed / name, clean / name) is None
     for stage in (1, 2):
         assert load_curriculum(killed, stage).equals(load_curriculum(clean, stage))
 
