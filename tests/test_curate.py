@@ -361,3 +361,13 @@ def test_fresh_data_at_the_same_path_gets_a_new_curation(tiny_toy, tmp_path):
     assert default_out_dir(cfg, cfg.data.limit) != first
     data.write_text(original)
     assert default_out_dir(cfg, cfg.data.limit) == first  # same content, same curation
+
+
+def test_a_foreign_out_directory_is_refused_and_left_as_it_was(curated, tmp_path):
+    cfg, _ = curated
+    foreign = tmp_path / "papers"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(CurationError, match=rf"{foreign} exists and is not a curation directory; choose another --out"):
+        curate(cfg, out=foreign, limit=10)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]  # no .lock left behind
