@@ -238,7 +238,10 @@ class _FlowRefused(Exception):
 def _run_flow(flow, **params):
     """Call a Prefect flow; a Prefect API that cannot be used becomes `_FlowRefused` with the advice
     to print (a step the flow cannot run raises its own `SentError`)."""
+    from sent.prefect_server import guard_temporary_server
+
     try:
+        guard_temporary_server()  # a kill -9 of this process stops Prefect's temporary server too
         return flow(**params)
     except RuntimeError as exc:
         if isinstance(exc, SentError):

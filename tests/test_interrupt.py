@@ -159,6 +159,50 @@ def test_an_unreachable_prefect_api_is_an_error_line(project):
     assert "prefect server start" in last
 
 
+def _children(pid: int) -> dict[int, str]:
+    """Live child processes of ``pid``: their command lines (from /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found[int(stat.parent.name)] = cmdline
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_kill_9_of_a_pipeline_stops_its_temporary_prefect_server(project):
+    """Prefect stops its temporary server at exit; a kill -9 runs no exit handler, and the server
+    (uvicorn, its port, its sqlite database) outlived the pipeline. The watchdog stops it."""
+    root, _ = project
+    proc = _start(project)
+
+    def server_and_watchdog():
+        children = _children(proc.pid)
+        server = [pid for pid, cmd in children.items() if "uvicorn" in cmd and "prefect.server" in cmd]
+        watchdog = [pid for pid, cmd in children.items() if "sent.prefect_server" in cmd]
+        return (server[0], watchdog[0]) if server and watchdog else None
+
+    server, watchdog = _wait_for(server_and_watchdog, 240, proc, root)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while (_alive(server) or _alive(watchdog)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server), "the temporary Prefect server outlived the killed pipeline"
+    assert not _alive(watchdog)
+
+
 def test_check_raises_only_after_a_signal_and_a_second_signal_stops_at_once():
     with handle_signals():
         check("nowhere")  # nothing requested: returns
