@@ -1,7 +1,8 @@
 """kill -9 at random points, then rerun: does the work resume to the uninterrupted result?
 
 For curation (the local loop, or ``--only curate-ray``: the Ray executor with one sampler actor on
-a local Ray) and for one training stage, on a tiny toy world built here (about a minute):
+a local Ray), for one training stage, and (``--only ablate``) for a two-arm ablation through its
+Prefect flow, on a tiny toy world built here (about a minute):
 
 1. one uninterrupted run, the reference;
 2. N trials: start the same command in a fresh directory, SIGKILL it after a random delay drawn
@@ -9,7 +10,9 @@ a local Ray) and for one training stage, on a tiny toy world built here (about a
    run left), and compare with the reference:
    - curation: rows in = accepted + rejected, and every output Parquet file (samples, scores,
      rejected rows, curriculum shards) byte-identical to the reference's (by sha256);
-   - training: the per-step curve (every metric but timings) and the final weights identical.
+   - training: the per-step curve (every metric but timings) and the final weights identical;
+   - ablation: every Parquet file (curation, evaluations), every stage's curve and final weights,
+     and the summary's metrics identical (each run with its own Prefect home and MLflow store).
 
     python scripts/kill_trials.py [--trials 5] [--seed 0] [--workdir DIR]
 
@@ -91,9 +94,25 @@ def curation_outputs(out: Path) -> dict[str, str]:
 
 
 def training_outputs(out: Path) -> tuple[list[dict], str]:
+    return training_outputs_of(out / "stage-1")
+
+
+def ablation_outputs(out: Path) -> dict[str, object]:
+    """What an ablation must reproduce: its Parquet files, each stage's curve and weights, and the
+    summary's metrics (its files also hold timings and run ids, which differ by nature)."""
+    found: dict[str, object] = {f"file {k}": v for k, v in curation_outputs(out).items()}
+    for stage in sorted(out.glob("runs/*/seed-*/stage-*")):
+        curve, weights = training_outputs_of(stage)
+        found[f"curve {stage.relative_to(out)}"] = curve
+        found[f"weights {stage.relative_to(out)}"] = weights
+    summary = json.loads((out / "ablation.json").read_text())
+    found["summary"] = json.dumps(summary.get("arms", summary), sort_keys=True)
+    return found
+
+
+def training_outputs_of(stage: Path) -> tuple[list[dict], str]:
     from sent.engines.local import is_timing
 
-    stage = out / "stage-1"
     curve = [
         {k: v for k, v in json.loads(line).items() if not is_timing(k)}
         for line in (stage / "metrics.jsonl").read_text().splitlines()
@@ -102,9 +121,21 @@ def training_outputs(out: Path) -> tuple[list[dict], str]:
     return curve, weights.hexdigest()
 
 
-def run(cmd: list[str]) -> float:
+def isolated(work: Path, name: str) -> dict[str, str]:
+    """The environment of one ablation (its killed run and its rerun): its own Prefect home and
+    MLflow store, so that no cache of another run is found."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    home = work / f"{name}-services"
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(PREFECT_HOME=str(home / "prefect"), MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}")
+    return env
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
     t0 = time.monotonic()
-    subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=1800, env=env)
     return time.monotonic() - t0
 
 
@@ -113,10 +144,10 @@ def ray_stop() -> None:
     subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True, timeout=120)
 
 
-def killed_then_rerun(cmd: list[str], delay: float, between=None) -> bool:
+def killed_then_rerun(cmd: list[str], delay: float, between=None, env: dict[str, str] | None = None) -> bool:
     """Start ``cmd``, SIGKILL it after ``delay`` s (False if it finished first), call ``between``,
     then rerun it."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         proc.wait(timeout=delay)
         killed = False
@@ -126,7 +157,7 @@ def killed_then_rerun(cmd: list[str], delay: float, between=None) -> bool:
         killed = True
     if between is not None:
         between()
-    run(cmd)
+    run(cmd, env)
     return killed
 
 
@@ -136,12 +167,39 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary directory)")
     parser.add_argument(
-        "--only", choices=["curate", "curate-ray", "train"], help="one kind of trial (default: curate and train)"
+        "--only",
+        choices=["curate", "curate-ray", "train", "ablate"],
+        help="one kind of trial (default: curate and train)",
     )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work, config, curate = toy_commands(args.workdir, "sent-kill-trials-")
     failures = 0
+
+    if args.only == "ablate":  # two arms (one stage; two stages) through the Prefect flow
+        ablate = [
+            *SENT, "ablate", *config, "--arms", "grpo,sent", "--seeds", "0", "data.limit=48",
+            "curriculum.drop_zero_signal=false", "training.epochs_per_stage=1",
+            "evaluation.limit=8", "evaluation.n=2", "evaluation.k=[1,2]",
+        ]  # fmt: skip
+        ref = work / "ablate-ref"
+        seconds = run([*ablate, "--out", str(ref)], isolated(work, "ablate-ref"))
+        reference_ablation = ablation_outputs(ref)
+        print(f"ablation reference: {seconds:.1f} s, {len(reference_ablation)} outputs compared")
+        for i in range(args.trials):
+            out = work / f"ablate-{i}"
+            delay = rng.uniform(0.2, 1.0) * seconds
+            killed = killed_then_rerun([*ablate, "--out", str(out)], delay, env=isolated(work, f"ablate-{i}"))
+            got = ablation_outputs(out)
+            keys = reference_ablation.keys() | got.keys()
+            differing = sorted(k for k in keys if got.get(k) != reference_ablation.get(k))
+            failures += bool(differing)
+            print(
+                f"  ablation trial {i}: kill -9 at {delay:5.1f} s ({'killed' if killed else 'finished first'}); "
+                f"outputs identical {not differing}" + (f" (differ: {', '.join(differing[:5])})" if differing else "")
+            )
+        print(f"{args.trials - failures} of {args.trials} trials identical to the uninterrupted run ({work})")
+        return 1 if failures else 0
 
     ref_cur = work / "curate-ref"
     seconds = run([*curate, "--out", str(ref_cur)])
