@@ -275,6 +275,20 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    """One line per check; exit 1 when any check fails (`sent.doctor`)."""
+    from sent.doctor import diagnose
+
+    prefect_environment()
+    findings = diagnose(_load(args))
+    for finding in findings:
+        print(finding.line())
+    failed = sum(f.status == "fail" for f in findings)
+    warned = sum(f.status == "warn" for f in findings)
+    print(f"{len(findings)} checks: {failed} failed, {warned} warnings")
+    return 1 if failed else 0
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from sent.ablation import plan_ablation
     from sent.tracking import check_reachable, resolve_tracking_uri
@@ -412,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--run-dir", help="run directory (default data/runs/pipeline-<date>-<id>); existing = continue")
     pipe.add_argument("--refresh-cache", action="store_true", help="recompute cached steps")
     pipe.set_defaults(func=_cmd_pipeline)
+
+    doc = sub.add_parser("doctor", help="check what a config needs (model, data, packages, GPUs, services, disk)")
+    doc.add_argument("config", help="YAML config (configs/...)")
+    doc.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    doc.set_defaults(func=_cmd_doctor)
 
     abl = sub.add_parser("ablate", help="the paper's ablation: arms (sets of overrides) x seeds, compared in pairs")
     _add_config_args(abl, default="configs/toy.yaml")
