@@ -267,17 +267,37 @@ def _weights_bytes(model: Path) -> int | None:
     return sum(p.stat().st_size for p in files) or None
 
 
-def checkpoint_bytes(cfg: SentConfig, weights: int) -> int:
+def _input_rows(cfg: SentConfig) -> int | None:
+    """The training file's rows (Parquet metadata, or JSONL lines); None when unknown."""
+    path = Path(cfg.data.train_path)
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        if path.suffix == ".jsonl":
+            with path.open("rb") as f:
+                return sum(1 for line in f if line.strip())
+    except OSError:
+        return None
+    return None
+
+
+def checkpoint_bytes(cfg: SentConfig, weights: int, rows: int | None = None) -> int:
     """The disk a training run needs at its peak: each stage's final weights, plus the newest
     checkpoint and the one being written (the local engine keeps one), or, on verl, every
-    ``save_every`` checkpoint of a stage (verl keeps them all) with an estimate of the steps."""
+    ``save_every`` checkpoint of a stage and its last (verl keeps them all). A stage's steps are
+    estimated from ``rows`` input problems shared evenly by the stages (curation drops some, so
+    this is an upper bound), or taken as one an epoch when the rows are unknown."""
     per_checkpoint = CHECKPOINT_FACTOR * weights
-    finals = cfg.curriculum.n_stages * weights
+    n_stages = cfg.curriculum.n_stages
+    finals = n_stages * weights
     if cfg.training.engine != "verl":
         return finals + 2 * per_checkpoint
-    steps = cfg.training.epochs_per_stage  # at least one step an epoch; more on a large curriculum
-    kept = max(1, math.ceil(steps / cfg.training.save_every)) + 1
-    return finals + cfg.curriculum.n_stages * kept * per_checkpoint
+    per_epoch = math.ceil(rows / n_stages / cfg.training.train_batch_size) if rows else 1
+    steps = per_epoch * cfg.training.epochs_per_stage
+    kept = steps // cfg.training.save_every + 1
+    return finals + n_stages * kept * per_checkpoint
 
 
 def check_disk(cfg: SentConfig, where: Path = Path("data")) -> Finding:
@@ -289,7 +309,7 @@ def check_disk(cfg: SentConfig, where: Path = Path("data")) -> Finding:
     free = shutil.disk_usage(existing.resolve()).free
     if weights is None:
         return Finding("disk", "warn", f"{_size(free)} free at {existing}; the model's size is unknown here")
-    need = checkpoint_bytes(cfg, weights)
+    need = checkpoint_bytes(cfg, weights, _input_rows(cfg))
     text = f"{_size(free)} free at {existing}, checkpoints need about {_size(need)}"
     if free < need:
         return Finding("disk", "fail", text + ": free space, or write the runs elsewhere")

@@ -78,9 +78,28 @@ def prefect_harness(results_dir: Path):
         yield
 
 
-def parquet_difference(a: Path, b: Path) -> str | None:
+FLOAT_NOISE = 1e-5
+"""Relative tolerance of `parquet_difference(..., float_noise=True)`: two processes that sample
+the same chunk have recorded sequence log-probabilities (and so the likelihood-weighted SE) that
+differ in the seventh digit, now and then (seen under ``make test``; not memory alignment of the
+matmuls, which was checked). Everything discrete (texts, answers, classes, grades, stages) is
+compared exactly."""
+
+
+def _same(x, y, float_noise: bool) -> bool:
+    import math
+
+    if isinstance(x, float) and isinstance(y, float):
+        if x != x and y != y:  # NaN in both
+            return True
+        return x == y or (float_noise and math.isclose(x, y, rel_tol=FLOAT_NOISE, abs_tol=FLOAT_NOISE))
+    return x == y
+
+
+def parquet_difference(a: Path, b: Path, *, float_noise: bool = False) -> str | None:
     """Where two Parquet files' tables differ (schema, rows, or the first differing cell of each
-    column), or None when they are equal: a failing comparison then says what differs."""
+    column), or None when they are equal (floats within `FLOAT_NOISE` with ``float_noise``): a
+    failing comparison then says what differs."""
     import pyarrow.parquet as pq
 
     ta, tb = pq.read_table(a), pq.read_table(b)
@@ -93,8 +112,8 @@ def parquet_difference(a: Path, b: Path) -> str | None:
     diffs = []
     for name in ta.column_names:
         xs, ys = ta.column(name).to_pylist(), tb.column(name).to_pylist()
-        rows = [i for i, (x, y) in enumerate(zip(xs, ys, strict=True)) if x != y and not (x != x and y != y)]
+        rows = [i for i, (x, y) in enumerate(zip(xs, ys, strict=True)) if not _same(x, y, float_noise)]
         if rows:
             i = rows[0]
             diffs.append(f"{name}: {len(rows)} rows, first row {i}: {xs[i]!r} vs {ys[i]!r}")
-    return f"{a} vs {b}: " + "; ".join(diffs)
+    return f"{a} vs {b}: " + "; ".join(diffs) if diffs else None

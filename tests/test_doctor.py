@@ -148,9 +148,12 @@ def test_an_unreachable_tracking_server_fails():
 def test_checkpoint_estimate_and_a_full_disk(tmp_path, monkeypatch):
     # local: 2 finals + (newest + being written) x 3 x weights = 2*100 + 2*300 = 800
     assert checkpoint_bytes(paper("training.engine=local"), 100) == 800
-    # verl keeps every checkpoint: epochs 5 / save_every 50 -> 1, + the final step's = 2 a stage;
-    # 2 finals + 2 stages x 2 x 300 = 1400
-    assert checkpoint_bytes(paper("training.save_every=50"), 100) == 1400
+    # verl keeps every checkpoint. Rows unknown: 1 step an epoch x 5 epochs = 5 steps, 5 // 50 + the
+    # last = 1 a stage; 2 finals + 2 stages x 1 x 300 = 800
+    assert checkpoint_bytes(paper("training.save_every=50"), 100) == 800
+    # 17,398 rows: 8,699 a stage / 256 a step = 34 steps an epoch x 5 = 170 steps; 170 // 50 + 1 = 4
+    # kept a stage: 2 x 100 + 2 x 4 x 300 = 2600
+    assert checkpoint_bytes(paper("training.save_every=50", "training.train_batch_size=256"), 100, 17_398) == 2600
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"0" * 1000)

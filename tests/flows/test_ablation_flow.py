@@ -147,4 +147,5 @@ def test_a_second_ablation_on_one_directory_is_refused_before_it_writes(in_proje
         state = sent_ablation(config="ablate.yaml", arms=["grpo"], seeds=[0], out=str(out), return_state=True)
         with pytest.raises(LockedError, match=rf"{out} is being written by another ablation \(PID {os.getpid()} "):
             state.result()
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the refused run wrote nothing
+    assert list(out.iterdir()) == []  # and the holder's lock file went with it

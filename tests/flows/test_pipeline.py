@@ -407,5 +407,6 @@ def test_a_second_pipeline_on_one_run_directory_is_refused_before_it_writes(in_p
         state, _ = run_pipeline(run_dir=str(run), steps=["curate"])
         with pytest.raises(LockedError, match=rf"{run} is being written by another pipeline run \(PID {os.getpid()} "):
             state.result()
-    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # the refused run wrote nothing
+    assert list(run.iterdir()) == []  # and the holder's lock file went with it
     assert len(tracker(in_project).client.search_runs([tracker(in_project).experiment_id])) == runs_before
