@@ -75,10 +75,10 @@ class SameTraining:
         self.reference, self.out = reference, out
 
     def __call__(self) -> bool:
-        return training_outputs(self.out) == self.reference
+        return training_outputs(self.out / "stage-1") == self.reference
 
     def why(self) -> str:
-        curve, weights = training_outputs(self.out)
+        curve, weights = training_outputs(self.out / "stage-1")
         gaps = [
             (abs(a[k] - b[k]) / max(abs(a[k]), 1e-12), int(a["step"]), k)
             for a, b in zip(self.reference[0], curve, strict=True)
@@ -129,7 +129,7 @@ def main() -> int:
     train = [*SENT, "train", *config, "training.epochs_per_stage=16", "--stage", "1", "--curriculum", str(ref_cur)]
     train += ["--max-steps", "12"]
     seconds = run([*train, "--out", str(work / "train-ref")])
-    reference_train = training_outputs(work / "train-ref")
+    reference_train = training_outputs(work / "train-ref" / "stage-1")
     print(f"training reference: {seconds:.1f} s, {len(reference_train[0])} steps, a checkpoint after each")
     done_trials = 0
     for i in range(args.trials * 6):  # a kill that lands before the first checkpoint or after the end is redrawn

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -93,16 +94,12 @@ def curation_outputs(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): sha256(p) for p in sorted(out.rglob("*.parquet"))}
 
 
-def training_outputs(out: Path) -> tuple[list[dict], str]:
-    return training_outputs_of(out / "stage-1")
-
-
 def ablation_outputs(out: Path) -> dict[str, object]:
     """What an ablation must reproduce: its Parquet files, each stage's curve and weights, and the
     summary's metrics (its files also hold timings and run ids, which differ by nature)."""
     found: dict[str, object] = {f"file {k}": v for k, v in curation_outputs(out).items()}
     for stage in sorted(out.glob("runs/*/seed-*/stage-*")):
-        curve, weights = training_outputs_of(stage)
+        curve, weights = training_outputs(stage)
         found[f"curve {stage.relative_to(out)}"] = curve
         found[f"weights {stage.relative_to(out)}"] = weights
     summary = json.loads((out / "ablation.json").read_text())
@@ -110,7 +107,8 @@ def ablation_outputs(out: Path) -> dict[str, object]:
     return found
 
 
-def training_outputs_of(stage: Path) -> tuple[list[dict], str]:
+def training_outputs(stage: Path) -> tuple[list[dict], str]:
+    """A stage's curve (every metric but timings) and the digest of its final weights."""
     from sent.engines.local import is_timing
 
     curve = [
@@ -124,8 +122,6 @@ def training_outputs_of(stage: Path) -> tuple[list[dict], str]:
 def isolated(work: Path, name: str) -> dict[str, str]:
     """The environment of one ablation (its killed run and its rerun): its own Prefect home and
     MLflow store, so that no cache of another run is found."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     home = work / f"{name}-services"
     home.mkdir(parents=True, exist_ok=True)
@@ -241,13 +237,13 @@ def main() -> int:
 
     train = [*SENT, "train", *config, "--stage", "1", "--curriculum", str(ref_cur), "--max-steps", "6"]
     seconds = run([*train, "--out", str(work / "train-ref")])
-    reference_train = training_outputs(work / "train-ref")
+    reference_train = training_outputs(work / "train-ref" / "stage-1")
     print(f"training reference: {seconds:.1f} s, {len(reference_train[0])} steps, a checkpoint after each")
     for i in range(args.trials if args.only != "curate" else 0):
         out = work / f"train-{i}"
         delay = rng.uniform(0.2, 1.0) * seconds
         killed = killed_then_rerun([*train, "--out", str(out)], delay)
-        same = training_outputs(out) == reference_train
+        same = training_outputs(out / "stage-1") == reference_train
         failures += not same
         print(
             f"  training trial {i}: kill -9 at {delay:5.1f} s ({'killed' if killed else 'finished first'}); "

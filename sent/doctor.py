@@ -197,13 +197,13 @@ def check_gpus(cfg: SentConfig, available: int | None = None) -> Finding:
 
 def check_gpu_limit(cfg: SentConfig, read_limit: Callable[[], int | None] | None = None) -> Finding:
     """With a Prefect server, its ``gpu`` concurrency limit exists and holds the largest phase."""
-    from tasks.common import GPU_LIMIT, server_configured
+    from tasks.common import GPU_LIMIT, gpu_limit, server_configured
 
     need, phase = gpus_needed(cfg)
     if read_limit is None:
         if not server_configured():
             return Finding("gpu limit", "ok", "no Prefect server configured (a temporary one, no limit)")
-        read_limit = _read_gpu_limit
+        read_limit = gpu_limit
     if need == 0:
         return Finding("gpu limit", "ok", "the config takes no GPU slot")
     try:
@@ -223,19 +223,6 @@ def check_gpu_limit(cfg: SentConfig, read_limit: Callable[[], int | None] | None
             f"{phase} holds {need} slots but {GPU_LIMIT!r} has {limit}: prefect gcl update {GPU_LIMIT} --limit {need}",
         )
     return Finding("gpu limit", "ok", f"{GPU_LIMIT!r} has {limit} slots; {phase} holds {need}")
-
-
-def _read_gpu_limit() -> int | None:
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    from tasks.common import GPU_LIMIT
-
-    with get_client(sync_client=True) as client:
-        try:
-            return client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
-        except ObjectNotFound:
-            return None
 
 
 def check_tracking(cfg: SentConfig) -> Finding:

@@ -257,15 +257,22 @@ def gpu_slot(cfg: SentConfig, phase: str, *, strict: bool | None = None) -> Iter
         yield True
 
 
-def _check_limit(phase: str, slots: int) -> None:
+def gpu_limit() -> int | None:
+    """The slots of the Prefect server's ``gpu`` limit; None when it has none."""
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
+            return client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
         except ObjectNotFound:
-            return  # strict: Prefect says it must be created; else the step runs without one
+            return None
+
+
+def _check_limit(phase: str, slots: int) -> None:
+    limit = gpu_limit()
+    if limit is None:
+        return  # strict: Prefect says it must be created; else the step runs without one
     if slots > limit:
         raise GpuLimitError(
             f"{phase} occupies {slots} GPUs, but the Prefect concurrency limit {GPU_LIMIT!r} has {limit} slots, "
