@@ -289,6 +289,15 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    """The paper's training set and benchmarks into ``--out`` (`sent.fetch`)."""
+    from sent.fetch import fetch
+
+    for fetched in fetch(args.names, out=args.out, from_dir=args.from_dir, revision=args.revision):
+        print(fetched.line())
+    return 0
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from sent.ablation import plan_ablation
     from sent.tracking import check_reachable, resolve_tracking_uri
@@ -444,6 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--out", help="ablation directory (default data/runs/ablation-<config>); existing = resume")
     abl.add_argument("--parallel", type=positive_int, default=1, help="arm x seed runs at a time, one process each")
     abl.set_defaults(func=_cmd_ablate)
+
+    data = sub.add_parser("data", help="the paper's data").add_subparsers(dest="data_command", required=True)
+    fetch = data.add_parser(
+        "fetch", help="DAPO-Math-17k and the six benchmarks into <out>/datasets and <out>/benchmarks, with a manifest"
+    )
+    fetch.add_argument("names", nargs="*", help="data sets to fetch (default all): dapo-math-17k, aime24, ...")
+    fetch.add_argument("--out", default="data", help="directory to write into (default data)")
+    fetch.add_argument(
+        "--from", dest="from_dir", help="a local copy: <name>.jsonl, <name>.parquet or a datasets directory <name>/"
+    )
+    fetch.add_argument("--revision", help="hub revision to read (default the newest; the manifest records the commit)")
+    fetch.set_defaults(func=_cmd_data_fetch)
 
     toy = sub.add_parser("toy", help="the toy world").add_subparsers(dest="toy_command", required=True)
     boot = toy.add_parser("bootstrap", help="generate the toy problems and warm-start the toy model (cached)")

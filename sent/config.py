@@ -401,7 +401,9 @@ class EvaluationConfig(_Section):
         ["aime24", "aime25", "amc23", "math500", "olympiadbench", "minerva"],
         description="benchmark names (<name>.jsonl in data_dir; `toy` is the toy world's test split)",
     )
-    data_dir: str | None = Field(None, description="directory of <benchmark>.jsonl files")
+    data_dir: str | None = Field(
+        "data/benchmarks", description="directory of <benchmark>.jsonl files (where `sent data fetch` writes them)"
+    )
     n: int = Field(16, gt=0, description="responses sampled per problem (avg@n, maj@n)")
     k: list[int] = Field(
         [1, 8, 16], description="the k of pass@k (unbiased estimator; each k <= n); default: 1, 8, 16 up to n, and n"

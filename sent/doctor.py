@@ -95,7 +95,11 @@ def check_training_data(cfg: SentConfig) -> Finding:
 
     path = Path(cfg.data.train_path)
     if not path.exists():
-        return Finding("training data", "fail", f"{path} does not exist: set data.train_path to the problems")
+        return Finding(
+            "training data",
+            "fail",
+            f"{path} does not exist: `sent data fetch` writes the paper's, or set data.train_path",
+        )
     fields = cfg.data.fields
     wanted = [f for f in (fields.problem, fields.answer, fields.id) if f]
     try:
@@ -128,7 +132,11 @@ def check_benchmarks(cfg: SentConfig) -> Finding:
         try:
             path = benchmark_path(name, cfg.evaluation.data_dir, toy_dir)
             if not path.is_file():
-                return Finding("benchmarks", "fail", f"{name}: {path} does not exist (evaluation.data_dir)")
+                return Finding(
+                    "benchmarks",
+                    "fail",
+                    f"{name}: {path} does not exist: `sent data fetch` writes it (evaluation.data_dir)",
+                )
             sizes.append(f"{name} {len(load_benchmark(path))}")
         except (SentError, OSError, ValueError) as exc:
             return Finding("benchmarks", "fail", f"{name}: {exc}")

@@ -148,19 +148,6 @@ def benchmark_levels(path: str | Path) -> dict[str, str]:
     }
 
 
-def load_benchmark_from_hub(repo_id: str, *, split: str = "test", fields: dict[str, str] | None = None):
-    """For users with hub access: a benchmark from a `datasets` repository, mapped to
-    ``{id, problem, answer}`` (``fields`` maps our names to the repository's columns)."""
-    import datasets
-
-    fields = {"id": "id", "problem": "problem", "answer": "answer", **(fields or {})}
-    ds = datasets.load_dataset(repo_id, split=split)
-    return [
-        BenchmarkProblem(str(row.get(fields["id"], i)), str(row[fields["problem"]]), str(row[fields["answer"]]))
-        for i, row in enumerate(ds)
-    ]
-
-
 def majority_correct(answers: Sequence[str | None], ground_truth: str) -> bool:
     return AnswerSpread.of(answers).majority_correct(ground_truth)
 

@@ -54,7 +54,7 @@ def test_a_paper_preset_on_this_machine_fails_with_the_lines_that_say_why(capsys
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["doctor", str(PAPER)]) == 1
     out = capsys.readouterr().out
-    assert "fail  training data: data/datasets/dapo-math-17k.parquet does not exist" in out
+    assert "fail  training data: data/datasets/dapo-math-17k.parquet does not exist: `sent data fetch`" in out
     assert "fail  model: Qwen/Qwen2.5-Math-7B is not in the local hub cache and HF_HUB_OFFLINE is set" in out
     if not torch.cuda.is_available():
         assert "fail  gpus: curate needs 8 GPUs and this machine has no CUDA device" in out
@@ -79,17 +79,19 @@ def test_model_failures(tmp_path, monkeypatch):
 
 def test_training_data_failures_name_the_file_row_and_field(tmp_path):
     path = tmp_path / "train.jsonl"
-    path.write_text(json.dumps({"prompt": "1+1", "solution": "2"}) + "\n" + json.dumps({"prompt": "2+2"}) + "\n")
+    # the preset reads what `sent data fetch` writes: {id, problem, answer}
+    row = {"id": "d-0", "problem": "1+1", "answer": "2"}
+    path.write_text(json.dumps(row) + "\n" + json.dumps({"id": "d-1", "problem": "2+2"}) + "\n")
     found = check_training_data(paper(f"data.train_path={path}"))
     assert (found.status, found.message) == (
         "fail",
-        f"{path} row 2 has no field 'solution' (data.fields maps the columns)",
+        f"{path} row 2 has no field 'answer' (data.fields maps the columns)",
     )
-    path.write_bytes(b'{"prompt": "1+1", "solution": "2"}\n{not json\n')
+    path.write_bytes(json.dumps(row).encode() + b"\n{not json\n")
     found = check_training_data(paper(f"data.train_path={path}"))
     assert found.status == "fail" and found.message.startswith(f"{path} row 2: ")
     assert check_training_data(paper(f"data.train_path={tmp_path / 'no.jsonl'}")).status == "fail"
-    path.write_text(json.dumps({"prompt": "1+1", "solution": "2"}) + "\n")
+    path.write_text(json.dumps(row) + "\n")
     assert check_training_data(paper(f"data.train_path={path}")).status == "ok"
 
 
@@ -98,7 +100,7 @@ def test_a_missing_benchmark_is_named_with_its_path(tmp_path):
     found = check_benchmarks(paper(f"evaluation.data_dir={tmp_path}", "evaluation.benchmarks=[aime24,amc23]"))
     assert (found.status, found.message) == (
         "fail",
-        f"amc23: {tmp_path / 'amc23.jsonl'} does not exist (evaluation.data_dir)",
+        f"amc23: {tmp_path / 'amc23.jsonl'} does not exist: `sent data fetch` writes it (evaluation.data_dir)",
     )
     found = check_benchmarks(paper(f"evaluation.data_dir={tmp_path}", "evaluation.benchmarks=[aime24]"))
     assert (found.status, found.message) == ("ok", "aime24 1 problems")
