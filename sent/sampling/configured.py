@@ -35,6 +35,7 @@ def build_sampler(cfg: SentConfig, model: ModelConfig, *, backend: str | None = 
         gpu_memory_utilization=sampling.gpu_memory_utilization,
         max_model_len=max_model_len(cfg),
         seed=cfg.seed,
+        cpu_kv_cache_gib=sampling.cpu_kv_cache_gib,
         progress=progress,
     )
 

