@@ -43,6 +43,7 @@ USER_ERRORS = [
     ("sent.engines.verl_cpu", "VerlCpuError", RuntimeError),
     ("sent.engines.verl_plugin", "UnsupportedVerlError", RuntimeError),
     ("sent.evaluation", "EvaluationError", ValueError),
+    ("sent.data_sources", "SourceError", ValueError),
     ("sent.locks", "LockedError", RuntimeError),
     ("sent.models", "ModelNotFoundError", OSError),
     ("sent.models", "ModelError", RuntimeError),
