@@ -240,6 +240,8 @@ def fetch(
     if unknown:
         raise SourceError(f"unknown data set(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
     names = list(names or SOURCES)
+    if revision is not None and len(names) != 1:
+        raise SourceError(f"--revision is one repository's commit: fetch one data set with it, not {len(names)}")
     if from_dir is not None:
         if not Path(from_dir).is_dir():
             raise SourceError(f"--from {from_dir}: not a directory")

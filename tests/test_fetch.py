@@ -209,6 +209,8 @@ def test_a_dapo_row_without_dapos_prompt_is_named(tmp_path):
 def test_names_and_directories_are_checked_before_anything_is_read(tmp_path, capsys):
     assert main(["data", "fetch", "aime42", "--from", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "unknown data set(s) aime42; known: dapo-math-17k, aime24" in capsys.readouterr().err
+    with pytest.raises(SourceError, match="--revision is one repository's commit"):
+        fetch(["aime24", "aime25"], out=tmp_path / "o", revision="abc123")
     with pytest.raises(SourceError, match="not a directory"):
         fetch(["aime24"], out=tmp_path / "o", from_dir=tmp_path / "nowhere")
     save_to_disk(hub_rows("aime24", 30), tmp_path / "aime24", "train")
