@@ -167,13 +167,11 @@ def map_row(source: Source, row: Mapping[str, Any], index: int, *, ours: bool) -
             except KeyError:
                 raise SourceError(f"field {source.source_id!r} (source id) is missing") from None
     level_path = "level" if ours else source.level
-    if level_path is not None and isinstance(row, Mapping) and _has(row, level_path):
-        out["level"] = lookup(row, level_path)
+    if level_path is not None:
+        try:
+            level = lookup(row, level_path)
+        except KeyError:
+            level = None
+        if level is not None:
+            out["level"] = level
     return out
-
-
-def _has(row: Mapping[str, Any], path: str) -> bool:
-    try:
-        return lookup(row, path) is not None
-    except KeyError:
-        return False
