@@ -20,20 +20,25 @@ from tasks.ablation import ablation_report, close_arm_run, end_arm_run, open_abl
 from tasks.common import Artefact, RunContext
 from tasks.curate import curate_step
 from tasks.evaluate import evaluate_step
+from tasks.rescore import rescore_step
 from tasks.stop_logging import quiet_expected_stops, raise_if_cancelled
 from tasks.toy import base_model, bootstrap_toy
 from tasks.train import train_step
 
 
 def run_arm(base: RunContext, run: ArmRun, curation: Artefact) -> dict[str, Any]:
-    """One arm x seed: its curriculum, every stage from the one before, the evaluation."""
+    """One arm x seed: its curriculum, every stage from the one before (re-staged between stages
+    with ``curriculum.mode: rescored``), the evaluation."""
     ctx = open_arm_run(base, run)
     try:
+        cfg = ctx.load()
         curriculum = restage_step(ctx, curation, base.run_dir)
         trained: list[Artefact] = []
         start, offset = base_model(ctx), 0
-        for stage in range(1, len(ctx.steps)):  # steps: train:1 ... train:K, eval
+        for stage in range(1, cfg.curriculum.n_stages + 1):
             check(f"before {run.name} stage {stage} (rerun the ablation to resume)")
+            if stage > 1 and cfg.curriculum.mode == "rescored":  # the stages left, staged by this model's SE
+                curriculum = rescore_step(ctx, stage - 1, curriculum, start)
             made = train_step(ctx, stage, curriculum, start, offset)
             trained.append(made)
             start, offset = made, made.meta.get("global_step_end", 0)
@@ -104,7 +109,7 @@ def sent_ablation(
     Args:
         config: YAML config, relative to the project directory.
         arms: arm names (built in: grpo, kl_cov, clip_cov, entropy_mask, sent, sent_random_stages,
-            sent_one_stage, grpo_curriculum; more in the config's ablation.arms); default
+            sent_one_stage, grpo_curriculum, sent_rescored; more in the config's ablation.arms); default
             ablation.default_arms.
         seeds: training seeds of every arm; default ablation.seeds.
         out: the ablation's directory (default data/runs/ablation-<config name>); rerunning into

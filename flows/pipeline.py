@@ -1,5 +1,6 @@
 """The whole SENT pipeline as one Prefect flow: bootstrap (toy) -> curate -> train stage 1 ... K
--> evaluate, each step a task from `tasks/`, every run tracked in MLflow (see `tasks/run.py`)."""
+(with ``curriculum.mode: rescored``, rescore:k between stages k and k + 1) -> evaluate, each step a
+task from `tasks/`, every run tracked in MLflow (see `tasks/run.py`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from prefect import flow
 
 from sent.interrupt import Interrupted, check, handle_signals
 from sent.locks import exclusive
-from sent.steps import Step, last_trained
+from sent.steps import Step, curriculum_step, last_trained
 from tasks.common import Artefact, RunContext
 from tasks.curate import curate_step
 from tasks.evaluate import evaluate_step
 from tasks.record import default_run_dir
+from tasks.rescore import rescore_step
 from tasks.run import close_run, open_run, record_step
 from tasks.stop_logging import quiet_expected_stops, raise_if_cancelled
 from tasks.toy import base_model, bootstrap_toy
@@ -28,6 +30,7 @@ def run_planned_steps(ctx: RunContext, *, refresh_cache: bool = False) -> dict[s
         return step_task.with_options(refresh_cache=True) if refresh_cache else step_task
 
     artefacts: dict[str, Artefact] = dict(ctx.reused)
+    cfg = ctx.load()
     for step in ctx.steps:
         check(f"before step {step} (rerun the rest with --run-dir {ctx.run_dir})")
         if step == "bootstrap":
@@ -41,7 +44,10 @@ def run_planned_steps(ctx: RunContext, *, refresh_cache: bool = False) -> dict[s
             else:
                 start = artefacts[str(Step.train(k - 1))]
                 offset = start.meta.get("global_step_end", 0)
-            made = fresh(train_step)(ctx, k, artefacts["curate"], start, offset)
+            made = fresh(train_step)(ctx, k, artefacts[curriculum_step(cfg, k)], start, offset)
+        elif step.startswith("rescore:"):
+            k = Step.parse(step).stage
+            made = fresh(rescore_step)(ctx, k, artefacts[curriculum_step(cfg, k)], artefacts[str(Step.train(k))])
         elif step == "eval:base":
             made = fresh(evaluate_step)(ctx, base_model(ctx), "eval:base")
         else:  # eval: the last trained stage
@@ -91,7 +97,8 @@ def sent_pipeline(
         config: YAML config, relative to the project directory (configs/toy.yaml, configs/paper/...).
         overrides: key.path=value config overrides, e.g. ["training.lr=2e-6", "sampling.n=16"].
         steps: what to run, in order; default everything: bootstrap (toy configs), curate,
-            train:1 ... train:K, eval:base, eval. E.g. ["train:2", "eval"] with reuse.
+            train:1 ... train:K (with curriculum.mode=rescored, rescore:k after train:k), eval:base,
+            eval. E.g. ["train:2", "eval"] with reuse.
         reuse: a previous run directory (data/runs/pipeline-...) whose curriculum and stage weights
             feed the steps not run here; nothing upstream is recomputed.
         run_dir: write into this run directory (default data/runs/pipeline-<date>-<flow run id>);

@@ -214,12 +214,20 @@ class CurriculumConfig(_Section):
         "random (seeded by the run's seed), an ablation of the SE ordering",
     )
     drop_zero_signal: bool = Field(False, description="drop problems whose N answers are all right or all wrong")
+    mode: Literal["static", "rescored"] = Field(
+        "static",
+        description="static: the base model's SE orders every stage (the paper); rescored: before stage k + 1, "
+        "stage k's model answers the problems not yet trained and they are staged again by its SE "
+        "(step rescore:k, docs in README)",
+    )
     shard_rows: int = Field(4096, gt=0, description="rows per Parquet shard")
 
     @model_validator(mode="after")
     def _thresholds_match(self) -> CurriculumConfig:
         if self.method == "threshold" and (self.thresholds is None or len(self.thresholds) != self.n_stages - 1):
             raise ValueError(f"method 'threshold' with n_stages={self.n_stages} needs {self.n_stages - 1} thresholds")
+        if self.mode == "rescored" and self.n_stages < 2:
+            raise ValueError("mode 'rescored' re-stages the problems between stages: it needs n_stages >= 2")
         return self
 
 
@@ -523,12 +531,15 @@ BUILTIN_ARMS: dict[str, tuple[str, ...]] = {
     "sent_random_stages": ("training.loss=sent", "curriculum.order=random"),
     "sent_one_stage": ("training.loss=sent", "curriculum.n_stages=1", "curriculum.method=quantile"),
     "grpo_curriculum": ("training.loss=ppo_clip", "curriculum.order=entropy"),
+    # beyond the paper: the stages left re-staged by each stage's model (`sent.rescore`)
+    "sent_rescored": ("training.loss=sent", "curriculum.order=entropy", "curriculum.mode=rescored"),
 }
 """The paper's ablation as arms: name -> overrides on top of the config. With one stage, the
 stage holds every problem, so ``epochs_per_stage`` gives the same total steps as K stages (to
 within K - 1 steps of rounding). `sent_one_stage` against `sent` and `grpo` against
 `grpo_curriculum` ask whether the SE curriculum helps; `sent_one_stage` against `grpo` and `sent`
-against `grpo_curriculum` whether the token loss does."""
+against `grpo_curriculum` whether the token loss does; `sent_rescored` against `sent` whether
+re-staging by the trained model's SE does."""
 
 
 class AblationConfig(_Section):
@@ -544,8 +555,10 @@ class AblationConfig(_Section):
     reference: str = Field("grpo", description="the arm every other arm is compared with, per problem")
 
 
-PLACEMENT: dict[str, set[str]] = {"sampling": {"executor"}}
-"""Keys that say where work runs, not what it makes: left out of cache keys (`section_digest`)."""
+NOT_IN_OUTPUT: dict[str, set[str]] = {"sampling": {"executor"}, "curriculum": {"mode"}}
+"""Keys that do not change what a step makes, left out of cache keys (`section_digest`): where work
+runs, and the curriculum's mode (it adds rescore steps, keyed on their own inputs; the curation is
+the same in every mode)."""
 
 FOLLOWS: dict[tuple[str, str], tuple[str, str]] = {
     ("training", "max_prompt_tokens"): ("data", "max_prompt_tokens"),
@@ -588,6 +601,11 @@ class SentConfig(_Section):
                 value = getattr(getattr(resolved, source), source_key)
                 patched = getattr(resolved, section).model_copy(update={key: value})
                 resolved = resolved.model_copy(update={section: patched})
+        if resolved.curriculum.mode == "rescored" and resolved.semantic.scoring_model is not None:
+            raise ValueError(
+                "curriculum.mode 'rescored' scores SE with each stage's policy, and semantic.scoring_model fixes "
+                "another scorer: leave semantic.scoring_model out, or use mode 'static'"
+            )
         if resolved.training.max_prompt_tokens < resolved.data.max_prompt_tokens:
             raise ValueError(
                 f"training.max_prompt_tokens={resolved.training.max_prompt_tokens} is below "
@@ -602,10 +620,14 @@ class SentConfig(_Section):
 
         return redact(self.model_dump(mode="json"))
 
+    def section_dump(self, name: str) -> dict[str, Any]:
+        """One section as JSON, without the keys that do not change what the work makes."""
+        return getattr(self, name).model_dump(mode="json", exclude=NOT_IN_OUTPUT.get(name))
+
     def section_digest(self, *names: str) -> str:
-        """Content digest of some sections (cache keys, run directories); where work runs
-        (`PLACEMENT`) is left out, since it does not change what the work makes."""
-        payload = {n: getattr(self, n).model_dump(mode="json", exclude=PLACEMENT.get(n)) for n in names}
+        """Content digest of some sections (cache keys, run directories), without the keys that do
+        not change what the work makes (`NOT_IN_OUTPUT`)."""
+        payload = {n: self.section_dump(n) for n in names}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -534,7 +534,7 @@ def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None 
         raise CurationError(f"input not found: {cfg.data.train_path} (data.train_path)")
     out_dir = Path(out) if out is not None else default_out_dir(cfg, limit)
     identity = _run_identity(cfg, limit)
-    finished = _finished(out_dir, identity)
+    finished = finished_curation(out_dir, identity)
     if finished is not None:
         return finished
     from sent.models import check_model_path
@@ -547,10 +547,10 @@ def curate(cfg: SentConfig, *, out: str | Path | None = None, limit: int | None 
         raise CurationError(f"{path}: the file is empty (no rows to curate)")
     with exclusive(out_dir, "sent curate"):
         # the holder of the lock before us may have finished this very curation
-        return _finished(out_dir, identity) or _curate_locked(cfg, out_dir, identity, rows, sampler, t_start)
+        return finished_curation(out_dir, identity) or _curate_locked(cfg, out_dir, identity, rows, sampler, t_start)
 
 
-def _finished(out_dir: Path, identity: dict[str, Any]) -> CurationResult | None:
+def finished_curation(out_dir: Path, identity: dict[str, Any]) -> CurationResult | None:
     """The finished curation of this identity in ``out_dir``, or None when there is none yet."""
     if not (out_dir / MANIFEST).exists():
         return None
@@ -572,7 +572,7 @@ def _curate_locked(
     """The curation proper, under ``out_dir``'s lock."""
     state_path = out_dir / STATE
     if state_path.exists():
-        state = _read_state(state_path)
+        state = read_state(state_path)
         if state is None:
             raise CurationError(
                 f"{state_path} is not a curation's state (not a JSON object): the directory was damaged; "
@@ -632,13 +632,13 @@ def _curate_locked(
         "grade_undecided_samples": sum(r["grade_undecided"] for r in scores),
     }
     timing = {"sampling": t_sampling}
-    manifest = _publish_curriculum(cfg, out_dir, identity, scores, counts, timing, t_start)
+    manifest = publish_curriculum(cfg, out_dir, identity, scores, counts, timing, t_start)
     state_path.unlink(missing_ok=True)
     logger.info("curation written to %s", out_dir)
     return CurationResult(out_dir, manifest, reused=False)
 
 
-def _read_state(path: Path) -> dict[str, Any] | None:
+def read_state(path: Path) -> dict[str, Any] | None:
     """A curation's state file; None when it is not a JSON object (a damaged directory)."""
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
@@ -690,7 +690,7 @@ def _sample_on_ray(cfg: SentConfig, missing: dict[int, list[Problem]], parts: li
     return sample_chunks(cfg, missing, write)
 
 
-def _publish_curriculum(
+def publish_curriculum(
     cfg: SentConfig,
     out_dir: Path,
     identity: dict[str, Any],
@@ -698,10 +698,14 @@ def _publish_curriculum(
     counts: dict[str, int],
     timing: dict[str, float],
     t_start: float,
+    *,
+    staged: bool = False,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Stages, ``scores.parquet``, shards, plots and ``manifest.json`` (last) from scored problems."""
-    assign(cfg, scores)
+    """Stages (unless ``staged``: the rows carry theirs), ``scores.parquet``, shards, plots and
+    ``manifest.json`` (last) from scored problems."""
+    if not staged:
+        assign(cfg, scores)
     write_rows(scores, out_dir / "scores.parquet", SCORES_SCHEMA)
     k_stages = cfg.curriculum.n_stages
     write_stages(cfg, pq.read_table(out_dir / "scores.parquet"), out_dir)
@@ -777,15 +781,15 @@ def restage(cfg: SentConfig, scored_dir: str | Path, out_dir: str | Path) -> Cur
         "curriculum": cfg.section_digest("curriculum"),
         "seed": cfg.seed,
     }
-    finished = _finished(out_dir, identity)
+    finished = finished_curation(out_dir, identity)
     if finished is not None:
         return finished
     with exclusive(out_dir, "sent curate (restage)"):
-        finished = _finished(out_dir, identity)
+        finished = finished_curation(out_dir, identity)
         if finished is not None:
             return finished
         state_path = out_dir / STATE
-        if state_path.is_file() and (_read_state(state_path) or {}).get("identity") == identity:
+        if state_path.is_file() and (read_state(state_path) or {}).get("identity") == identity:
             for p in out_dir.iterdir():  # an interrupted restaging: cheap to redo from the start
                 if p.name not in (LOCK_FILE, STATE):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -796,7 +800,7 @@ def restage(cfg: SentConfig, scored_dir: str | Path, out_dir: str | Path) -> Cur
         for r in scores:
             r["filtered"], r["stage"] = False, None
         counts = {k: v for k, v in source["counts"].items() if k != "filtered"}
-        manifest = _publish_curriculum(
+        manifest = publish_curriculum(
             cfg, out_dir, identity, scores, counts, {}, t_start, restaged_from=str(scored_dir.resolve())
         )
         state_path.unlink()

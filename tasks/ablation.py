@@ -22,7 +22,7 @@ from prefect import task
 from sent.ablation import AblationPlan, ArmRun
 from sent.ablation_report import RunOutcome, summarise, token_shares, write_report
 from sent.lineage import code_version, digest_of
-from sent.steps import Step
+from sent.steps import default_steps
 from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, level_groups, produced
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def open_arm_run(base: RunContext, run: ArmRun) -> RunContext:
     params = {"arm": run.arm, "training_seed": run.seed, "training": cfg.training.model_dump(mode="json")}
     params["curriculum"] = cfg.curriculum.model_dump(mode="json")
     run_id = tracker.start_run(run.name, parent_id=base.mlflow_run_id, tags=tags, params=params)
-    steps = [str(Step.train(k)) for k in range(1, cfg.curriculum.n_stages + 1)] + ["eval"]
+    steps = [s for s in default_steps(cfg) if s.startswith(("train:", "rescore:"))] + ["eval"]
     return base.model_copy(
         update={
             "overrides": list(run.overrides),
@@ -156,7 +156,8 @@ def restage_step(ctx: RunContext, curation: Artefact, out: str) -> Artefact:
     cfg = ctx.load()
     curation.verified()
     manifest = load_manifest(curation.path, verify=False)
-    if manifest["config"]["curriculum"] == cfg.curriculum.model_dump(mode="json"):
+    made_by = {k: v for k, v in manifest["config"]["curriculum"].items() if k != "mode"}
+    if made_by == cfg.section_dump("curriculum"):  # the mode changes later steps, not the curation
         return curation
     target = Path(out) / "curricula" / digest_of(curation.digest, cfg.section_digest("curriculum"))[:12]
     t0 = time.perf_counter()

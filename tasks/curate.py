@@ -82,15 +82,15 @@ def curate_step(ctx: RunContext, model: Artefact | None = None) -> Artefact:
                 {
                     "stage": s["stage"],
                     "problems": s["count"],
-                    "SE mean": _rounded(s["se_mean"]),
-                    "SE min": _rounded(s["se_min"]),
-                    "SE max": _rounded(s["se_max"]),
+                    "SE mean": rounded(s["se_mean"]),
+                    "SE min": rounded(s["se_min"]),
+                    "SE max": rounded(s["se_max"]),
                 }
                 for s in summary["stages"]
             ],
             description=(
                 f"Curriculum {out.name}: {m['counts']['accepted']} problems accepted, {m['counts']['rejected']} "
-                f"rejected; Pearson r(SE, 1 - pass rate) = {_rounded(summary['pearson_r_se_vs_1_minus_pass_rate'], 3)}"
+                f"rejected; Pearson r(SE, 1 - pass rate) = {rounded(summary['pearson_r_se_vs_1_minus_pass_rate'], 3)}"
             ),
         )
     return Artefact.of(
@@ -102,7 +102,7 @@ def curate_step(ctx: RunContext, model: Artefact | None = None) -> Artefact:
     )
 
 
-def _rounded(x: float | None, digits: int = 4) -> float | None:
+def rounded(x: float | None, digits: int = 4) -> float | None:
     """Manifests store NaN (an empty stage's mean, an undefined correlation) as null."""
     return None if x is None or x != x else round(x, digits)
 

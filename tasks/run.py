@@ -60,7 +60,7 @@ def open_run(
     planned = plan_steps(cfg, steps, reused)
     # what the planned steps recompute outdates everything derived from it
     reused = {k: v for k, v in reused.items() if not any(depends_on(k, p) for p in planned)}
-    for step in reused_inputs(planned, reused):  # fail now, not after hours of upstream work
+    for step in reused_inputs(cfg, planned, reused):  # fail now, not after hours of upstream work
         reused[step].verified()
 
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri, root)

@@ -23,24 +23,32 @@ def test_a_step_reads_back_as_it_was_written(stage, pad):
     step = Step.parse(f"{pad}train:{stage}{pad}")
     assert step == Step.train(stage) and step.stage == stage and step.is_train
     assert str(step) == f"train:{stage}" and Step.parse(str(step)) == step
+    rescore = Step.parse(f"{pad}rescore:{stage}")
+    assert rescore == Step.rescore(stage) and rescore.is_rescore and not rescore.is_train
+    assert str(rescore) == f"rescore:{stage}" and Step.parse(str(rescore)) == rescore
     for name in ("bootstrap", "curate", "eval:base", "eval"):
         assert str(Step.parse(pad + name)) == name and Step.parse(name).stage is None
 
 
-@pytest.mark.parametrize("text", ["train", "train:", "train:x", "train:-1", "Train:1", "eval:1", "evaluate", ""])
+@pytest.mark.parametrize(
+    "text", ["train", "train:", "train:x", "train:-1", "Train:1", "eval:1", "evaluate", "rescore", "curate:1", ""]
+)
 def test_an_unknown_step_is_an_error_that_names_it(text):
     with pytest.raises(StepError) as raised:
         Step.parse(text)
-    assert str(raised.value) == f"unknown step {text!r}: use bootstrap, curate, train:K, eval:base, eval"
+    assert str(raised.value) == f"unknown step {text!r}: use bootstrap, curate, train:K, rescore:K, eval:base, eval"
 
 
 def test_steps_sort_in_the_order_they_run():
     # stage 10 after stage 2: by number, not by text
-    names = ["eval", "train:10", "eval:base", "train:2", "curate", "bootstrap"]
+    # rescore:k after train:k (it samples stage k's model) and before train:k+1 (which reads it)
+    names = ["eval", "train:10", "rescore:2", "eval:base", "train:3", "train:2", "curate", "bootstrap"]
     assert [str(s) for s in sorted(Step.parse(n) for n in names)] == [
         "bootstrap",
         "curate",
         "train:2",
+        "rescore:2",
+        "train:3",
         "train:10",
         "eval:base",
         "eval",
@@ -64,21 +72,62 @@ def test_default_steps_and_ordering(cfg):
 
 
 def test_what_a_recomputed_step_outdates():
-
     assert depends_on("train:2", "curate") and depends_on("eval", "curate") and not depends_on("eval:base", "curate")
     assert depends_on("train:3", "train:2") and not depends_on("train:1", "train:2")
     assert depends_on("eval", "train:1") and not depends_on("curate", "train:1")
     assert all(depends_on(s, "bootstrap") for s in ("curate", "train:1", "eval:base", "eval"))
     assert not depends_on("train:1", "eval")
+    # rescore:k samples stage k's model from the curriculum before it; train:k+1 on reads it
+    assert (
+        depends_on("rescore:2", "train:2") and depends_on("rescore:2", "train:1") and depends_on("rescore:1", "curate")
+    )
+    assert not depends_on("rescore:1", "train:2") and not depends_on("train:2", "rescore:2")
+    assert (
+        depends_on("train:3", "rescore:2") and depends_on("rescore:3", "rescore:2") and depends_on("eval", "rescore:1")
+    )
+    assert not depends_on("eval:base", "rescore:1")
 
 
-def test_reused_inputs_are_only_what_the_planned_steps_read():
+def test_reused_inputs_are_only_what_the_planned_steps_read(cfg):
 
     reused = {s: art(s) for s in ("curate", "train:1", "train:2", "train:10", "eval")}
-    assert reused_inputs(["train:2", "eval"], reused) == ["curate", "train:1"]
-    assert reused_inputs(["eval"], reused) == ["train:10"]  # numeric, not lexical order
+    assert reused_inputs(cfg, ["train:2", "eval"], reused) == ["curate", "train:1"]
+    assert reused_inputs(cfg, ["eval"], reused) == ["train:10"]  # numeric, not lexical order
     assert last_trained(reused) == "train:10"
-    assert reused_inputs(["curate", "train:1"], reused) == []
+    assert reused_inputs(cfg, ["curate", "train:1"], reused) == []
+
+
+def test_a_rescored_curriculum_adds_a_rescore_step_between_stages_and_train_reads_it(cfg):
+    from sent.steps import curriculum_step
+
+    rescored = cfg.model_copy(
+        update={"curriculum": cfg.curriculum.model_copy(update={"mode": "rescored", "n_stages": 3})}
+    )
+    assert default_steps(rescored) == [
+        "bootstrap",
+        "curate",
+        "train:1",
+        "rescore:1",
+        "train:2",
+        "rescore:2",
+        "train:3",
+        "eval:base",
+        "eval",
+    ]
+    assert [curriculum_step(rescored, k) for k in (1, 2, 3)] == ["curate", "rescore:1", "rescore:2"]
+    assert [curriculum_step(cfg, k) for k in (1, 2)] == ["curate", "curate"]
+    reused = {s: art(s) for s in ("curate", "train:1", "rescore:1", "train:2")}
+    assert reused_inputs(rescored, ["train:2", "eval"], reused) == ["rescore:1", "train:1"]
+    assert reused_inputs(rescored, ["rescore:2", "train:3"], reused) == ["rescore:1", "train:2"]
+    assert plan_steps(rescored, ["train:3", "rescore:2"], reused) == ["rescore:2", "train:3"]
+    with pytest.raises(StepError, match="train:2 needs a curriculum: add the rescore:1 step"):
+        plan_steps(rescored, ["train:2"], {"curate": art("curate"), "train:1": art("train:1")})
+    with pytest.raises(StepError, match="rescore:1 needs train:1"):
+        plan_steps(rescored, ["rescore:1"], {"curate": art("curate")})
+    with pytest.raises(StepError, match=r"rescore steps run between stages, rescore:1\.\.2"):
+        plan_steps(rescored, ["rescore:3"], reused)
+    with pytest.raises(StepError, match=r"it needs curriculum\.mode=rescored"):
+        plan_steps(cfg, ["rescore:1"], reused)
 
 
 @pytest.mark.parametrize(

@@ -287,6 +287,7 @@ def test_a_failed_stage_fails_the_flow_and_a_rerun_of_that_stage_alone_succeeds(
         (["curate", "eval"], "eval evaluates the last trained stage: add a train step, or reuse a run that trained"),
         (["train:3"], "train:3: the curriculum has stages 1..2 (curriculum.n_stages)"),
         (["train"], "unknown steps ['train']"),
+        (["rescore:1"], "rescore:1 re-stages the curriculum: it needs curriculum.mode=rescored"),
     ],
 )
 def test_steps_that_lack_an_input_are_refused_before_anything_runs(in_project, first_run, steps, error):
@@ -315,6 +316,48 @@ def test_rerunning_one_stage_with_reuse_runs_nothing_upstream(in_project, first_
     parent = t.client.get_run(new["mlflow"]["run_id"])
     assert parent.data.tags["sent.reuse"] == record["run_dir"]
     assert [c.info.run_name for c in t.children(parent.info.run_id)] == ["train:2"]
+
+
+def test_a_rescored_run_restages_between_stages_and_the_step_is_cached_and_tracked(in_project, first_run):
+    record, _ = first_run
+    kwargs = {
+        "reuse": "data/runs/first",
+        "steps": ["rescore:1", "train:2"],
+        "run_dir": "data/runs/rescored",
+        "overrides": ["curriculum.mode=rescored"],
+    }
+    state, flow_run_id = run_pipeline(**kwargs)
+    assert state.is_completed(), state
+    expected = {"open-run": "Completed", "rescore:1": "Completed", "train:2": "Completed", "close-run": "Completed"}
+    assert task_states(flow_run_id, set(expected)) == expected
+    new = state.result()
+    arts = new["artefacts"]
+    rescored = arts["rescore:1"]
+    assert rescored["kind"] == "curriculum" and rescored["path"] == str(Path(new["run_dir"]) / "rescore-1")
+    manifest = json.loads((Path(rescored["path"]) / "manifest.json").read_text())
+    # stage 1's weights answered the problems of stage 2 of the first run's curation
+    assert manifest["rescored"]["model"] == record["artefacts"]["train:1"]["path"]
+    assert manifest["rescored"]["from"] == record["artefacts"]["curate"]["path"]
+    assert manifest["rescored"]["pool"] == record["artefacts"]["curate"]["meta"]["stages"][1]["count"]
+    # stage 2 trained on the re-staged stage 2 (8 prompts a step, 1 epoch), from the first run's stage 1
+    assert arts["train:2"]["meta"]["steps"] == max(1, manifest["curriculum"]["stages"][1]["count"] // 8)
+    assert arts["train:2"]["meta"]["start_model"] == record["artefacts"]["train:1"]["path"]
+    t = tracker(in_project)
+    children = {c.info.run_name: c for c in t.children(new["mlflow"]["run_id"])}
+    assert set(children) == {"rescore:1", "train:2"}
+    assert children["train:2"].data.params["curriculum"] == rescored["path"]
+    assert children["rescore:1"].data.metrics["pool"] == manifest["rescored"]["pool"]
+    assert children["rescore:1"].data.metrics["changed_stage"] == manifest["rescored"]["changed_stage"]
+    assert rescored["mlflow_run_id"] == children["rescore:1"].info.run_id
+    assert "rescore-1" in prefect_artifacts(flow_run_id)
+
+    # the same steps again: both cached, stage 2's weights untouched
+    mtime = (Path(arts["train:2"]["path"]) / "model.safetensors").stat().st_mtime_ns
+    state, flow_run_id = run_pipeline(**kwargs)
+    assert state.is_completed()
+    states = task_states(flow_run_id, {"rescore:1", "train:2"})
+    assert (states["rescore:1"], states["train:2"]) == ("Cached", "Cached")
+    assert (Path(arts["train:2"]["path"]) / "model.safetensors").stat().st_mtime_ns == mtime
 
 
 def test_the_command_line_runs_the_flow_and_reports(in_project, first_run, capsys):
