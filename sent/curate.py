@@ -572,7 +572,7 @@ def _curate_locked(
     """The curation proper, under ``out_dir``'s lock."""
     state_path = out_dir / STATE
     if state_path.exists():
-        state = read_state(state_path)
+        state = _read_state(state_path)
         if state is None:
             raise CurationError(
                 f"{state_path} is not a curation's state (not a JSON object): the directory was damaged; "
@@ -638,7 +638,7 @@ def _curate_locked(
     return CurationResult(out_dir, manifest, reused=False)
 
 
-def read_state(path: Path) -> dict[str, Any] | None:
+def _read_state(path: Path) -> dict[str, Any] | None:
     """A curation's state file; None when it is not a JSON object (a damaged directory)."""
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
@@ -755,6 +755,24 @@ def publish_curriculum(
     return write_json(manifest, out_dir / MANIFEST)
 
 
+def start_derived(
+    cfg: SentConfig, out_dir: Path, identity: dict[str, Any], *, foreign: str, keep: tuple[str, ...] = ()
+) -> Path:
+    """Under ``out_dir``'s lock, before a curriculum derived from another is written there: what an
+    interrupted run of the same ``identity`` left is removed (all but ``keep``, which resumes), a
+    directory of anything else is refused (``foreign`` says why), and the state file is written.
+    Returns the state file's path, to remove once the manifest is written."""
+    state_path = out_dir / STATE
+    if state_path.is_file() and (_read_state(state_path) or {}).get("identity") == identity:
+        for p in out_dir.iterdir():  # cheap to redo from the start
+            if p.name not in (LOCK_FILE, STATE, *keep):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    elif any(p.name != LOCK_FILE for p in out_dir.iterdir()):
+        raise CurationError(f"{out_dir} exists and {foreign}")
+    write_json({"identity": identity, "config": cfg.public_dump()}, state_path)
+    return state_path
+
+
 SCORING_SECTIONS = tuple(s for s in CONFIG_SECTIONS if s != "curriculum")
 """What decides the scores of a curation (the curriculum only stages them)."""
 
@@ -788,14 +806,7 @@ def restage(cfg: SentConfig, scored_dir: str | Path, out_dir: str | Path) -> Cur
         finished = finished_curation(out_dir, identity)
         if finished is not None:
             return finished
-        state_path = out_dir / STATE
-        if state_path.is_file() and (read_state(state_path) or {}).get("identity") == identity:
-            for p in out_dir.iterdir():  # an interrupted restaging: cheap to redo from the start
-                if p.name not in (LOCK_FILE, STATE):
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-        elif any(p.name != LOCK_FILE for p in out_dir.iterdir()):
-            raise CurationError(f"{out_dir} exists and is not a curation directory; choose another --out")
-        write_json({"identity": identity, "config": cfg.public_dump()}, state_path)
+        state_path = start_derived(cfg, out_dir, identity, foreign="is not a curation directory; choose another --out")
         scores = pq.read_table(scored_dir / "scores.parquet").to_pylist()
         for r in scores:
             r["filtered"], r["stage"] = False, None

@@ -19,7 +19,6 @@ remaining stage's SE under the old and the new scores.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,17 +29,16 @@ import pyarrow.parquet as pq
 
 from sent.config import SentConfig
 from sent.curate import (
-    STATE,
     CurationError,
     CurationResult,
     curate,
     finished_curation,
     publish_curriculum,
-    read_state,
+    start_derived,
 )
 from sent.curriculum import stage_summary
-from sent.data_contract import load_manifest, write_json, write_rows
-from sent.locks import LOCK_FILE, exclusive
+from sent.data_contract import load_manifest, write_rows
+from sent.locks import exclusive
 
 logger = logging.getLogger(__name__)
 SAMPLED = "sampled"
@@ -153,21 +151,18 @@ def rescore(
     finished = finished_curation(out_dir, identity)
     if finished is not None:
         return finished
-    out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(out_dir, "rescore"):
         finished = finished_curation(out_dir, identity)
         if finished is not None:
             return finished
-        state_path = out_dir / STATE
-        if state_path.is_file() and (read_state(state_path) or {}).get("identity") == identity:
-            for p in out_dir.iterdir():  # an interrupted publish is redone; the pool's sampling resumes
-                if p.name not in (LOCK_FILE, STATE, SAMPLED, POOL):
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-        elif any(p.name != LOCK_FILE for p in out_dir.iterdir()):
-            raise CurationError(
-                f"{out_dir} exists and is not a re-staging of this curriculum; choose another directory"
-            )
-        write_json({"identity": identity, "config": cfg.public_dump()}, state_path)
+        # an interrupted publish is redone; the pool's sampling resumes
+        state_path = start_derived(
+            cfg,
+            out_dir,
+            identity,
+            foreign="is not a re-staging of this curriculum; choose another directory",
+            keep=(SAMPLED, POOL),
+        )
         scores = pq.read_table(curriculum_dir / "scores.parquet").to_pylist()
         kept, pool = split_pool(scores, stage)
         if not pool:
