@@ -214,11 +214,17 @@ class CurriculumConfig(_Section):
         "random (seeded by the run's seed), an ablation of the SE ordering",
     )
     drop_zero_signal: bool = Field(False, description="drop problems whose N answers are all right or all wrong")
-    mode: Literal["static", "rescored"] = Field(
+    mode: Literal["static", "rescored", "online"] = Field(
         "static",
         description="static: the base model's SE orders every stage (the paper); rescored: before stage k + 1, "
         "stage k's model answers the problems not yet trained and they are staged again by its SE "
-        "(step rescore:k, docs in README)",
+        "(step rescore:k); online: within a stage, each epoch after the first is ordered by the SE of the "
+        "problems' latest training rollouts, low first (docs in README)",
+    )
+    online_filter: bool = Field(
+        False,
+        description="mode online: epochs after the first leave out the problems whose latest SE is 0 (every "
+        "rollout answer equivalent: no GRPO signal)",
     )
     shard_rows: int = Field(4096, gt=0, description="rows per Parquet shard")
 
@@ -228,6 +234,8 @@ class CurriculumConfig(_Section):
             raise ValueError(f"method 'threshold' with n_stages={self.n_stages} needs {self.n_stages - 1} thresholds")
         if self.mode == "rescored" and self.n_stages < 2:
             raise ValueError("mode 'rescored' re-stages the problems between stages: it needs n_stages >= 2")
+        if self.online_filter and self.mode != "online":
+            raise ValueError(f"online_filter filters by the online SE of mode 'online', and mode is {self.mode!r}")
         return self
 
 
@@ -533,13 +541,16 @@ BUILTIN_ARMS: dict[str, tuple[str, ...]] = {
     "grpo_curriculum": ("training.loss=ppo_clip", "curriculum.order=entropy"),
     # beyond the paper: the stages left re-staged by each stage's model (`sent.rescore`)
     "sent_rescored": ("training.loss=sent", "curriculum.order=entropy", "curriculum.mode=rescored"),
+    # beyond the paper: epochs after a stage's first ordered by the rollouts' own SE (`sent.online_se`)
+    "sent_online": ("training.loss=sent", "curriculum.order=entropy", "curriculum.mode=online"),
 }
 """The paper's ablation as arms: name -> overrides on top of the config. With one stage, the
 stage holds every problem, so ``epochs_per_stage`` gives the same total steps as K stages (to
 within K - 1 steps of rounding). `sent_one_stage` against `sent` and `grpo` against
 `grpo_curriculum` ask whether the SE curriculum helps; `sent_one_stage` against `grpo` and `sent`
 against `grpo_curriculum` whether the token loss does; `sent_rescored` against `sent` whether
-re-staging by the trained model's SE does."""
+re-staging by the trained model's SE does, and `sent_online` whether ordering each epoch by the
+online SE of the training rollouts does."""
 
 
 class AblationConfig(_Section):
@@ -555,10 +566,10 @@ class AblationConfig(_Section):
     reference: str = Field("grpo", description="the arm every other arm is compared with, per problem")
 
 
-NOT_IN_OUTPUT: dict[str, set[str]] = {"sampling": {"executor"}, "curriculum": {"mode"}}
+NOT_IN_OUTPUT: dict[str, set[str]] = {"sampling": {"executor"}, "curriculum": {"mode", "online_filter"}}
 """Keys that do not change what a step makes, left out of cache keys (`section_digest`): where work
-runs, and the curriculum's mode (it adds rescore steps, keyed on their own inputs; the curation is
-the same in every mode)."""
+runs, and the curriculum's mode (the curation is the same in every mode; rescore steps are keyed on
+their own inputs, and a training step on `SentConfig.online_order`)."""
 
 FOLLOWS: dict[tuple[str, str], tuple[str, str]] = {
     ("training", "max_prompt_tokens"): ("data", "max_prompt_tokens"),
@@ -606,6 +617,12 @@ class SentConfig(_Section):
                 "curriculum.mode 'rescored' scores SE with each stage's policy, and semantic.scoring_model fixes "
                 "another scorer: leave semantic.scoring_model out, or use mode 'static'"
             )
+        if resolved.curriculum.mode == "online" and resolved.training.engine == "verl":
+            raise ValueError(
+                "curriculum.mode 'online' orders epochs inside the trainer, and runs on the local engine only: "
+                "verl 0.9.1's trainer builds its own sampler (random or sequential) and has no curriculum-sampler "
+                "hook; use training.engine local, or mode 'static' or 'rescored' with verl"
+            )
         if resolved.training.max_prompt_tokens < resolved.data.max_prompt_tokens:
             raise ValueError(
                 f"training.max_prompt_tokens={resolved.training.max_prompt_tokens} is below "
@@ -619,6 +636,14 @@ class SentConfig(_Section):
         from sent.redaction import redact
 
         return redact(self.model_dump(mode="json"))
+
+    def online_order(self) -> dict[str, Any] | None:
+        """The curriculum settings that change a stage's training (its epoch order), or None in
+        the modes where they change nothing in it (static, rescored)."""
+        curriculum = self.curriculum
+        if curriculum.mode != "online":
+            return None
+        return {"mode": curriculum.mode, "online_filter": curriculum.online_filter}
 
     def section_dump(self, name: str) -> dict[str, Any]:
         """One section as JSON, without the keys that do not change what the work makes."""

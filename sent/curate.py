@@ -62,7 +62,7 @@ from sent.locks import LOCK_FILE, exclusive
 from sent.rewards import extract_answer, grade_answer, warm_up_verifier
 from sent.sampling.base import Completion, Settings
 from sent.sampling.configured import build_sampler
-from sent.semantic import cluster_within, discrete_entropy, get_judge, weighted_entropy
+from sent.semantic import cluster_within, configured_judge, discrete_entropy, weighted_entropy
 
 logger = logging.getLogger(__name__)
 STATE = "curation.json"
@@ -289,15 +289,6 @@ def validate_rows(
 # --------------------------------------------------------------------------------------------
 # 2. sampling, grading and clustering, chunk by chunk
 # --------------------------------------------------------------------------------------------
-
-
-def _judge(cfg: SentConfig):
-    sem = cfg.semantic
-    if sem.judge == "embedding":
-        return get_judge("embedding", model=sem.embedding_model, threshold=sem.embedding_threshold)
-    if sem.judge == "math":
-        return get_judge("math", timeout=sem.judge_timeout)
-    return get_judge(sem.judge)
 
 
 def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_index: int, judge) -> pa.Table:
@@ -657,7 +648,7 @@ def _sample_locally(
     cfg: SentConfig, missing: dict[int, list[Problem]], parts: list[Path], out_dir: Path, sampler, model_cfg
 ) -> float:
     """The missing chunks one after another in this process, each written to its part file."""
-    judge = _judge(cfg)
+    judge = configured_judge(cfg.semantic)
     if cfg.semantic.judge == "math":
         warm_up_verifier()  # the verifiers import sympy while the model loads
     t_sampling = 0.0

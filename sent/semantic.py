@@ -27,10 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sent.rewards import DEFAULT_TIMEOUT_S, equivalence, extract_answer, is_equivalent, normalize_answer
+
+if TYPE_CHECKING:
+    from sent.config import SemanticConfig
 
 Judge = Callable[..., bool | None]
 """``judge(a, b)`` -> equivalent or not; judges that can run out of time also take ``timeout=``
@@ -55,6 +59,16 @@ def get_judge(name: str, **options) -> Judge:
     except KeyError:
         raise ValueError(f"unknown equivalence judge {name!r}; registered: {sorted(JUDGES)}") from None
     return factory(**options)
+
+
+def configured_judge(sem: SemanticConfig) -> Judge:
+    """The judge a config's ``semantic`` section names, with its options: the one curation, the
+    rescore step and online SE all cluster with."""
+    if sem.judge == "embedding":
+        return get_judge("embedding", model=sem.embedding_model, threshold=sem.embedding_threshold)
+    if sem.judge == "math":
+        return get_judge("math", timeout=sem.judge_timeout)
+    return get_judge(sem.judge)
 
 
 @register_judge("math")

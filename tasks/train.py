@@ -37,6 +37,8 @@ def _key(inputs: dict) -> str:
         cfg.section_digest("training", "model", "prompt"),
         cfg.seed,
         code_version(),
+        # an online epoch order trains otherwise; static and rescored keep the keys they had
+        *([json.dumps(cfg.online_order(), sort_keys=True)] if cfg.online_order() else []),
     )
 
 
@@ -81,6 +83,8 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
         "start_model_digest": start.digest,
         "curriculum": curriculum.path,
         "seed": cfg.seed,
+        "curriculum_mode": cfg.curriculum.mode,
+        "curriculum_online_filter": cfg.curriculum.online_filter,
     }
     with child_run(ctx, f"train:{stage}", params) as (tracker, run_id), gpu_slot(cfg, "train"):
         # the engine verifies the stage's shards when it reads them (load_curriculum, plan_stage): not here too

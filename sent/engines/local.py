@@ -5,7 +5,11 @@ policy loss. It uses the same losses (`sent.losses`), advantages (`sent.advantag
 One step, in the order of the GRPO algorithm:
 
 1. the next ``train_batch_size`` prompts of the stage (shuffled per epoch with the run seed, or
-   in SE order; the whole order is fixed up front, so a resumed run needs only the step number);
+   in SE order; the whole order is fixed up front, so a resumed run needs only the step number).
+   With ``curriculum.mode: online`` each epoch after the first is ordered by the online SE of
+   the problems' latest rollouts (`sent.online_se`): each step clusters its G answers per
+   problem with curation's judge, logs ``online_se_*`` metrics and rewrites the stage's
+   ``online_se.parquet``; checkpoints keep the order so far and that history;
 2. G responses per prompt from the current weights (the ``hf`` sampler, seeded by the step);
 3. rewards by `compute_score`; GRPO advantages per group (optionally dropping groups whose
    rewards are all equal: they carry no signal but dilute the token mean);
@@ -52,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
 from sent import interrupt
@@ -80,9 +85,11 @@ from sent.losses import (
     reference_kl_loss,
 )
 from sent.models import load_model, load_tokenizer, response_logits_and_logprobs, token_logprobs
+from sent.online_se import HISTORY_FILE, OnlineOrder, score_group
 from sent.rewards import compute_score, warm_up_verifier
 from sent.sampling.base import Completion
 from sent.sampling.hf import HFSampler
+from sent.semantic import configured_judge
 
 logger = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -267,6 +274,16 @@ class LocalEngine:
             raise TrainingError(f"curriculum stage {stage} in {curriculum_dir} has no problems")
         self.rows = table.to_pylist()
         self.order, self.total_steps = _batch_order(len(self.rows), cfg)
+        self.online: OnlineOrder | None = None
+        if cfg.curriculum.mode == "online":  # epochs after the first follow the rollouts' SE
+            self.online = OnlineOrder(
+                [r["extra_info"]["semantic_entropy"] for r in self.rows],
+                [r["extra_info"]["id"] for r in self.rows],
+                batch_size=self.training.train_batch_size,
+                seed=training_seed(cfg),
+                shuffle=self.training.shuffle,
+                filter_zero=cfg.curriculum.online_filter,
+            )
         if max_steps is not None:
             self.total_steps = min(self.total_steps, max_steps)
         self.loss_fn = get_policy_loss(self.training.loss)
@@ -300,6 +317,7 @@ class LocalEngine:
         self.sampler = HFSampler(
             self.policy, self.tokenizer, batch_size=self.training.rollout_batch_size, progress=False
         )
+        self.judge = configured_judge(self.cfg.semantic) if self.online is not None else None
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.entropy_watch = EntropyWatch(self.training.entropy_collapse_fraction)
@@ -322,6 +340,7 @@ class LocalEngine:
                 "seed": training_seed(self.cfg),
                 "curriculum_rows": rows,
                 "start_model": self.start_model,
+                **({"online_order": self.cfg.online_order()} if self.online is not None else {}),
             }
         )
 
@@ -370,12 +389,16 @@ class LocalEngine:
         _set_rng_state(state["rng"], tensors["torch_rng"])
         self.step, self.history = state["step"], [_floats(m) for m in state["history"]]
         self.entropy_watch = EntropyWatch(self.training.entropy_collapse_fraction, **state["entropy_watch"])
+        if self.online is not None:
+            self.online.restore(state["online_order"], pq.read_table(ckpt / HISTORY_FILE))
         logger.info("stage %d: resumed from %s (step %d)", self.stage, ckpt, self.step)
 
     def _write_history(self) -> None:
         """``metrics.jsonl``: one line per step so far (rewritten atomically, so that after a
         resume it holds exactly the steps of the resumed history)."""
         write_history(self.out, self.history)
+        if self.online is not None:
+            self.online.write_history(self.out / HISTORY_FILE)
 
     def _save(self, final: bool = False) -> Path:
         name = FINAL if final else f"{CHECKPOINTS}/step-{self.step:06d}"
@@ -408,6 +431,9 @@ class LocalEngine:
                 "rng": _rng_state_json(),
                 "entropy_watch": {"start": self.entropy_watch.start, "warned": self.entropy_watch.warned},
             }
+            if self.online is not None:
+                state["online_order"] = self.online.state()
+                self.online.write_history(tmp / HISTORY_FILE)
             (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
             seal_directory(tmp)  # written last: a checkpoint without it was never finished
         shutil.rmtree(target, ignore_errors=True)
@@ -466,6 +492,7 @@ class LocalEngine:
             "keep": keep,
             "groups": groups,
             "reward_undecided": sum(s["undecided"] for s in scores) / n_seqs,
+            "texts": [c.text for c in completions],
         }
 
     def _old_logprobs(self, batch: dict[str, Any], on_policy_rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -588,12 +615,26 @@ class LocalEngine:
         entropy.add(ent.detach(), mask[kept, prompt_len:])
         return pg_loss, metrics
 
-    def _grpo_step(self, rows: list[dict]) -> dict[str, float]:
+    def _online_se(self, batch: dict[str, Any], places: list[tuple[int, int]], clock: PhaseClock) -> dict[str, float]:
+        """Record each problem's online SE from this step's rollouts (step = the one being taken)."""
+        assert self.online is not None and self.judge is not None
+        g = self.training.group_size
+        texts, acc = batch["texts"], batch["acc"].tolist()
+        with clock("online_se"):
+            scores = [
+                score_group(texts[i * g : (i + 1) * g], acc[i * g : (i + 1) * g], self.judge, self.cfg.semantic)
+                for i in range(len(places))
+            ]
+        return self.online.record(self.step + 1, places, scores)
+
+    def _grpo_step(self, rows: list[dict], places: list[tuple[int, int]] | None = None) -> dict[str, float]:
+        """One GRPO step on ``rows``; ``places`` (``(row, epoch)`` of each) in online mode."""
         training, group_size = self.training, self.training.group_size
         clock = PhaseClock()
         t0 = time.perf_counter()
         batch = self._rollout(rows, clock)
         t_sample = time.perf_counter() - t0
+        online = self._online_se(batch, places, clock) if places is not None else {}
         response_mask = batch["attention"][:, batch["prompt_len"] :].bool()
         with clock("old_logprobs"):
             # with one PPO epoch the first mini-batch is trained before any optimizer step only;
@@ -665,6 +706,7 @@ class LocalEngine:
             "tokens_per_s": n_resp_tokens / seconds,
             "lr": self.scheduler.get_last_lr()[0],
             **{f"{TIME_PREFIX}{phase}": s for phase, s in clock.seconds.items()},
+            **online,
         }
         for k, v in sums.items():  # token counts add up over micro-batches; the rest is averaged
             out[k] = float(np.sum(v)) if k in _COUNTS else float(np.mean(v))
@@ -701,8 +743,12 @@ class LocalEngine:
         batch_size = self.training.train_batch_size
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"stage {self.stage}", disable=not self.progress)
         while self.step < self.total_steps:
-            rows = [self.rows[i] for i in self.order[self.step * batch_size : (self.step + 1) * batch_size]]
-            metrics = self._grpo_step(rows)
+            if self.online is None:
+                rows = [self.rows[i] for i in self.order[self.step * batch_size : (self.step + 1) * batch_size]]
+                metrics = self._grpo_step(rows)
+            else:
+                places = self.online.batch(self.step)
+                metrics = self._grpo_step([self.rows[i] for i, _ in places], places)
             self.step += 1
             self._watch_entropy(metrics)
             metrics["step"] = float(self.step)

@@ -166,12 +166,13 @@ def stream(
 
 def grade_piece(cfg: SentConfig, problems: list[Problem], completions: list[list[Completion]]) -> pa.Table:
     """A grading task: a chunk's completions graded and clustered into its samples table."""
-    from sent.curate import _judge, grade_chunk
+    from sent.curate import grade_chunk
     from sent.rewards import warm_up_verifier
+    from sent.semantic import configured_judge
 
     if cfg.semantic.judge == "math":  # a fresh worker process: no check pays the verifiers' start-up
         warm_up_verifier(wait_s=VERIFIER_START_S)
-    return grade_chunk(cfg, problems, completions, _judge(cfg))
+    return grade_chunk(cfg, problems, completions, configured_judge(cfg.semantic))
 
 
 def sample_chunks(

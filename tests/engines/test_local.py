@@ -359,7 +359,12 @@ def test_a_checkpoint_made_with_other_settings_is_refused(tiny_toy, curriculum, 
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_continues_with_the_same_metrics(tiny_toy, curriculum, tmp_path):
+@pytest.mark.parametrize("mode", ["static", "online"])
+def test_kill_9_then_rerun_continues_with_the_same_metrics(tiny_toy, curriculum, tmp_path, mode):
+    """Online: killed after a checkpoint taken once epoch 2 was ordered by online SE; the rerun
+    gives the same order and the same per-problem history as well."""
+    epoch = len(_stage_rows(curriculum)) // 8 + 1  # steps until epoch 2 is decided, at most
+    kill_after = 2 if mode == "static" else 2 * (epoch // 2 + 1)
     args = [
         "--config",
         str(ROOT / "configs" / "toy.yaml"),
@@ -368,16 +373,17 @@ def test_kill_9_then_rerun_continues_with_the_same_metrics(tiny_toy, curriculum,
         "--curriculum",
         str(curriculum),
         "--max-steps",
-        "4",
+        str(kill_after + 2),
         f"model.path={tiny_toy.model_dir}",
         *SMALL,
+        f"curriculum.mode={mode}",
     ]
     cmd = [sys.executable, "-m", "sent.cli", "train"]
     subprocess.run([*cmd, *args, "--out", str(tmp_path / "clean")], check=True, capture_output=True, timeout=600)
     proc = subprocess.Popen(
         [*cmd, *args, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    ckpt = tmp_path / "killed" / "stage-1" / "checkpoints" / "step-000002" / "state.pt"
+    ckpt = tmp_path / "killed" / "stage-1" / "checkpoints" / f"step-{kill_after:06d}" / "state.pt"
     deadline = time.time() + 300
     while not ckpt.exists():
         assert proc.poll() is None and time.time() < deadline
@@ -394,6 +400,14 @@ def test_kill_9_then_rerun_continues_with_the_same_metrics(tiny_toy, curriculum,
         ]
 
     assert curve("killed") == curve("clean")
+    if mode == "online":
+        import pyarrow.parquet as pq
+
+        from sent.online_se import HISTORY_FILE
+
+        killed, clean = (pq.read_table(tmp_path / run / "stage-1" / HISTORY_FILE) for run in ("killed", "clean"))
+        assert killed.num_rows == (kill_after + 2) * 8 and killed.equals(clean)
+        assert max(killed.column("epoch").to_pylist()) >= 2
 
 
 def test_a_checkpoint_without_its_json_state_is_refused_not_unpickled(tiny_toy, curriculum, tmp_path):
@@ -437,3 +451,89 @@ def test_entropy_collapse_starts_from_the_first_finite_entropy(entropies, collap
     seen = [watch.update(h) for h in entropies]
     assert [c for c, _ in seen] == collapsed
     assert sum(first for _, first in seen) == (1 if any(collapsed) else 0)  # warned once
+
+
+# ---------------------------------------------------------------- curriculum.mode: online
+
+
+def _online_run(tiny_toy, curriculum, run_dir, *, steps, callback=None):
+    cfg = cfg_for(tiny_toy, "curriculum.mode=online")
+    return train_stage(
+        cfg, stage=1, curriculum_dir=curriculum, run_dir=run_dir, max_steps=steps, callback=callback, progress=False
+    )
+
+
+def _stage_rows(curriculum):
+    from sent.data_contract import load_curriculum
+
+    return load_curriculum(curriculum, 1).to_pylist()
+
+
+def test_online_mode_orders_each_later_epoch_by_the_rollouts_latest_se(tiny_toy, curriculum, tmp_path):
+    import pyarrow.parquet as pq
+
+    from sent.engines.local import _batch_order
+    from sent.online_se import HISTORY_FILE, HISTORY_SCHEMA
+
+    rows = _stage_rows(curriculum)
+    n, batch = len(rows), 8
+    steps = 2 * n // batch + 1  # into a third epoch: two epochs decided by online SE
+    result = _online_run(tiny_toy, curriculum, tmp_path, steps=steps)
+    history = pq.read_table(tmp_path / "stage-1" / HISTORY_FILE)
+    assert history.schema.equals(HISTORY_SCHEMA)
+    h = history.to_pylist()
+    assert len(h) == steps * batch  # one row per problem per step
+    assert [r["step"] for r in h] == [s for s in range(1, steps + 1) for _ in range(batch)]
+    assert all(r["id"] == rows[r["row"]]["extra_info"]["id"] for r in h)
+    # epoch 1 is the static order: the same rows as a static stage's first epoch
+    static, _ = _batch_order(n, cfg_for(tiny_toy))
+    assert [r["row"] for r in h if r["epoch"] == 1] == static[:n].tolist()
+    # each later epoch: at the step that first reached into it, its rows sorted by their latest SE
+    # (the online SE of the row's last rollout before that step, else the curation's SE)
+    for epoch in (2, 3):
+        placed = [r for r in h if r["epoch"] == epoch]
+        decided_at = placed[0]["step"]
+        latest = {i: row["extra_info"]["semantic_entropy"] for i, row in enumerate(rows)}
+        for r in h:
+            if r["step"] < decided_at:
+                latest[r["row"]] = r["semantic_entropy"]
+        keys = [latest[r["row"]] for r in placed]
+        assert keys == sorted(keys), f"epoch {epoch} is not low SE first"
+        if epoch == 2:
+            assert len(placed) == n and {r["row"] for r in placed} == set(range(n))
+    # the per-step metrics are the history's, step by step
+    for s, m in enumerate(result.history, start=1):
+        ses = [r["semantic_entropy"] for r in h if r["step"] == s]
+        assert m["online_se_mean"] == pytest.approx(sum(ses) / len(ses))
+        assert m["online_se_zero"] == pytest.approx(sum(x == 0 for x in ses) / len(ses))
+        assert m["epoch"] == max(r["epoch"] for r in h if r["step"] == s)
+    assert all(0 <= r["semantic_entropy"] <= math.log(4) + 1e-12 for r in h)  # G = 4 answers
+
+
+def test_online_mode_resumes_with_the_same_order_and_history(tiny_toy, curriculum, tmp_path):
+    import pyarrow.parquet as pq
+
+    from sent.online_se import HISTORY_FILE
+
+    n = len(_stage_rows(curriculum))
+    steps = n // 8 + 3  # checkpoints every 2 steps; the crash comes after epoch 2 was decided
+    clean = _online_run(tiny_toy, curriculum, tmp_path / "clean", steps=steps)
+
+    class Crash(Exception):
+        pass
+
+    def crash(at, _metrics):
+        if at == steps - 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        _online_run(tiny_toy, curriculum, tmp_path / "crash", steps=steps, callback=crash)
+    resumed = _online_run(tiny_toy, curriculum, tmp_path / "crash", steps=steps)
+    strip = lambda hist: [{k: v for k, v in m.items() if not is_timing(k)} for m in hist]  # noqa: E731
+    assert strip(resumed.history) == strip(clean.history)
+    a, b = (pq.read_table(tmp_path / run / "stage-1" / HISTORY_FILE) for run in ("clean", "crash"))
+    assert a.equals(b)
+    # a static checkpoint is not an online one: resuming across modes is refused
+    _crash_after(cfg_for(tiny_toy), curriculum, tmp_path / "static", step=3)
+    with pytest.raises(TrainingError, match=r"other settings .*online_order"):
+        _online_run(tiny_toy, curriculum, tmp_path / "static", steps=6)
