@@ -109,8 +109,8 @@ def sent_ablation(
     Args:
         config: YAML config, relative to the project directory.
         arms: arm names (built in: grpo, kl_cov, clip_cov, entropy_mask, sent, sent_random_stages,
-            sent_one_stage, grpo_curriculum, grpo_positive, sent_rescored; more in the config's ablation.arms); default
-            ablation.default_arms.
+            sent_one_stage, grpo_curriculum, grpo_positive, sent_rescored, sent_online; more in the config's
+            ablation.arms); default ablation.default_arms.
         seeds: training seeds of every arm; default ablation.seeds.
         out: the ablation's directory (default data/runs/ablation-<config name>); rerunning into
             the same one resumes it and reuses every finished arm x seed.

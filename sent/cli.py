@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument(
         "--arms",
         help="comma-separated arms (built in: grpo,kl_cov,clip_cov,entropy_mask,sent,sent_random_stages,"
-        "sent_one_stage,grpo_curriculum,grpo_positive,sent_rescored; more in ablation.arms); default "
+        "sent_one_stage,grpo_curriculum,grpo_positive,sent_rescored,sent_online; more in ablation.arms); default "
         "ablation.default_arms",
     )
     abl.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2 (default ablation.seeds)")
