@@ -58,9 +58,9 @@ class RunOutcome:
         return {key: 100 * pass_at_k(n, c, k) for key, (c, n) in self.counts.items() if k <= n}
 
 
-def entropy_curve(histories: Sequence[Sequence[Mapping[str, float]]]) -> list[float]:
-    """Policy entropy at every step, the stages end to end."""
-    return [_float(m.get("policy_entropy")) for h in histories for m in h]
+def entropy_curve(histories: Sequence[Sequence[Mapping[str, float]]], metric: str = "policy_entropy") -> list[float]:
+    """Policy entropy (or another per-step ``metric``) at every step, the stages end to end."""
+    return [_float(m.get(metric)) for h in histories for m in h]
 
 
 def _float(value: Any) -> float:
@@ -305,16 +305,27 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_entropy_curves(outcomes: Sequence[RunOutcome], path: Path) -> Path:
-    """Every arm's policy entropy per step on one plot: the mean over seeds, each seed faint."""
+CURVES = {
+    "policy_entropy": ("entropy_curves.png", "policy entropy (nats per token)", "Token entropy"),
+    "online_se_mean": ("online_se_curves.png", "online SE of the step's problems (nats)", "Online semantic entropy"),
+}
+"""Per-step metrics plotted by arm: metric -> (file, y label, title). A curve is drawn for the arms
+that log the metric (online SE: the arms with ``curriculum.mode: online``)."""
+
+
+def plot_entropy_curves(outcomes: Sequence[RunOutcome], path: Path, metric: str = "policy_entropy") -> Path:
+    """Every arm's policy entropy (or another `CURVES` metric) per step on one plot: the mean over
+    seeds, each seed faint."""
     from sent.plots import _pyplot
 
+    _, ylabel, title = CURVES[metric]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    arms = list(dict.fromkeys(o.arm for o in outcomes))
+    logged = [o for o in outcomes if any(metric in m for h in o.histories for m in h)]
+    arms = list(dict.fromkeys(o.arm for o in logged))
     colours = plt.get_cmap("tab10")
     for i, arm in enumerate(arms):
-        curves = [entropy_curve(o.histories) for o in outcomes if o.arm == arm]
+        curves = [entropy_curve(o.histories, metric) for o in logged if o.arm == arm]
         length = min(len(c) for c in curves)
         for c in curves:
             ax.plot(range(1, len(c) + 1), c, color=colours(i % 10), alpha=0.2, linewidth=0.8)
@@ -323,8 +334,8 @@ def plot_entropy_curves(outcomes: Sequence[RunOutcome], path: Path) -> Path:
                 range(1, length + 1), np.nanmean([c[:length] for c in curves], axis=0), color=colours(i % 10), label=arm
             )
     ax.set_xlabel("training step (stages end to end)")
-    ax.set_ylabel("policy entropy (nats per token)")
-    ax.set_title("Token entropy by arm (mean over seeds; seeds faint)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} by arm (mean over seeds; seeds faint)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -390,7 +401,9 @@ def write_report(summary: Mapping[str, Any], outcomes: Sequence[RunOutcome], out
     write_json(summary, out_dir / "ablation.json")
     paths = [out_dir / "ablation.json", write_text(markdown_report(summary), out_dir / "ablation.md")]
     if outcomes:
-        paths.append(plot_entropy_curves(outcomes, out_dir / "entropy_curves.png"))
+        for curve, (name, _, _) in CURVES.items():
+            if any(curve in m for o in outcomes for h in o.histories for m in h):
+                paths.append(plot_entropy_curves(outcomes, out_dir / name, curve))
         metric = summary["metrics"][0]
         paths.append(plot_arm_metric(summary, metric, out_dir / f"{metric.replace('@', '_at_')}_by_arm.png"))
         pass_plot = plot_pass_at_k(summary, out_dir / "pass_at_k.png")

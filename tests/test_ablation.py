@@ -307,3 +307,20 @@ def test_a_step_without_entropy_does_not_break_the_report():
     assert s["arms"]["grpo"]["entropy_final"]["mean"] == pytest.approx(0.2)
     assert math.isnan(s["arms"]["grpo"]["entropy_start"]["mean"])  # the first step had none
     markdown_report(s)
+
+
+def test_the_online_se_curve_is_drawn_for_the_arms_that_log_it(tmp_path):
+    from sent.ablation_report import write_report
+
+    static = [{"policy_entropy": 0.3}, {"policy_entropy": 0.2}]
+    online = [{"policy_entropy": 0.3, "online_se_mean": 1.2}, {"policy_entropy": 0.25, "online_se_mean": 0.9}]
+    results = {"avg@2": 0.5, "pass@2": 0.5, "maj@2": 0.5}
+    outcomes = [
+        RunOutcome("sent", 0, results, {("toy", "1"): 50.0}, [static]),
+        RunOutcome("sent_online", 0, results, {("toy", "1"): 50.0}, [online]),
+    ]
+    paths = write_report(summarise(outcomes, reference="sent", n=2), outcomes, tmp_path)
+    assert (tmp_path / "online_se_curves.png") in paths and (tmp_path / "entropy_curves.png") in paths
+    # without an online arm there is no such plot
+    paths = write_report(summarise(outcomes[:1], reference="sent", n=2), outcomes[:1], tmp_path / "static")
+    assert [p.name for p in paths if p.name.endswith("curves.png")] == ["entropy_curves.png"]
