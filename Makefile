@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/hadolint --failure-threshold info docker/*.Dockerfile
 	$(BIN)/shellcheck scripts/*.sh
 
@@ -34,7 +35,7 @@ setup-verl:
 
 # The whole suite: lint, the main tests, then verl's real trainer and vLLM on CPU in their own environment.
 test: $(STAMP)
-	$(BIN)/ruff check .
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q -m "not verl and not vllm"
 	$(MAKE) test-verl
 

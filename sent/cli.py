@@ -100,7 +100,7 @@ def _cmd_toy_bootstrap(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from sent.curate import default_out_dir
-    from sent.engines.stage import train_stage
+    from sent.engines.dispatch import train_stage
 
     _setup_logging(args.verbose)
     cfg = _load(args)

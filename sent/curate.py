@@ -31,7 +31,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,30 +56,16 @@ from sent.data_contract import (
     write_rows,
     write_table,
 )
-from sent.errors import SentError
 from sent.integrity import file_problem, seal_file
 from sent.locks import LOCK_FILE, exclusive
-from sent.rewards import extract_answer, grade_answer, warm_up_verifier
-from sent.sampling.base import Completion, Settings
+from sent.rewards import warm_up_verifier
+from sent.sampling.chunk import CurationError, Problem, sample_chunk
 from sent.sampling.configured import build_sampler
-from sent.semantic import cluster_within, configured_judge, discrete_entropy, weighted_entropy
+from sent.semantic import configured_judge, discrete_entropy, weighted_entropy
 
 logger = logging.getLogger(__name__)
 STATE = "curation.json"
 CONFIG_SECTIONS = ("model", "data", "prompt", "sampling", "semantic", "curriculum")
-
-
-class CurationError(SentError, RuntimeError):
-    """The input or the run cannot be curated; the message says which file, row and field."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    index: int
-    id: str
-    problem: str
-    answer: str
-    data_source: str
 
 
 @dataclass(frozen=True)
@@ -287,68 +273,8 @@ def validate_rows(
 
 
 # --------------------------------------------------------------------------------------------
-# 2. sampling, grading and clustering, chunk by chunk
+# 2. sampling, grading and clustering, chunk by chunk (`sent.sampling.chunk`)
 # --------------------------------------------------------------------------------------------
-
-
-def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_index: int, judge) -> pa.Table:
-    """Sample, grade and cluster one chunk: the rows of ``samples/part-<chunk_index>.parquet``."""
-    return grade_chunk(cfg, problems, generate_chunk(cfg, problems, sampler, chunk_index), judge)
-
-
-def chunk_seed(cfg: SentConfig, chunk_index: int) -> int:
-    """A chunk's sampling seed: the run's seed and the chunk's index, so a chunk comes out the same
-    whichever process samples it."""
-    return cfg.seed * 1_000_003 + chunk_index
-
-
-def curation_settings(cfg: SentConfig) -> Settings:
-    """How curation samples (``sampling``), whichever executor runs it."""
-    sampling = cfg.sampling
-    return Settings(sampling.n, sampling.temperature, sampling.top_p, sampling.max_new_tokens)
-
-
-def generate_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_index: int) -> list[list[Completion]]:
-    """The N completions of each problem of a chunk, seeded by `chunk_seed`."""
-    return sampler.generate(
-        [cfg.prompt.messages(p.problem) for p in problems],
-        seed=chunk_seed(cfg, chunk_index),
-        **asdict(curation_settings(cfg)),
-    )
-
-
-def grade_chunk(cfg: SentConfig, problems: Sequence[Problem], outs: list[list[Completion]], judge) -> pa.Table:
-    """Extract, cluster and grade a chunk's completions (CPU only): its ``SAMPLES_SCHEMA`` rows."""
-    sampling = cfg.sampling
-    rows = []
-    for p, completions in zip(problems, outs, strict=True):
-        if len(completions) != sampling.n:
-            raise CurationError(f"sampler returned {len(completions)} completions for {p.id}, expected {sampling.n}")
-        answers = [extract_answer(c.text) for c in completions]
-        found = cluster_within(
-            answers, judge, pool_missing=cfg.semantic.pool_missing, budget_s=cfg.semantic.problem_budget_s
-        )
-        if found.undecided:
-            logger.warning("%s: %d answer comparisons undecided within the problem's budget", p.id, found.undecided)
-        for k, (c, a, cid) in enumerate(zip(completions, answers, found.ids, strict=True)):
-            verdict = grade_answer(a, p.answer, timeout=cfg.semantic.judge_timeout)
-            rows.append(
-                {
-                    "index": p.index,
-                    "id": p.id,
-                    "sample": k,
-                    "text": c.text,
-                    "n_tokens": c.n_tokens,
-                    "logprob": c.logprob,
-                    "finish_reason": c.finish_reason,
-                    "answer": a,
-                    "correct": verdict is True,
-                    "class_id": cid,
-                    "grade_undecided": verdict is None,
-                    "se_undecided": found.undecided,
-                }
-            )
-    return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA)
 
 
 def _chunk_complete(path: Path, expected_rows: int) -> bool:

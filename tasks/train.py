@@ -70,7 +70,8 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
     Per-step metrics go to the stage's child run (step = the stage's step) and, prefixed
     ``train/``, to the parent run at ``global_step + step``, so the parent shows all stages end to end."""
     from sent.data_contract import load_manifest
-    from sent.engines.stage import FINAL, read_history, stage_dir, train_stage
+    from sent.engines.dispatch import train_stage
+    from sent.engines.stage import FINAL, read_history, stage_dir
 
     cfg = ctx.load()
     curriculum.verified()

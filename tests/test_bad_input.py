@@ -302,7 +302,8 @@ def manifest_without_files(tiny_toy, tmp_path, capsys):
 
 
 def training_into_a_curation_directory(tiny_toy, tmp_path, capsys):
-    from sent.engines.stage import TrainingError, train_stage
+    from sent.engines.dispatch import train_stage
+    from sent.engines.stage import TrainingError
 
     (tmp_path / "curation.json").write_text("{}")
     (tmp_path / "stage-1").mkdir()

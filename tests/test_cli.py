@@ -36,7 +36,7 @@ def test_prefect_errors_become_advice():
 USER_ERRORS = [
     ("sent.ablation", "AblationError", ValueError),
     ("sent.config", "ConfigError", ValueError),
-    ("sent.curate", "CurationError", RuntimeError),
+    ("sent.sampling.chunk", "CurationError", RuntimeError),
     ("sent.data_contract", "ContractError", ValueError),
     ("sent.engines.stage", "TrainingError", RuntimeError),
     ("sent.engines.verl", "VerlEngineError", RuntimeError),
@@ -48,7 +48,7 @@ USER_ERRORS = [
     ("sent.models", "ModelNotFoundError", OSError),
     ("sent.models", "ModelError", RuntimeError),
     ("sent.ray_address", "RayAddressError", ConnectionError),
-    ("sent.sampling.ray_data", "RayExecutorError", RuntimeError),
+    ("sent.sampling.pieces", "RayExecutorError", RuntimeError),
     ("sent.steps", "StepError", RuntimeError),
     ("sent.tracking", "TrackingError", RuntimeError),
     ("tasks.common", "GpuLimitError", RuntimeError),

@@ -49,7 +49,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +65,7 @@ from sent.config import SentConfig, TrainingConfig, loss_config, training_seed
 from sent.data_contract import json_safe, load_curriculum
 from sent.engines.stage import (
     FINAL,
+    MetricsCallback,
     StageResult,
     TrainingError,
     clear_finished,
@@ -92,7 +93,6 @@ from sent.sampling.hf import HFSampler
 from sent.semantic import configured_judge
 
 logger = logging.getLogger(__name__)
-MetricsCallback = Callable[[int, dict[str, float]], None]
 _COUNTS = frozenset({"n_low_entropy", "n_penalised", "n_selected", "n_valid_tokens", "n_trained_tokens"})
 CHECKPOINTS = "checkpoints"
 TIME_PREFIX = "time/"
@@ -770,7 +770,3 @@ class LocalEngine:
         shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
         logger.info("stage %d finished after %d steps: %s", self.stage, self.step, final)
         return StageResult(self.stage, final, self.step, self.history, self.start_model)
-
-
-def train_stage(cfg: SentConfig, **kwargs) -> StageResult:
-    return LocalEngine(cfg, **kwargs).run()

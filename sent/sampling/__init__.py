@@ -1,5 +1,6 @@
-"""Samplers: N completions per chat prompt, registered by name (``hf``, ``vllm``)."""
+"""Samplers: N completions per chat prompt, by backend (``hf``, ``vllm``)."""
 
-from sent.sampling.base import SAMPLERS, Completion, Sampler, make_sampler, register_sampler
+from sent.sampling.base import Completion, Sampler
+from sent.sampling.configured import BACKENDS, make_sampler
 
-__all__ = ["SAMPLERS", "Completion", "Sampler", "make_sampler", "register_sampler"]
+__all__ = ["BACKENDS", "Completion", "Sampler", "make_sampler"]

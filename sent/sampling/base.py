@@ -1,9 +1,10 @@
-"""The sampler contract shared by the `hf` and `vllm` backends."""
+"""The sampler contract shared by the `hf` and `vllm` backends (`sent.sampling.configured` makes
+one by name): it imports neither backend, so that both can import it."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -74,25 +75,3 @@ def request_seed(seed: int, position: int, sample: int) -> int:
     (a signed 64-bit integer in vLLM, Arrow and torch)."""
     digest = hashlib.blake2b(f"{seed}:{position}:{sample}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
-
-
-SAMPLERS: dict[str, Callable[..., Sampler]] = {}
-
-
-def register_sampler(name: str) -> Callable[[Callable[..., Sampler]], Callable[..., Sampler]]:
-    def decorator(factory: Callable[..., Sampler]) -> Callable[..., Sampler]:
-        SAMPLERS[name] = factory
-        return factory
-
-    return decorator
-
-
-def make_sampler(name: str, **options) -> Sampler:
-    # importing the backends registers them; vllm's module imports vllm only when used
-    from sent.sampling import hf, vllm  # noqa: F401
-
-    try:
-        factory = SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; registered: {sorted(SAMPLERS)}") from None
-    return factory(**options)

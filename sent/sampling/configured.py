@@ -1,13 +1,30 @@
-"""The sampler a config asks for: the one place that maps config sections to sampler arguments."""
+"""The sampler a config asks for: the one place that names the backends (``hf``, ``vllm``) and maps
+config sections to their arguments. Each backend is imported when it is made, so choosing ``hf``
+never imports vLLM, nor ``vllm`` transformers' generation code."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sent.sampling.base import Sampler, make_sampler
+from sent.sampling.base import Sampler
+
+BACKENDS = ("hf", "vllm")
 
 if TYPE_CHECKING:
     from sent.config import ModelConfig, SentConfig
+
+
+def make_sampler(name: str, **options) -> Sampler:
+    """A sampler of backend ``name`` with its own options (`HFSampler`, `VLLMSampler`)."""
+    if name == "hf":
+        from sent.sampling.hf import HFSampler
+
+        return HFSampler(**options)
+    if name == "vllm":
+        from sent.sampling.vllm import VLLMSampler
+
+        return VLLMSampler(**options)
+    raise ValueError(f"unknown sampler {name!r}; the backends are {list(BACKENDS)}")
 
 
 def build_sampler(cfg: SentConfig, model: ModelConfig, *, backend: str | None = None, progress: bool = True) -> Sampler:

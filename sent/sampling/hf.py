@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sent.models import load_model, load_tokenizer
-from sent.sampling.base import Completion, Messages, register_sampler
+from sent.sampling.base import Completion, Messages
 from sent.sampling.decode import Decoded, decode, supports_decode_loop
 
 DECODERS = ("loop", "generate")
@@ -226,8 +226,3 @@ class HFSampler:
             else None
         )
         return Decoded(tokens, lps)
-
-
-@register_sampler("hf")
-def _make_hf(**options) -> HFSampler:
-    return HFSampler(**options)

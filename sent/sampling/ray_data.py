@@ -4,7 +4,7 @@ A sampling job (a curation's missing chunks, an evaluation's benchmarks) is cut 
 prompts sampled with one seed from one start position (`Piece`). A piece comes out the same whichever
 worker samples it, because the samplers seed by the job's seed and the prompt's position, never by
 worker (`sent.sampling.base.Sampler.generate`'s ``start``): a curation chunk is a piece seeded by
-the run's seed and the chunk's index (`sent.curate.chunk_seed`, as the local loop does); an
+the run's seed and the chunk's index (`sent.sampling.chunk.chunk_seed`, as the local loop does); an
 evaluation cuts each benchmark at the ``hf`` sampler's batches, so it equals the local evaluation.
 
 `stream` runs the pieces as one Ray Dataset and yields each piece's completions as soon as they
@@ -17,7 +17,7 @@ are all in:
   (`sent.sampling.ray_llm`), regrouped into pieces here.
 
 Curation grades and clusters each chunk in a Ray task (``ray.cpus_per_grader`` CPUs, the same
-`sent.curate.grade_chunk` as the local loop) while sampling goes on, and the driver writes each
+`sent.sampling.chunk.grade_chunk` as the local loop) while sampling goes on, and the driver writes each
 chunk as its grades come back (`on_chunk`), so an interrupted curation resumes with the chunks it
 lacks, whichever executor ran the rest. Evaluation collects every benchmark's completions and
 scores them here.
@@ -45,19 +45,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from sent import interrupt
-from sent.errors import SentError
 from sent.ray_address import check_ray_address
 from sent.sampling.base import Completion, Messages, Settings
+from sent.sampling.pieces import Piece, RayExecutorError, decode_completions, encode_completions
 
 if TYPE_CHECKING:
     from sent.config import ModelConfig, SentConfig
-    from sent.curate import Problem
+    from sent.sampling.chunk import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -67,20 +67,6 @@ VERIFIER_START_S = 120.0
 INSTALL = "Ray Data is not installed: pip install -e '.[ray]' (ray[data]; the gpu and dev extras have it)"
 
 
-class RayExecutorError(SentError, RuntimeError):
-    """A Ray Data pipeline that cannot run as configured (Ray or ray.data.llm missing, lost rows)."""
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Prompts sampled together: the job's ``seed``, the first prompt's position ``start``."""
-
-    key: str
-    prompts: list[Messages]
-    seed: int
-    start: int = 0
-
-
 def _ray():
     try:
         import ray
@@ -88,25 +74,6 @@ def _ray():
     except ImportError as exc:
         raise RayExecutorError(f"{INSTALL} ({exc})") from None
     return ray
-
-
-def encode_completions(groups: list[list[Completion]]) -> str:
-    """A piece's completions as JSON, the form they travel in between Ray stages."""
-    return json.dumps([[asdict(c) for c in group] for group in groups])
-
-
-def decode_completions(text: str) -> list[list[Completion]]:
-    return completions_from(json.loads(text))
-
-
-def completions_from(groups: list[list[dict[str, Any]]]) -> list[list[Completion]]:
-    """`Completion` objects from their fields as JSON holds them."""
-    return [[Completion(**_tuples(c)) for c in group] for group in groups]
-
-
-def _tuples(fields: dict[str, Any]) -> dict[str, Any]:
-    """A `Completion`'s fields back from JSON (lists to the tuples it holds)."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
 class PieceSampler:
@@ -166,8 +133,8 @@ def stream(
 
 def grade_piece(cfg: SentConfig, problems: list[Problem], completions: list[list[Completion]]) -> pa.Table:
     """A grading task: a chunk's completions graded and clustered into its samples table."""
-    from sent.curate import grade_chunk
     from sent.rewards import warm_up_verifier
+    from sent.sampling.chunk import grade_chunk
     from sent.semantic import configured_judge
 
     if cfg.semantic.judge == "math":  # a fresh worker process: no check pays the verifiers' start-up
@@ -182,7 +149,7 @@ def sample_chunks(
 ) -> float:
     """Sample, grade and cluster ``chunks`` ({index: problems}) on Ray; ``on_chunk(index, table)``
     is called in this process as each one completes, in any order. Returns the seconds spent."""
-    from sent.curate import chunk_seed, curation_settings
+    from sent.sampling.chunk import chunk_seed, curation_settings
 
     if not chunks:
         return 0.0

@@ -32,7 +32,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from sent.sampling.base import Completion, Settings
-from sent.sampling.ray_data import Piece, RayExecutorError
+from sent.sampling.pieces import Piece, RayExecutorError, completions_from
 from sent.sampling.vllm import request_params
 
 if TYPE_CHECKING:
@@ -173,7 +173,6 @@ def regroup(
     rows: Iterable[dict[str, Any]], pieces: Sequence[Piece], n: int
 ) -> Iterator[tuple[str, list[list[Completion]]]]:
     """Pieces back from per-response rows, each as soon as its last response arrives."""
-    from sent.sampling.ray_data import completions_from
 
     expected = {p.key: len(p.prompts) for p in pieces}
     found: dict[str, dict[tuple[int, int], Any]] = {key: {} for key in expected}

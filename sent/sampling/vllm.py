@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from sent.sampling.base import Completion, Messages, Settings, register_sampler, request_seed
+from sent.sampling.base import Completion, Messages, Settings, request_seed
 
 
 class VLLMSampler:
@@ -107,8 +107,3 @@ def request_params(settings: Settings, seed: int, position: int, sample: int) ->
     if settings.logprobs:
         params["logprobs"] = 0  # the sampled token's own, so cumulative_logprob is filled
     return params
-
-
-@register_sampler("vllm")
-def _make_vllm(**options) -> VLLMSampler:
-    return VLLMSampler(**options)

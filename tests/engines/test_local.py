@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from sent.curate import curate
-from sent.engines.local import LocalEngine, TrainingError, is_timing, train_stage
+from sent.engines.dispatch import train_stage
+from sent.engines.local import LocalEngine, TrainingError, is_timing
 
 from sent_testing import ROOT, toy_config
 

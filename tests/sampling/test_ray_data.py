@@ -95,7 +95,7 @@ def test_the_executor_is_not_part_of_the_curation_identity(local, tiny_toy):
 def test_vllm_without_ray_data_llm_is_refused_before_ray_starts(tiny_toy, tmp_path, monkeypatch):
     import ray
 
-    from sent.sampling.ray_data import RayExecutorError
+    from sent.sampling.pieces import RayExecutorError
 
     monkeypatch.setitem(sys.modules, "ray.data.llm", None)  # as where ray.data.llm cannot import
     cfg = toy_config(tiny_toy, *SMALL, "sampling.executor=ray", "sampling.backend=vllm")

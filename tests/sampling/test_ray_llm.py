@@ -21,8 +21,8 @@ import pytest
 
 from sent.config import load_config
 from sent.curate import curate
-from sent.sampling.base import Completion
-from sent.sampling.ray_data import Piece, Settings
+from sent.sampling.base import Completion, Settings
+from sent.sampling.pieces import Piece
 from sent.sampling.vllm import VLLMSampler
 
 from sent_testing import ROOT, parquet_difference, toy_config
