@@ -150,13 +150,14 @@ def restage_step(ctx: RunContext, curation: Artefact, out: str) -> Artefact:
     """The arm's curriculum: the shared curation itself when the arm keeps its curriculum
     settings, else the same scores restaged (`sent.curate.restage`) into
     ``<out>/curricula/<digest>`` (nothing is sampled again)."""
+    from sent.config import NOT_IN_OUTPUT
     from sent.curate import restage
     from sent.data_contract import load_manifest
 
     cfg = ctx.load()
     curation.verified()
     manifest = load_manifest(curation.path, verify=False)
-    made_by = {k: v for k, v in manifest["config"]["curriculum"].items() if k != "mode"}
+    made_by = {k: v for k, v in manifest["config"]["curriculum"].items() if k not in NOT_IN_OUTPUT["curriculum"]}
     if made_by == cfg.section_dump("curriculum"):  # the mode changes later steps, not the curation
         return curation
     target = Path(out) / "curricula" / digest_of(curation.digest, cfg.section_digest("curriculum"))[:12]

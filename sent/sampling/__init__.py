@@ -1,6 +1,6 @@
-"""Samplers: N completions per chat prompt, by backend (``hf``, ``vllm``)."""
+"""Samplers: N completions per chat prompt, by backend name (``hf``, ``vllm``)."""
 
 from sent.sampling.base import Completion, Sampler
-from sent.sampling.configured import BACKENDS, make_sampler
+from sent.sampling.configured import SAMPLERS, make_sampler
 
-__all__ = ["BACKENDS", "Completion", "Sampler", "make_sampler"]
+__all__ = ["SAMPLERS", "Completion", "Sampler", "make_sampler"]

@@ -1,30 +1,42 @@
-"""The sampler a config asks for: the one place that names the backends (``hf``, ``vllm``) and maps
-config sections to their arguments. Each backend is imported when it is made, so choosing ``hf``
-never imports vLLM, nor ``vllm`` transformers' generation code."""
+"""The sampler a config asks for: the registry of backends by name (``hf``, ``vllm``) and the one
+place that maps config sections to their arguments. Each backend is imported when it is made, so
+choosing ``hf`` never imports vLLM; the backends import only `sent.sampling.base`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sent.sampling.base import Sampler
-
-BACKENDS = ("hf", "vllm")
 
 if TYPE_CHECKING:
     from sent.config import ModelConfig, SentConfig
 
 
+def _hf(**options) -> Sampler:
+    from sent.sampling.hf import HFSampler
+
+    return HFSampler(**options)
+
+
+def _vllm(**options) -> Sampler:
+    from sent.sampling.vllm import VLLMSampler
+
+    return VLLMSampler(**options)
+
+
+SAMPLERS: dict[str, Callable[..., Sampler]] = {"hf": _hf, "vllm": _vllm}
+"""The samplers by the name ``sampling.backend`` (and ``evaluation.backend``) gives; each factory
+imports its backend when it is called."""
+
+
 def make_sampler(name: str, **options) -> Sampler:
     """A sampler of backend ``name`` with its own options (`HFSampler`, `VLLMSampler`)."""
-    if name == "hf":
-        from sent.sampling.hf import HFSampler
-
-        return HFSampler(**options)
-    if name == "vllm":
-        from sent.sampling.vllm import VLLMSampler
-
-        return VLLMSampler(**options)
-    raise ValueError(f"unknown sampler {name!r}; the backends are {list(BACKENDS)}")
+    try:
+        factory = SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; registered: {sorted(SAMPLERS)}") from None
+    return factory(**options)
 
 
 def build_sampler(cfg: SentConfig, model: ModelConfig, *, backend: str | None = None, progress: bool = True) -> Sampler:
