@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # `make setup-verl` builds it, `make test-verl` runs the tests under the `verl` and `vllm` markers in it.
 VERL_VENV ?= .venv-verl
 
-.PHONY: setup setup-verl test test-verl lint bench demo demo-verl clean-venv
+.PHONY: setup setup-verl test test-fast test-verl lint bench demo demo-verl clean-venv
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ test: $(STAMP)
 	$(MAKE) lint
 	$(BIN)/python -m pytest -q -m "not verl and not vllm"
 	$(MAKE) test-verl
+
+# The quick tier while working: make lint and the main tests not marked slow (no kill -9, flow or
+# Ray integration tests, no verl or vLLM); a few minutes on 2 cores. `make test` is what CI runs.
+test-fast: $(STAMP)
+	$(MAKE) lint
+	$(BIN)/python -m pytest -q -m "not slow and not verl and not vllm"
 
 test-verl: setup-verl
 	$(VERL_VENV)/bin/python -m pytest -q -m "verl or vllm"
