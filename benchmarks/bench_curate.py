@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sent.config import load_config  # noqa: E402
-from sent.curate import curate, write_stages  # noqa: E402
+from sent.curate import curate  # noqa: E402
 from sent.sampling import Completion  # noqa: E402
+from sent.staging import write_stages  # noqa: E402
 
 N = 8
 PROBLEMS = 2000
@@ -212,8 +213,8 @@ def _ray_startup(threads: int) -> None:
     """A local Ray's start and stop, and the time to the first finished chunk of a 1-actor pipeline."""
     import ray
 
-    from sent.curate import read_rows, validate_rows
     from sent.models import load_tokenizer
+    from sent.problems import read_rows, validate_rows
     from sent.sampling.ray_data import sample_chunks
 
     t0 = time.perf_counter()

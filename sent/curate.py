@@ -3,15 +3,16 @@
 `curate` is the whole phase (``sent curate``):
 
 1. Read the problems (JSONL, Parquet or a `datasets` directory, with a field mapping) and
-   validate every row: missing, empty or wrongly typed problem/answer/id, duplicate ids,
-   duplicate problems (after whitespace and case normalisation), chat prompts over the token
-   budget. Rejected rows keep their original content and a reason in ``rejected.parquet``;
-   input = accepted + rejected, always; too many rejections (default > 5 %) stop the run.
-2. Sample N responses per problem in chunks; each chunk is graded, clustered and written as
-   ``samples/part-K.parquet`` (atomically). A rerun with the same configuration and output
-   directory skips completed chunks, and sampling is seeded per chunk, so an interrupted run
-   finishes with the same result as an uninterrupted one.
-3. Score each problem: discrete and weighted semantic entropy, classes, pass rate
+   validate every row (`sent.problems`): missing, empty or wrongly typed problem/answer/id,
+   duplicate ids, duplicate problems (after whitespace and case normalisation), chat prompts over
+   the token budget. Rejected rows keep their original content and a reason in
+   ``rejected.parquet``; input = accepted + rejected, always; too many rejections (default > 5 %)
+   stop the run.
+2. Sample N responses per problem in chunks (`sent.sampling.chunk`, or the Ray Data executor);
+   each chunk is graded, clustered and written as ``samples/part-K.parquet`` (atomically). A rerun
+   with the same configuration and output directory skips completed chunks, and sampling is
+   seeded per chunk, so an interrupted run finishes with the same result as an uninterrupted one.
+3. Score each problem (`sent.staging`): discrete and weighted semantic entropy, classes, pass rate
    (``scores.parquet``); assign stages (low entropy first); optionally drop problems with no
    GRPO signal (all N right or all wrong; off by default, as in the paper).
 4. Write the stages in verl's schema (``stage-K/part-J.parquet``, sorted by SE within a stage),
@@ -26,11 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import re
 import shutil
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,15 +39,13 @@ import pyarrow.parquet as pq
 
 from sent import __version__, interrupt
 from sent.config import SentConfig
-from sent.curriculum import assign_stages, stage_summary
+from sent.curriculum import stage_summary
 from sent.data_contract import (
-    CURRICULUM_SCHEMA,
     MANIFEST,
     REJECTED_SCHEMA,
     SAMPLES_SCHEMA,
     SCHEMA_VERSION,
     SCORES_SCHEMA,
-    ContractError,
     file_entry,
     load_manifest,
     write_json,
@@ -58,23 +54,16 @@ from sent.data_contract import (
 )
 from sent.integrity import file_problem, seal_file
 from sent.locks import LOCK_FILE, exclusive
+from sent.problems import CurationError, Problem, check_limit, read_rows, validate_rows
 from sent.rewards import warm_up_verifier
-from sent.sampling.chunk import CurationError, Problem, sample_chunk
+from sent.sampling.chunk import sample_chunk
 from sent.sampling.configured import build_sampler
-from sent.semantic import configured_judge, discrete_entropy, weighted_entropy
+from sent.semantic import configured_judge
+from sent.staging import assign, score_problems, write_stages
 
 logger = logging.getLogger(__name__)
 STATE = "curation.json"
 CONFIG_SECTIONS = ("model", "data", "prompt", "sampling", "semantic", "curriculum")
-
-
-@dataclass(frozen=True)
-class Rejection:
-    source_file: str
-    row: int
-    field: str
-    reason: str
-    original: str
 
 
 @dataclass(frozen=True)
@@ -85,195 +74,7 @@ class CurationResult:
 
 
 # --------------------------------------------------------------------------------------------
-# 1. reading and validation
-# --------------------------------------------------------------------------------------------
-
-
-def _detect_format(path: Path, fmt: str) -> str:
-    if fmt != "auto":
-        return fmt
-    if path.is_dir():
-        return "datasets"
-    if path.suffix in (".jsonl", ".json"):
-        return "jsonl"
-    if path.suffix == ".parquet":
-        return "parquet"
-    raise CurationError(f"{path}: cannot tell the format from the name; set data.format")
-
-
-class Unreadable(str):
-    """A row that could not be read at all (not UTF-8, not JSON): the reason, in place of the row."""
-
-
-def _decode_line(raw: bytes) -> tuple[Any, str]:
-    """(parsed row, or `Unreadable` with the reason; the original text for ``rejected.parquet``)."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        reason = f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
-        return Unreadable(reason), raw.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
-    text = line.rstrip("\r\n")
-    try:
-        return json.loads(line), text
-    except json.JSONDecodeError as exc:
-        return Unreadable(f"not valid JSON ({exc.msg} at column {exc.colno})"), text
-
-
-def check_limit(limit: int | None) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise CurationError(f"limit must be a positive number of rows, got {limit!r}")
-
-
-def read_rows(path: str | Path, fmt: str = "auto", limit: int | None = None) -> Iterator[tuple[int, Any, str]]:
-    """``(row number, parsed row, original text)`` for each input row (1-based rows). A JSONL line
-    that is not UTF-8 or not JSON comes back as an `Unreadable` reason with its text, so that
-    validation rejects that row and keeps the rest."""
-    check_limit(limit)
-    path = Path(path)
-    if not path.exists():
-        raise CurationError(f"input not found: {path}")
-    fmt = _detect_format(path, fmt)
-    count = 0
-    if fmt == "jsonl":
-        with path.open("rb") as f:
-            for number, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                row, text = _decode_line(raw)
-                yield number, row, text
-        return
-    if fmt == "parquet":
-        rows = pq.read_table(path).to_pylist()
-    elif fmt == "datasets":
-        import datasets
-
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            if "train" not in ds:
-                raise CurationError(f"{path}: a DatasetDict without a 'train' split ({list(ds)})")
-            ds = ds["train"]
-        rows = ds
-    else:
-        raise CurationError(f"unknown input format {fmt!r}")
-    for number, row in enumerate(rows, start=1):
-        if limit is not None and number > limit:
-            return
-        yield number, row, json.dumps(row, default=str, ensure_ascii=False)
-
-
-def _text_field(row: dict, name: str, *, allow_numbers: bool) -> tuple[str | None, str | None]:
-    """(value, None) or (None, reason)."""
-    if name not in row or row[name] is None:
-        return None, f"missing field {name!r}"
-    value = row[name]
-    if allow_numbers and isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):  # JSON's NaN/Infinity, a NaN cell in Parquet: no answer at all
-            return None, f"field {name!r} is {value}, not a finite number"
-        value = str(value)  # numeric answers (GSM8K-style) are fine as their decimal text
-    if not isinstance(value, str):
-        return None, f"field {name!r} has type {type(value).__name__}, expected a string"
-    if not value.strip():
-        return None, f"field {name!r} is empty"
-    try:
-        value.encode("utf-8")  # JSON's "\ud800" decodes to a lone surrogate, which no tokenizer or file takes
-    except UnicodeEncodeError as exc:
-        return None, f"field {name!r} holds a lone surrogate ({value[exc.start]!r}) at character {exc.start}: not text"
-    return value, None
-
-
-def _normalise_problem(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().casefold()
-
-
-def validate_rows(
-    cfg: SentConfig, path: Path, rows: Sequence[tuple[int, Any, str]], tokenizer
-) -> tuple[list[Problem], list[Rejection]]:
-    """Split input rows into accepted problems and rejections (with reasons)."""
-    fields = cfg.data.fields
-    accepted: list[Problem] = []
-    rejected: list[Rejection] = []
-    seen_ids: dict[str, int] = {}
-    seen_problems: dict[str, int] = {}
-    src = str(path)
-    for number, row, original in rows:
-        if not isinstance(row, dict):
-            reason = str(row) if isinstance(row, Unreadable) else f"a row must be an object, got {type(row).__name__}"
-            rejected.append(Rejection(src, number, "", reason, original))
-            continue
-        problem, why = _text_field(row, fields.problem, allow_numbers=False)
-        if why:
-            rejected.append(Rejection(src, number, fields.problem, why, original))
-            continue
-        answer, why = _text_field(row, fields.answer, allow_numbers=True)
-        if why:
-            rejected.append(Rejection(src, number, fields.answer, why, original))
-            continue
-        if fields.id is not None:
-            pid, why = _text_field(row, fields.id, allow_numbers=True)
-            if why:
-                rejected.append(Rejection(src, number, fields.id, why, original))
-                continue
-        else:
-            pid = f"row-{number}"
-        if pid in seen_ids:
-            rejected.append(
-                Rejection(
-                    src,
-                    number,
-                    fields.id or "",
-                    f"duplicate id {pid!r} (first at row {seen_ids[pid]})",
-                    original,
-                )
-            )
-            continue
-        key = _normalise_problem(problem)
-        if key in seen_problems:
-            rejected.append(
-                Rejection(
-                    src,
-                    number,
-                    fields.problem,
-                    f"duplicate problem (first at row {seen_problems[key]})",
-                    original,
-                )
-            )
-            continue
-        source = cfg.data.data_source
-        if fields.source is not None:
-            source, why = _text_field(row, fields.source, allow_numbers=False)
-            if why:
-                rejected.append(Rejection(src, number, fields.source, why, original))
-                continue
-        seen_ids[pid] = number
-        seen_problems[key] = number
-        accepted.append(Problem(len(accepted), pid, problem, answer.strip(), source))
-    # prompt budget, in tokens of the chat-formatted prompt (one batched tokenisation)
-    if accepted and tokenizer is not None:
-        texts = [
-            tokenizer.apply_chat_template(cfg.prompt.messages(p.problem), tokenize=False, add_generation_prompt=True)
-            for p in accepted
-        ]
-        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        kept = []
-        row_of = {p.id: seen_ids[p.id] for p in accepted}
-        originals = {n: o for n, _, o in rows}
-        for p, n_tokens in zip(accepted, lengths, strict=True):
-            if n_tokens > cfg.data.max_prompt_tokens:
-                number = row_of[p.id]
-                reason = f"prompt has {n_tokens} tokens, over data.max_prompt_tokens={cfg.data.max_prompt_tokens}"
-                rejected.append(Rejection(src, number, fields.problem, reason, originals[number]))
-            else:
-                kept.append(p)
-        accepted = [Problem(i, p.id, p.problem, p.answer, p.data_source) for i, p in enumerate(kept)]
-    rejected.sort(key=lambda r: r.row)
-    return accepted, rejected
-
-
-# --------------------------------------------------------------------------------------------
-# 2. sampling, grading and clustering, chunk by chunk (`sent.sampling.chunk`)
+# sampled chunks on disk (each sampled, graded and clustered by `sent.sampling.chunk`)
 # --------------------------------------------------------------------------------------------
 
 
@@ -294,122 +95,6 @@ def _chunk_complete(path: Path, expected_rows: int) -> bool:
             problem = f"{path} does not read as Parquet ({type(exc).__name__})"
     logger.warning("%s; the chunk is sampled again", problem)
     return False
-
-
-# --------------------------------------------------------------------------------------------
-# 3. scores and stages
-# --------------------------------------------------------------------------------------------
-
-
-def score_problems(cfg: SentConfig, problems: Sequence[Problem], samples: pa.Table) -> list[dict[str, Any]]:
-    cols = samples.to_pydict()
-    n = cfg.sampling.n
-    rows = []
-    for p in problems:
-        sl = slice(p.index * n, (p.index + 1) * n)
-        ids, lps, lens = cols["class_id"][sl], cols["logprob"][sl], cols["n_tokens"][sl]
-        if cols["index"][sl] != [p.index] * n:
-            raise ContractError(f"samples of problem {p.id} are not where expected")
-        finite = [lp for lp in lps if lp is not None and math.isfinite(lp)]
-        weighted = (
-            weighted_entropy(ids, [lp if lp is not None else float("nan") for lp in lps], [max(1, t) for t in lens])
-            if len(finite) == n
-            else float("nan")
-        )
-        correct = cols["correct"][sl]
-        undecided = cols["se_undecided"][sl]
-        rows.append(
-            {
-                "index": p.index,
-                "id": p.id,
-                "data_source": p.data_source,
-                "problem": p.problem,
-                "answer": p.answer,
-                "semantic_entropy": discrete_entropy(ids),
-                "weighted_semantic_entropy": weighted,
-                "n_classes": len(set(ids)),
-                "pass_rate": sum(correct) / n,
-                "answered_rate": sum(a is not None for a in cols["answer"][sl]) / n,
-                "mean_tokens": float(np.mean(lens)),
-                "se_undecided": undecided[0],
-                "grade_undecided": sum(cols["grade_undecided"][sl]),
-                "filtered": False,
-                "stage": None,
-            }
-        )
-    return rows
-
-
-def assign(cfg: SentConfig, scores: list[dict[str, Any]]) -> None:
-    """Fill ``stage`` (and ``filtered``) in place."""
-    curriculum = cfg.curriculum
-    key = "semantic_entropy" if curriculum.entropy == "discrete" else "weighted_semantic_entropy"
-    keep = [r for r in scores if not (curriculum.drop_zero_signal and r["pass_rate"] in (0.0, 1.0))]
-    for r in scores:
-        r["filtered"] = True
-    if keep:
-        values = np.array([r[key] for r in keep], dtype=np.float64)
-        if not np.isfinite(values).all():
-            raise CurationError(
-                f"curriculum.entropy={curriculum.entropy!r} is not finite for every problem (missing log-probs?)"
-            )
-        stages = assign_stages(
-            values, n_stages=curriculum.n_stages, method=curriculum.method, thresholds=curriculum.thresholds
-        )
-        if curriculum.order == "random":  # the same stage sizes, without the SE ordering (an ablation)
-            stages = np.random.default_rng(cfg.seed).permutation(stages)
-        for r, s in zip(keep, stages, strict=True):
-            r["filtered"], r["stage"] = False, int(s)
-
-
-def curriculum_table(cfg: SentConfig, scores: pa.Table, stage: int) -> pa.Table:
-    """One stage of the curriculum in verl's schema, sorted by SE (then index), built column by
-    column from the scores table (a million rows take seconds, not minutes)."""
-    import pyarrow.compute as pc
-
-    key = "semantic_entropy" if cfg.curriculum.entropy == "discrete" else "weighted_semantic_entropy"
-    rows = scores.filter(pc.equal(scores["stage"], stage)).sort_by([(key, "ascending"), ("index", "ascending")])
-    n = rows.num_rows
-    users = [cfg.prompt.template.format(problem=p) for p in rows["problem"].to_pylist()]
-    if cfg.prompt.system:
-        roles = pa.array(["system", "user"] * n)
-        contents = pa.array([x for u in users for x in (cfg.prompt.system, u)])
-        per_row = 2
-    else:
-        roles, contents, per_row = pa.array(["user"] * n), pa.array(users, pa.string()), 1
-    messages = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
-    prompt = pa.ListArray.from_arrays(pa.array(np.arange(0, per_row * n + 1, per_row, dtype=np.int32)), messages)
-    reward = pa.StructArray.from_arrays(
-        [pa.array(["rule"] * n), rows["answer"].combine_chunks()], names=["style", "ground_truth"]
-    )
-    extra = pa.StructArray.from_arrays(
-        [
-            rows["index"].combine_chunks(),
-            rows["id"].combine_chunks(),
-            rows["semantic_entropy"].combine_chunks(),
-            rows["weighted_semantic_entropy"].combine_chunks(),
-            rows["pass_rate"].combine_chunks(),
-            rows["n_classes"].combine_chunks(),
-            pa.array(np.full(n, stage, dtype=np.int32)),
-        ],
-        names=["index", "id", "semantic_entropy", "weighted_semantic_entropy", "pass_rate", "n_classes", "stage"],
-    )
-    table = pa.Table.from_arrays(
-        [rows["data_source"].combine_chunks(), prompt, pa.array([cfg.data.ability] * n), reward, extra],
-        names=CURRICULUM_SCHEMA.names,
-    )
-    return table.cast(CURRICULUM_SCHEMA)
-
-
-def write_stages(cfg: SentConfig, scores: pa.Table, out_dir: Path) -> None:
-    """``stage-K/part-J.parquet`` for every stage, ``curriculum.shard_rows`` rows per shard."""
-    shard = cfg.curriculum.shard_rows
-    for stage in range(1, cfg.curriculum.n_stages + 1):
-        table = curriculum_table(cfg, scores, stage)
-        for j in range(0, table.num_rows, shard):
-            write_table(
-                table.slice(j, shard), out_dir / f"stage-{stage}" / f"part-{j // shard:05d}.parquet", CURRICULUM_SCHEMA
-            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,7 +222,7 @@ def _curate_locked(
         t_sampling = _sample_locally(cfg, missing, parts, out_dir, sampler, model_cfg)
     samples = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else SAMPLES_SCHEMA.empty_table()
 
-    # 3. scores and stages
+    # 2. scores and stages
     scores = score_problems(cfg, problems, samples)
     counts = {
         "input_rows": len(rows),

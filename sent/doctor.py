@@ -90,8 +90,8 @@ def check_model(cfg: SentConfig) -> Finding:
 
 def check_training_data(cfg: SentConfig) -> Finding:
     """The training problems: present, readable, with the configured fields."""
-    from sent.curate import Unreadable, read_rows
     from sent.errors import SentError
+    from sent.problems import Unreadable, read_rows
 
     path = Path(cfg.data.train_path)
     if not path.exists():

@@ -198,7 +198,8 @@ def test_one_stage_holds_every_problem(scored, tmp_path):
 
 
 def test_restaging_refuses_other_scoring_settings(scored, tmp_path):
-    from sent.curate import CurationError, restage
+    from sent.curate import restage
+    from sent.problems import CurationError
 
     cfg, source = scored
     other = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"n": 8})})

@@ -20,9 +20,10 @@ import pytest
 
 from sent.cli import main
 from sent.config import ConfigError, load_config
-from sent.curate import CurationError, curate, read_rows, validate_rows
+from sent.curate import curate
 from sent.evaluation import EvaluationError, evaluate_responses, read_responses
 from sent.models import load_tokenizer
+from sent.problems import CurationError, read_rows, validate_rows
 
 from sent_testing import PINNED, ROOT, toy_config
 

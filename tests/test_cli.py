@@ -36,7 +36,7 @@ def test_prefect_errors_become_advice():
 USER_ERRORS = [
     ("sent.ablation", "AblationError", ValueError),
     ("sent.config", "ConfigError", ValueError),
-    ("sent.sampling.chunk", "CurationError", RuntimeError),
+    ("sent.problems", "CurationError", RuntimeError),
     ("sent.data_contract", "ContractError", ValueError),
     ("sent.engines.stage", "TrainingError", RuntimeError),
     ("sent.engines.verl", "VerlEngineError", RuntimeError),

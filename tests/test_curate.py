@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sent.curate import CurationError, curate, read_rows, validate_rows
+from sent.curate import curate
 from sent.data_contract import (
     CURRICULUM_SCHEMA,
     ContractError,
@@ -24,6 +24,7 @@ from sent.data_contract import (
     stage_files,
 )
 from sent.models import load_tokenizer
+from sent.problems import CurationError, read_rows, validate_rows
 
 from sent_testing import ROOT, parquet_difference, toy_config
 
@@ -313,7 +314,7 @@ def test_parquet_and_datasets_inputs_with_a_field_map(tiny_toy, tmp_path):
 
 
 def test_drop_zero_signal_filters_all_right_and_all_wrong(curated, tiny_toy, tmp_path):
-    from sent.curate import assign
+    from sent.staging import assign
 
     cfg, result = curated
     scores = pq.read_table(result.out_dir / "scores.parquet").to_pylist()

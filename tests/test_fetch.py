@@ -124,7 +124,7 @@ def test_every_source_maps_from_its_hub_columns(hub_copy, tmp_path, capsys):
 def test_the_paper_preset_reads_what_the_fetch_writes(hub_copy, tmp_path):
     """Curation's own reader and validation take the fetched training file with the preset's fields,
     and the preset's benchmark directory is where the fetch writes."""
-    from sent.curate import read_rows
+    from sent.problems import read_rows
 
     out = tmp_path / "data"
     fetch(["dapo-math-17k"], out=out, from_dir=hub_copy)

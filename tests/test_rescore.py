@@ -9,9 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sent.curate import CurationError, curate
+from sent.curate import curate
 from sent.curriculum import assign_stages
 from sent.data_contract import load_curriculum, load_manifest
+from sent.problems import CurationError
 from sent.rescore import SAMPLED, merge_scores, moved, rescore, split_pool
 
 from sent_testing import toy_config

@@ -11,31 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import pyarrow as pa
 
 from sent.config import SentConfig
 from sent.data_contract import SAMPLES_SCHEMA
-from sent.errors import SentError
+from sent.problems import CurationError, Problem
 from sent.rewards import extract_answer, grade_answer
 from sent.sampling.base import Completion, Settings
 from sent.semantic import cluster_within
 
 logger = logging.getLogger(__name__)
-
-
-class CurationError(SentError, RuntimeError):
-    """The input or the run cannot be curated; the message says which file, row and field."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    index: int
-    id: str
-    problem: str
-    answer: str
-    data_source: str
 
 
 def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_index: int, judge) -> pa.Table:

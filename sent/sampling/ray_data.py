@@ -57,7 +57,7 @@ from sent.sampling.pieces import Piece, RayExecutorError, decode_completions, en
 
 if TYPE_CHECKING:
     from sent.config import ModelConfig, SentConfig
-    from sent.sampling.chunk import Problem
+    from sent.problems import Problem
 
 logger = logging.getLogger(__name__)
 
