@@ -109,7 +109,7 @@ def ablation_outputs(out: Path) -> dict[str, object]:
 
 def training_outputs(stage: Path) -> tuple[list[dict], str]:
     """A stage's curve (every metric but timings) and the digest of its final weights."""
-    from sent.engines.local import is_timing
+    from sent.engines.step_metrics import is_timing
 
     curve = [
         {k: v for k, v in json.loads(line).items() if not is_timing(k)}

@@ -46,11 +46,8 @@ import hashlib
 import json
 import logging
 import math
-import random
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +60,7 @@ from sent import interrupt
 from sent.advantages import grpo_advantages
 from sent.config import SentConfig, TrainingConfig, loss_config, training_seed
 from sent.data_contract import json_safe, load_curriculum
+from sent.engines.resume_state import differences, floats, rng_state_json, set_rng_state
 from sent.engines.stage import (
     FINAL,
     MetricsCallback,
@@ -75,6 +73,7 @@ from sent.engines.stage import (
     write_history,
     write_summary,
 )
+from sent.engines.step_metrics import TIME_PREFIX, EntropyTally, EntropyWatch, PhaseClock
 from sent.entropy import token_entropy
 from sent.integrity import directory_problem, seal_directory
 from sent.locks import exclusive
@@ -95,47 +94,6 @@ from sent.semantic import configured_judge
 logger = logging.getLogger(__name__)
 _COUNTS = frozenset({"n_low_entropy", "n_penalised", "n_selected", "n_valid_tokens", "n_trained_tokens"})
 CHECKPOINTS = "checkpoints"
-TIME_PREFIX = "time/"
-"""Per-phase seconds of a step: ``time/generate``, ``time/scoring``, ``time/batching``,
-``time/old_logprobs``, ``time/forward`` (policy forward, entropy and loss), ``time/backward`` and
-``time/optimizer`` (clipping and the AdamW step)."""
-TIMING = frozenset({"step_time", "sampling_time", "tokens_per_s"})
-"""Wall-clock metrics: with those under `TIME_PREFIX`, the ones that differ between two runs of
-the same seed."""
-
-
-def is_timing(metric: str) -> bool:
-    return metric in TIMING or metric.startswith(TIME_PREFIX)
-
-
-class PhaseClock:
-    """Seconds spent per named phase, summed over a step (``with clock("forward"): ...``)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-
-
-@dataclass
-class EntropyTally:
-    """The mean token entropy over every response token of a step (``policy_entropy``)."""
-
-    total: float = 0.0
-    tokens: int = 0
-
-    def add(self, entropy: torch.Tensor, valid: torch.Tensor) -> None:
-        self.total += float((entropy.detach() * valid).sum())
-        self.tokens += int(valid.sum())
-
-    def mean(self) -> float:
-        return self.total / self.tokens if self.tokens else float("nan")
 
 
 @dataclass(frozen=True)
@@ -181,21 +139,6 @@ def score_rollout(rows: list[dict], outs: list[list[Completion]], training: Trai
     return scores
 
 
-def _differences(old: Any, new: Any, path: str = "") -> list[str]:
-    """``key: old -> new`` for every leaf where two JSON values differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
-        return out
-    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
-
-
-def _floats(metrics: dict[str, Any]) -> dict[str, float]:
-    """A metrics record read back from JSON: null (a NaN when written) is NaN again."""
-    return {k: float("nan") if v is None else v for k, v in metrics.items()}
-
-
 def _batch_order(n_rows: int, cfg: SentConfig) -> tuple[np.ndarray, int]:
     """Row indices for every step of the stage, and the number of steps."""
     training = cfg.training
@@ -204,45 +147,6 @@ def _batch_order(n_rows: int, cfg: SentConfig) -> tuple[np.ndarray, int]:
     rng = np.random.default_rng(training_seed(cfg))
     order = [rng.permutation(n_rows) if training.shuffle else np.arange(n_rows) for _ in range(epochs)]
     return np.concatenate(order), steps
-
-
-def _rng_state_json() -> dict[str, Any]:
-    """Python's and numpy's RNG states as JSON (torch's is a tensor, saved in ``state.pt``)."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(internal), gauss],
-        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-    }
-
-
-def _set_rng_state(state: dict[str, Any], torch_state: torch.Tensor) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch_state)
-
-
-@dataclass
-class EntropyWatch:
-    """Entropy collapse: the policy entropy falls below ``fraction`` of its start value. The start
-    is the first finite value (a step whose groups all lack signal has no entropy)."""
-
-    fraction: float
-    start: float | None = None
-    warned: bool = False
-
-    def update(self, entropy: float) -> tuple[bool, bool]:
-        """(collapsed now, first collapse: warn) for one step's entropy."""
-        if not math.isfinite(entropy):
-            return False, False
-        if self.start is None:
-            self.start = entropy
-        collapsed = entropy < self.fraction * self.start
-        first = collapsed and not self.warned
-        self.warned |= collapsed
-        return collapsed, first
 
 
 class LocalEngine:
@@ -372,7 +276,7 @@ class LocalEngine:
         if ckpt is None:
             return
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
-        differs = _differences(state.get("identity", {}), self._identity)
+        differs = differences(state.get("identity", {}), self._identity)
         if differs:
             raise TrainingError(
                 f"stage {self.stage}: the checkpoint {ckpt} was made with other settings ({'; '.join(differs[:5])}); "
@@ -386,8 +290,8 @@ class LocalEngine:
         self.policy.load_state_dict(weights.state_dict())
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scheduler.load_state_dict(tensors["scheduler"])
-        _set_rng_state(state["rng"], tensors["torch_rng"])
-        self.step, self.history = state["step"], [_floats(m) for m in state["history"]]
+        set_rng_state(state["rng"], tensors["torch_rng"])
+        self.step, self.history = state["step"], [floats(m) for m in state["history"]]
         self.entropy_watch = EntropyWatch(self.training.entropy_collapse_fraction, **state["entropy_watch"])
         if self.online is not None:
             self.online.restore(state["online_order"], pq.read_table(ckpt / HISTORY_FILE))
@@ -428,7 +332,7 @@ class LocalEngine:
                 "step": self.step,
                 "identity": self._identity,
                 "history": json_safe(self.history),
-                "rng": _rng_state_json(),
+                "rng": rng_state_json(),
                 "entropy_watch": {"start": self.entropy_watch.start, "warned": self.entropy_watch.warned},
             }
             if self.online is not None:

@@ -17,7 +17,8 @@ import torch
 
 from sent.curate import curate
 from sent.engines.dispatch import train_stage
-from sent.engines.local import LocalEngine, TrainingError, is_timing
+from sent.engines.local import LocalEngine, TrainingError
+from sent.engines.step_metrics import is_timing
 
 from sent_testing import ROOT, toy_config
 
@@ -446,7 +447,7 @@ def test_one_trainer_per_stage_directory(tiny_toy, curriculum, tmp_path):
     ],
 )
 def test_entropy_collapse_starts_from_the_first_finite_entropy(entropies, collapsed):
-    from sent.engines.local import EntropyWatch
+    from sent.engines.step_metrics import EntropyWatch
 
     watch = EntropyWatch(0.5)
     seen = [watch.update(h) for h in entropies]
