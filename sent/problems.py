@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from sent.chat import render_prompt
 from sent.config import SentConfig
 from sent.errors import SentError
 
@@ -209,10 +210,7 @@ def validate_rows(
         accepted.append(Problem(len(accepted), pid, problem, answer.strip(), source))
     # prompt budget, in tokens of the chat-formatted prompt (one batched tokenisation)
     if accepted and tokenizer is not None:
-        texts = [
-            tokenizer.apply_chat_template(cfg.prompt.messages(p.problem), tokenize=False, add_generation_prompt=True)
-            for p in accepted
-        ]
+        texts = [render_prompt(tokenizer, cfg.prompt.messages(p.problem)) for p in accepted]
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         kept = []
         row_of = {p.id: seen_ids[p.id] for p in accepted}

@@ -87,7 +87,7 @@ from sent.losses import (
 from sent.models import load_model, load_tokenizer, response_logits_and_logprobs, token_logprobs
 from sent.online_se import HISTORY_FILE, OnlineOrder, score_group
 from sent.rewards import compute_score, warm_up_verifier
-from sent.sampling.base import Completion
+from sent.sampling.base import Completion, derived_seed
 from sent.sampling.hf import HFSampler
 from sent.semantic import configured_judge
 
@@ -356,7 +356,7 @@ class LocalEngine:
                 temperature=training.temperature,
                 top_p=training.top_p,
                 max_new_tokens=training.max_response_tokens,
-                seed=training_seed(self.cfg) * 1_000_003 + self.step,
+                seed=derived_seed(training_seed(self.cfg), self.step),
                 logprobs=reuse,
             )
         completions = [c for group in outs for c in group]

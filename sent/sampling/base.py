@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Messages = list[dict[str, str]]
+from sent.chat import Messages
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,10 @@ def request_seed(seed: int, position: int, sample: int) -> int:
     (a signed 64-bit integer in vLLM, Arrow and torch)."""
     digest = hashlib.blake2b(f"{seed}:{position}:{sample}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def derived_seed(seed: int, index: int) -> int:
+    """The ``index``-th seed derived from a run's ``seed`` (a curation chunk, a training step, a
+    sampler batch): ``seed * 1_000_003 + index``, the same in every process. Distinct seeds give
+    disjoint ranges while indices stay below 1,000,003."""
+    return seed * 1_000_003 + index

@@ -19,7 +19,7 @@ from sent.config import SentConfig
 from sent.data_contract import SAMPLES_SCHEMA
 from sent.problems import CurationError, Problem
 from sent.rewards import extract_answer, grade_answer
-from sent.sampling.base import Completion, Settings
+from sent.sampling.base import Completion, Settings, derived_seed
 from sent.semantic import cluster_within
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def sample_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_in
 def chunk_seed(cfg: SentConfig, chunk_index: int) -> int:
     """A chunk's sampling seed: the run's seed and the chunk's index, so a chunk comes out the same
     whichever process samples it."""
-    return cfg.seed * 1_000_003 + chunk_index
+    return derived_seed(cfg.seed, chunk_index)
 
 
 def curation_settings(cfg: SentConfig) -> Settings:

@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from sent.chat import render_prompts
 from sent.models import load_model, load_tokenizer
-from sent.sampling.base import Completion, Messages
+from sent.sampling.base import Completion, Messages, derived_seed
 from sent.sampling.decode import Decoded, decode, supports_decode_loop
 
 DECODERS = ("loop", "generate")
@@ -106,7 +107,7 @@ class HFSampler:
         self.batch_size, self.progress, self.decoder = batch_size, progress, decoder
 
     def prompt_texts(self, prompts: Sequence[Messages]) -> list[str]:
-        return [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        return render_prompts(self.tokenizer, prompts)
 
     @torch.no_grad()
     def generate(
@@ -140,7 +141,7 @@ class HFSampler:
         loop = self.decoder == "loop" and supports_decode_loop(model)
         for b, lo in enumerate(tqdm(batches, desc="sampling", unit="batch", disable=not self.progress)):
             batch_ids = prompt_ids[lo : lo + self.batch_size]
-            batch_seed = seed * 1_000_003 + first_batch + b
+            batch_seed = derived_seed(seed, first_batch + b)
             settings = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
             if loop:
                 generator = torch.Generator(device=device).manual_seed(batch_seed)

@@ -31,6 +31,7 @@ from dataclasses import asdict
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from sent.chat import render_prompts
 from sent.sampling.base import Completion, Settings
 from sent.sampling.pieces import Piece, RayExecutorError, completions_from
 from sent.sampling.vllm import request_params
@@ -203,10 +204,7 @@ def stream_vllm(
     from sent.models import load_tokenizer
 
     tok = load_tokenizer(model.tokenizer or model.path, trust_remote_code=model.trust_remote_code)
-    templated = [
-        [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in piece.prompts]
-        for piece in pieces
-    ]
+    templated = [render_prompts(tok, piece.prompts) for piece in pieces]
     rows = request_rows(pieces, settings, templated)
     post = functools.partial(
         completion_row,

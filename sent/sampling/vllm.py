@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from sent.chat import render_prompts
 from sent.sampling.base import Completion, Messages, Settings, request_seed
 
 
@@ -73,7 +74,7 @@ class VLLMSampler:
         start: int = 0,
     ) -> list[list[Completion]]:
         tok = self.llm.get_tokenizer()
-        texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts]
+        texts = render_prompts(tok, prompts)
         settings = Settings(n, temperature, top_p, max_new_tokens, logprobs)
         requests = [(i, k) for i in range(len(texts)) for k in range(n)]
         params = [self.params_cls(**request_params(settings, seed, start + i, k)) for i, k in requests]

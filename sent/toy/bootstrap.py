@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from sent import interrupt
+from sent.chat import render_prompt
 from sent.config import PromptConfig, ToyConfig
 from sent.toy.tokenizer import train_tokenizer
 from sent.toy.world import ToyProblem, generate_world, write_jsonl
@@ -75,10 +76,7 @@ def build_model(tokenizer, cfg: ToyConfig):
 
 
 def _examples(problems: list[ToyProblem], tokenizer, prompt: PromptConfig) -> list[tuple[list[int], list[int]]]:
-    prompts = [
-        tokenizer.apply_chat_template(prompt.messages(p.problem), tokenize=False, add_generation_prompt=True)
-        for p in problems
-    ]
+    prompts = [render_prompt(tokenizer, prompt.messages(p.problem)) for p in problems]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer([p.solution for p in problems], add_special_tokens=False)["input_ids"]
     return [(pi, [*ai, tokenizer.eos_token_id]) for pi, ai in zip(prompt_ids, answer_ids, strict=True)]
