@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sent.config import load_config  # noqa: E402
+from sent.config_loading import load_config  # noqa: E402
 from sent.curate import curate  # noqa: E402
 from sent.sampling import Completion  # noqa: E402
 from sent.staging import write_stages  # noqa: E402

@@ -50,7 +50,7 @@ TIME_PREFIX = "time/"  # the local engine's per-phase metrics
 
 
 def _config(args: argparse.Namespace):
-    from sent.config import load_config
+    from sent.config_loading import load_config
 
     loss = [f"training.loss={args.loss}"] if args.loss else []
     return load_config(ROOT / args.config, [*loss, *args.set])

@@ -24,8 +24,9 @@ CASES = {
     "python -c pass": "pass",
     "sent --help": "import contextlib, io\nfrom sent.cli import main\nwith contextlib.redirect_stdout(io.StringIO()):\n"
     "    try: main(['--help'])\n    except SystemExit: pass",
-    "load configs/toy.yaml": f"from sent.config import load_config; load_config({str(ROOT / 'configs/toy.yaml')!r})",
-    "load a paper preset": "from sent.config import load_config; "
+    "load configs/toy.yaml": "from sent.config_loading import load_config; "
+    f"load_config({str(ROOT / 'configs/toy.yaml')!r})",
+    "load a paper preset": "from sent.config_loading import load_config; "
     f"load_config({str(ROOT / 'configs/paper/r1-distill-qwen-1.5b.yaml')!r})",
 }
 

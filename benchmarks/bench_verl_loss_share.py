@@ -43,7 +43,7 @@ def main() -> None:
     if importlib.util.find_spec("vllm") is None:
         print("skipped: verl's real trainer needs .venv-verl (make setup-verl); run it with .venv-verl/bin/python")
         return
-    from sent.config import load_config
+    from sent.config_loading import load_config
     from sent.curate import default_out_dir
 
     cfg = load_config(CONFIG)

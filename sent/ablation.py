@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sent.config import BUILTIN_ARMS, ConfigError, SentConfig, load_config
+from sent.config import BUILTIN_ARMS, ConfigError, SentConfig
+from sent.config_loading import load_config
 from sent.errors import SentError
 
 _ARM_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")

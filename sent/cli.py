@@ -41,7 +41,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from sent.config import load_config
+    from sent.config_loading import load_config
 
     return load_config(args.config, args.overrides)
 

@@ -39,7 +39,7 @@ def open_ablation(plan: AblationPlan, out: str, root: str) -> RunContext:
     ablation's own overrides) for the shared steps: bootstrap, curate and ``eval:base``."""
     from prefect.runtime import flow_run
 
-    from sent.config import load_config
+    from sent.config_loading import load_config
     from sent.data_contract import write_json
     from sent.redaction import redact_uri
     from sent.tracking import Tracker, lineage_tags, resolve_tracking_uri
@@ -126,7 +126,7 @@ def end_arm_run(ctx: RunContext, exc: BaseException) -> None:
 
 
 def load_arm(base: RunContext, run: ArmRun):
-    from sent.config import load_config
+    from sent.config_loading import load_config
 
     return load_config(base.config, list(run.overrides))
 

@@ -23,7 +23,8 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel, Field
 
-from sent.config import SentConfig, load_config
+from sent.config import SentConfig
+from sent.config_loading import load_config
 from sent.errors import SentError
 from sent.interrupt import Interrupted
 from sent.lineage import path_digest

@@ -21,7 +21,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_link_artifact
 
-from sent.config import load_config
+from sent.config_loading import load_config
 from sent.data_contract import json_safe
 from sent.lineage import code_version
 from sent.redaction import redact_text, redact_uri

@@ -23,7 +23,7 @@ defaults (docs/toy-calibration.md) would drop most of the tiny model's problems 
 
 def toy_config(tiny_toy, *overrides: str):
     """configs/toy.yaml pointed at the tiny model and its world, with overrides."""
-    from sent.config import load_config
+    from sent.config_loading import load_config
 
     return load_config(
         ROOT / "configs" / "toy.yaml",

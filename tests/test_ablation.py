@@ -11,7 +11,8 @@ import yaml
 
 from sent.ablation import AblationError, parse_seeds, plan_ablation
 from sent.ablation_report import RunOutcome, markdown_report, summarise
-from sent.config import BUILTIN_ARMS, load_config
+from sent.config import BUILTIN_ARMS
+from sent.config_loading import load_config
 from sent.stats import mean_interval, pooled_paired_difference
 
 from sent_testing import ROOT, toy_config

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sent.config import ConfigError, load_config, loss_config
+from sent.config import ConfigError, loss_config
+from sent.config_loading import load_config
 from sent.losses import PolicyLossConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +144,7 @@ def test_loading_a_config_imports_neither_torch_nor_the_losses():
     import sys
 
     code = (
-        "import sys; from sent.config import load_config; "
+        "import sys; from sent.config_loading import load_config; "
         f"load_config({str(ROOT / 'configs' / 'toy.yaml')!r}); "
         "print(sorted(m for m in ('torch', 'sent.losses', 'numpy') if m in sys.modules))"
     )
@@ -258,7 +259,8 @@ def test_rollouts_that_cannot_take_every_curated_prompt_are_refused(tmp_path):
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_set_each_shared_setting_once(path):
     # a follower set to its source's value is a copy that can drift: leave it out
-    from sent.config import FOLLOWS, _read_with_bases
+    from sent.config import FOLLOWS
+    from sent.config_loading import _read_with_bases
 
     raw, cfg = _read_with_bases(path), load_config(path)
     for (section, key), (source, source_key) in FOLLOWS.items():

@@ -173,7 +173,7 @@ def test_rerun_reuses_a_finished_curation(curated):
 
 
 def toy_config_from(cfg, *overrides):
-    from sent.config import load_config
+    from sent.config_loading import load_config
 
     return load_config(cfg.source, [*cfg.overrides, *overrides])
 

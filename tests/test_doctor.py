@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sent.config import load_config
+from sent.config_loading import load_config
 from sent.doctor import (
     check_benchmarks,
     check_disk,

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sent.cli import main
-from sent.config import load_config
+from sent.config_loading import load_config
 from sent.data_contract import sha256_file
 from sent.data_sources import DAPO_PREFIX, DAPO_SUFFIX, SOURCES, SourceError, answer_text, unwrap_dapo
 from sent.evaluation import benchmark_levels, load_benchmark

@@ -13,7 +13,7 @@ from sent_testing import ROOT
 
 @pytest.fixture(scope="module")
 def cfg():
-    from sent.config import load_config
+    from sent.config_loading import load_config
 
     return load_config(ROOT / "configs" / "toy.yaml")
 

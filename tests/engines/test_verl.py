@@ -31,7 +31,7 @@ def overrides_dict(overrides: list[str]) -> dict[str, str]:
 def test_the_gradient_clip_reaches_verls_optimizer(tmp_path):
     """verl 0.9 clips with actor.optim.clip_grad; actor.grad_clip alone never reached it (the presets'
     1.0 equals verl's default, so only another value shows it)."""
-    from sent.config import load_config
+    from sent.config_loading import load_config
     from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage
 
     cfg = load_config(PRESETS[0], ["training.grad_clip=0.25"])
@@ -41,7 +41,7 @@ def test_the_gradient_clip_reaches_verls_optimizer(tmp_path):
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_paper_presets_compose_into_verls_config_and_dataclasses(preset, tmp_path):
-    from sent.config import load_config
+    from sent.config_loading import load_config
     from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage
     from sent.engines.verl_plugin import SentPolicyLossConfig
 
@@ -99,7 +99,7 @@ def test_paper_presets_compose_into_verls_config_and_dataclasses(preset, tmp_pat
 def test_a_value_verl_rejects_is_caught_by_composition(tmp_path):
     from hydra.errors import ConfigCompositionException
 
-    from sent.config import load_config
+    from sent.config_loading import load_config
     from sent.engines.verl import compose_verl_config, plan_stage
 
     cfg = load_config(PRESETS[0], ["training.verl.extra_overrides=[actor_rollout_ref.actor.no_such_key=1]"])
@@ -171,7 +171,7 @@ def test_our_reward_function_as_verls_reward_manager_calls_it(tmp_path):
     from omegaconf import OmegaConf
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
-    from sent.config import load_config
+    from sent.config_loading import load_config
     from sent.engines.verl import compose_verl_config, plan_stage
 
     cfg = load_config(PRESETS[0])
@@ -302,7 +302,7 @@ def test_a_fresh_verl_process_has_the_wiring_in_its_engine_workers():
 def test_the_merge_command_is_what_verls_model_merger_parses(tmp_path):
     from verl.model_merger.base_model_merger import generate_config_from_args, parse_args
 
-    from sent.config import load_config
+    from sent.config_loading import load_config
     from sent.engines.verl import merge_command, plan_stage
 
     cfg = load_config(PRESETS[0])
@@ -342,7 +342,7 @@ def test_the_tracking_credentials_reach_the_job_by_its_environment_only(tmp_path
     URI without it; the password travels in MLFLOW_TRACKING_PASSWORD of the job's process alone."""
     import logging
 
-    from sent.config import load_config
+    from sent.config_loading import load_config
     from sent.engines.verl import compose_verl_config, plan_stage, stream
 
     cfg = load_config(ROOT / "configs" / "toy.yaml", ["training.engine=verl", "training.verl.device=cpu"])

@@ -234,7 +234,7 @@ def resumed(project, tmp_path_factory, tiny_toy):
     checkpoint, then the same command again. The stage is the pipeline's curation restaged as one
     stage (no sampling): how the SE split of 32 problems falls depends on the fixture model, and
     the pipeline's stage 1 may hold fewer than the 6 problems three steps need."""
-    from sent.config import load_config
+    from sent.config_loading import load_config
     from sent.curate import restage
 
     root, record = project

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pyarrow.parquet as pq
 import pytest
 
-from sent.config import load_config
+from sent.config_loading import load_config
 from sent.curate import curate
 from sent.sampling.base import Completion, Settings
 from sent.sampling.pieces import Piece
