@@ -133,7 +133,7 @@ def policy_loss_config_from_verl(config: Any, loss_agg_mode: str) -> PolicyLossC
             values["global_batch_size"] = int(batch["global_batch_size"])
         if batch.get("loss_scale_factor") is not None:
             values["loss_scale_factor"] = batch["loss_scale_factor"]
-    names = {f.name for f in dataclasses.fields(PolicyLossConfig)}
+    names = set(PolicyLossConfig.model_fields)
     return PolicyLossConfig(**{k: v for k, v in values.items() if k in names})
 
 

@@ -235,7 +235,7 @@ def test_the_fast_step_equals_the_plain_algorithm(
 
 def test_positive_samples_are_the_right_answers_of_mixed_groups():
     from sent.advantages import grpo_advantages
-    from sent.engines.local import positive_samples
+    from sent.engines.rollout import positive_samples
 
     # group 0: two right of four (advantage +-0.87); group 1: all right (0: no signal); group 2: one right
     rewards = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 1.0])
