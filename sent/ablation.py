@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sent.config import BUILTIN_ARMS, ConfigError, SentConfig
+from sent.config import BUILTIN_ARMS, SentConfig
+from sent.config_base import ConfigError
 from sent.config_loading import load_config
 from sent.errors import SentError
 

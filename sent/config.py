@@ -5,83 +5,32 @@ training, evaluation, tracking); unknown keys and wrong types are errors that na
 and the file. ``key.path=value`` overrides (values parsed as YAML) are applied before validation
 and recorded in `SentConfig.overrides`.
 
-The ``training.policy_loss`` section is generated from `sent.loss_config.PolicyLossConfig`, so every
-loss coefficient is defined (with its default and meaning) in exactly one place.
+The ``training.policy_loss`` section is `sent.loss_config.PolicyLossConfig` itself, so every loss
+coefficient is declared (with its default and meaning) in exactly one place.
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import hashlib
-import inspect
-import itertools
 import json
 import string
-import sys
-import textwrap
-import types
-import typing
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationInfo,
-    create_model,
     field_validator,
     model_validator,
 )
 
-from sent.errors import SentError
-from sent.loss_config import BUILTIN_LOSSES, PolicyLossConfig
+from sent.config_base import Section
+from sent.config_training import TrainingConfig
+from sent.loss_config import PolicyLossConfig
 
 PAPER_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 """METHOD.md §5: the zero-shot prompt of training, curation and evaluation."""
 
 
-class ConfigError(SentError, ValueError):
-    """A configuration file or override that does not validate; the message names file and key."""
-
-
-class _Section(BaseModel):
-    # no NaN or infinity anywhere: lr=.inf or correct_score=.nan would only fail mid-run
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """YAML's ``true`` is not a number: ``sampling.n: true`` would otherwise be 1."""
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if bool not in _member_types(annotation) and annotation is not Any:
-                raise ValueError(f"expected {_type_name(annotation)}, got the boolean {str(value).lower()}")
-        return value
-
-
-def _member_types(annotation: Any) -> set[Any]:
-    """The types an annotation admits (``int | None`` -> {int, None}; a ``Literal``'s values' types)."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return {type(v) for v in typing.get_args(annotation)}
-    if origin in (typing.Union, types.UnionType):
-        return set().union(*(_member_types(a) for a in typing.get_args(annotation)))
-    return {origin or annotation}
-
-
-def known_losses() -> set[str]:
-    """The built-in losses and any a plugin registered in `sent.losses` (when it is imported)."""
-    registry = getattr(sys.modules.get("sent.losses"), "POLICY_LOSSES", {})
-    return set(BUILTIN_LOSSES) | set(registry)
-
-
-def _type_name(annotation: Any) -> str:
-    names = sorted(getattr(t, "__name__", str(t)) for t in _member_types(annotation) if t is not type(None))
-    return " or ".join(names) or "a value"
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     path: str = Field(description="local directory or Hugging Face hub id of the policy model")
     tokenizer: str | None = Field(None, description="tokenizer path or id; default: the model's")
     trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint")
@@ -91,7 +40,7 @@ class ModelConfig(_Section):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
 
 
-class FieldMap(_Section):
+class FieldMap(Section):
     """Column names of the input problems."""
 
     problem: str = Field("problem", description="column with the problem statement")
@@ -100,7 +49,7 @@ class FieldMap(_Section):
     source: str | None = Field(None, description="column with the data source name; None uses data.data_source")
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     train_path: str = Field(description="problems: a .jsonl or .parquet file, or a `datasets` directory")
     format: Literal["auto", "jsonl", "parquet", "datasets"] = Field(
         "auto", description="input format; auto: from the file name (.jsonl, .parquet) or a `datasets` directory"
@@ -113,7 +62,7 @@ class DataConfig(_Section):
     limit: int | None = Field(None, gt=0, description="use only the first N input rows (the CLI's --limit wins)")
 
 
-class PromptConfig(_Section):
+class PromptConfig(Section):
     template: str = Field(PAPER_PROMPT, description="user message; {problem} is replaced")
     system: str | None = Field(None, description="optional system message")
 
@@ -138,7 +87,7 @@ class PromptConfig(_Section):
         return [*head, {"role": "user", "content": user}]
 
 
-class SamplingConfig(_Section):
+class SamplingConfig(Section):
     """How curation samples its N responses per problem."""
 
     backend: Literal["hf", "vllm"] = Field(
@@ -170,7 +119,7 @@ class SamplingConfig(_Section):
     )
 
 
-class SemanticConfig(_Section):
+class SemanticConfig(Section):
     """Semantic entropy: how the N answers of a problem are clustered into equivalence classes."""
 
     judge: Literal["math", "exact", "embedding"] = Field(
@@ -193,7 +142,7 @@ class SemanticConfig(_Section):
     scoring_model: ModelConfig | None = Field(None, description="score SE with another model than the policy")
 
 
-class CurriculumConfig(_Section):
+class CurriculumConfig(Section):
     """How problems are split into training stages by semantic entropy (`sent.curriculum`)."""
 
     n_stages: int = Field(2, gt=0, description="K: training stages, each starting from the last one's weights")
@@ -235,183 +184,7 @@ class CurriculumConfig(_Section):
         return self
 
 
-def _attribute_docs(cls: type) -> dict[str, str]:
-    """The docstrings written under a class's fields (PEP 257 attribute docstrings), by field name."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-    return {
-        node.target.id: " ".join(doc.value.value.split())
-        for node, doc in itertools.pairwise(body)
-        if isinstance(node, ast.AnnAssign)
-        and isinstance(node.target, ast.Name)
-        and isinstance(doc, ast.Expr)
-        and isinstance(doc.value, ast.Constant)
-        and isinstance(doc.value.value, str)
-    }
-
-
-def _policy_loss_section() -> type[BaseModel]:
-    """`PolicyLossConfig` as a config section: the same fields, defaults and descriptions."""
-    hints = typing.get_type_hints(PolicyLossConfig)
-    docs = _attribute_docs(PolicyLossConfig)
-    fields = {
-        f.name: (hints[f.name], Field(f.default, description=docs.get(f.name)))
-        for f in dataclasses.fields(PolicyLossConfig)
-    }
-    model = create_model("PolicyLossSettings", __base__=_Section, **fields)
-    model.__doc__ = PolicyLossConfig.__doc__
-    return model
-
-
-PolicyLossSettings = _policy_loss_section()
-
-
-class VerlConfig(_Section):
-    """The verl engine (`sent.engines.verl`): resources and verl-only settings of each stage's job."""
-
-    device: Literal["cuda", "cpu"] = Field(
-        "cuda",
-        description="cpu: verl's real trainer without GPUs (sent.engines.verl_cpu), to check a config; not for speed",
-    )
-    nnodes: int = Field(1, gt=0, description="machines of the job (trainer.nnodes)")
-    n_gpus_per_node: int = Field(8, gt=0, description="GPUs per machine (trainer.n_gpus_per_node)")
-    ray_address: str | None = Field(
-        None, description="None: main_ppo starts a local Ray; else `ray job submit --address` (e.g. http://head:8265)"
-    )
-    rollout_name: Literal["vllm", "sglang"] = Field("vllm", description="verl's rollout engine")
-    rollout_tp: int = Field(1, gt=0, description="tensor parallel size of the rollout engine")
-    gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="the rollout engine's share of GPU memory")
-    use_dynamic_bsz: bool = Field(True, description="token-budget micro-batches (then micro_batch_size is unused)")
-    max_token_len_per_gpu: int = Field(16384, gt=0, description="dynamic batches: tokens per GPU per forward pass")
-    param_offload: bool = Field(False, description="FSDP: keep parameters in CPU memory between uses")
-    optimizer_offload: bool = Field(False, description="FSDP: keep the optimiser state in CPU memory")
-    entropy_source: Literal["exact", "surprisal", "auto"] = Field(
-        "exact", description="token entropy for the loss: exact (calculate_entropy=true) or surprisal"
-    )
-    val_files: list[str] | None = Field(
-        None, description="verl validation parquet files; default: the evaluation benchmarks, converted"
-    )
-    val_limit: int | None = Field(256, gt=0, description="problems per benchmark in the default validation set")
-    merge_backend: Literal["fsdp", "megatron"] = Field(
-        "fsdp", description="checkpoint format the model merger reads into Hugging Face weights"
-    )
-    trainer_module: str = Field("verl.trainer.main_ppo", description="run as `python -m`; e.g. a verl recipe's main")
-    merger_module: str = Field("verl.model_merger", description="run as `python -m <module> merge ...`")
-    extra_overrides: list[str] = Field(default_factory=list, description="further Hydra overrides, applied last")
-
-
-class TrainingConfig(_Section):
-    """Staged GRPO with a policy loss: the rollouts, the optimiser and the reward."""
-
-    engine: Literal["local", "verl"] = Field(
-        "local", description="local: one process (CPU or one GPU, sent.engines.local); verl: verl on Ray"
-    )
-    seed: int | None = Field(
-        None,
-        description="seed of the batch order and the rollouts; None: the run's seed. An ablation sets it per "
-        "replicate, so replicates share the curation and the evaluation's sampling seeds",
-    )
-    verl: VerlConfig = Field(VerlConfig(), description="the verl engine's resources and verl-only settings")
-    loss: str = Field("sent", description="registered policy loss (sent.losses)")
-    policy_loss: PolicyLossSettings = Field(  # type: ignore[valid-type]
-        PolicyLossSettings(), description="coefficients of the policy losses (sent.loss_config.PolicyLossConfig)"
-    )
-    group_size: int = Field(8, gt=0, description="G: responses per prompt in a rollout")
-    train_batch_size: int = Field(256, gt=0, description="prompts per step")
-    mini_batch_size: int = Field(128, gt=0, description="prompts per optimiser step")
-    micro_batch_size: int = Field(4, gt=0, description="sequences per forward/backward")
-    ppo_epochs: int = Field(1, gt=0, description="passes over each step's rollouts")
-    epochs_per_stage: float = Field(
-        5, gt=0, description="passes over a stage's problems: steps = floor(epochs * problems / train_batch_size)"
-    )
-    lr: float = Field(1e-6, gt=0, description="AdamW learning rate (constant)")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2)")
-    grad_clip: float = Field(1.0, gt=0, description="clip the gradient's global norm to this")
-    max_prompt_tokens: int | None = Field(
-        None,
-        gt=0,
-        description="longest chat prompt a rollout takes (verl: max_prompt_length); default and lower bound: "
-        "data.max_prompt_tokens, the longest prompt curation accepts",
-    )
-    max_response_tokens: int | None = Field(
-        None,
-        gt=0,
-        description="response budget of a rollout, in tokens; default: sampling.max_new_tokens, the budget the "
-        "semantic entropy was measured at",
-    )
-    rollout_batch_size: int | None = Field(
-        None,
-        gt=0,
-        description="local engine: prompts per generate call of a rollout (its sampling seeds are per call); "
-        "default: sampling.batch_size",
-    )
-    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
-    top_p: float = Field(1.0, gt=0, le=1, description="rollout nucleus sampling")
-    ref_kl_coef: float = Field(0.001, ge=0, description="reference KL loss weight (0 disables)")
-    ref_kl_kind: Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl"] = Field(
-        "low_var_kl", description="estimator of the reference KL (verl's kl_penalty names; low_var_kl is k3, clamped)"
-    )
-    entropy_coeff: float = Field(0.0, ge=0, description="weight of an entropy bonus (0 disables)")
-    norm_adv_by_std: bool = Field(True, description="GRPO: divide advantages by the group's reward std")
-    filter_groups: bool = Field(
-        False, description="leave groups whose G rewards are all equal out of the update (they carry no signal)"
-    )
-    train_samples: Literal["all", "positive"] = Field(
-        "all",
-        description="local engine: which responses carry the policy gradient: all (GRPO), or only those with a "
-        "positive advantage (positive sample reinforcement, arXiv 2506.01347: the collapse regime's positive control)",
-    )
-    correct_score: float = Field(1.0, description="reward of a right final answer")
-    reward_timeout_s: float = Field(
-        5.0, gt=0, description="grading budget of one response; undecided in time = wrong (counted as reward_undecided)"
-    )
-    incorrect_score: float = Field(-1.0, description="reward of a wrong or missing answer (paper: -1)")
-    old_logprobs: Literal["sampling", "recompute"] = Field(
-        "sampling",
-        description="local engine: the rollout's old log-probabilities from the sampler's own forward passes "
-        "(no extra pass; equal to a recomputation to float rounding) or from a separate no-grad pass",
-    )
-    compile: bool = Field(
-        False,
-        description="local engine: torch.compile the policy's training forward (dynamic shapes; a one-off compile "
-        "of about a minute; about 10 % faster a step for the toy model on CPU, see docs/engine-speed.md)",
-    )
-    shuffle: bool = Field(True, description="shuffle within a stage (False keeps SE order)")
-    save_every: int = Field(50, gt=0, description="steps between checkpoints (and one at the end of a stage)")
-    resume: Literal["auto", "never"] = Field(
-        "auto", description="auto: continue a stage from its newest checkpoint; never: start it again"
-    )
-    entropy_collapse_fraction: float = Field(0.5, gt=0, lt=1, description="warn below this share of start entropy")
-    val_every: int = Field(10, gt=0, description="validation frequency (verl test_freq)")
-
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, loss: str) -> str:
-        known = known_losses()
-        if loss not in known:
-            raise ValueError(f"unknown loss {loss!r}; known: {', '.join(sorted(known))}")
-        return loss
-
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"AdamW's betas must each be in [0, 1), got {list(betas)}")
-        return betas
-
-    @model_validator(mode="after")
-    def _batches_divide(self) -> TrainingConfig:
-        if self.train_batch_size % self.mini_batch_size:
-            raise ValueError("train_batch_size must be a multiple of mini_batch_size")
-        if self.train_samples != "all" and self.engine != "local":
-            raise ValueError(
-                f"train_samples={self.train_samples!r} is a local-engine setting; the verl engine trains all"
-            )
-        PolicyLossConfig(**self.policy_loss.model_dump())  # the loss's own range checks
-        return self
-
-
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     """The benchmarks a model is scored on, and how its responses are sampled."""
 
     benchmarks: list[str] = Field(
@@ -453,7 +226,7 @@ class EvaluationConfig(_Section):
         return self
 
 
-class ToyConfig(_Section):
+class ToyConfig(Section):
     """The toy world and its bootstrap model (`sent toy bootstrap`)."""
 
     seed: int = Field(0, description="seed of the generated problems and of the bootstrap's SFT")
@@ -476,7 +249,7 @@ class ToyConfig(_Section):
     eval_per_level: int = Field(100, gt=0, description="test problems per level for the accuracy report")
 
 
-class RayConfig(_Section):
+class RayConfig(Section):
     """Where and how wide a Ray Data pipeline runs (``sampling.executor: ray``). The pipeline is the
     same on a laptop and on a cluster: only the address and the resources change."""
 
@@ -502,7 +275,7 @@ class RayConfig(_Section):
     )
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     """MLflow lineage (`sent.tracking`)."""
 
     tracking_uri: str | None = Field(
@@ -549,7 +322,7 @@ re-staging by the trained model's SE does, and `sent_online` whether ordering ea
 online SE of the training rollouts does."""
 
 
-class AblationConfig(_Section):
+class AblationConfig(Section):
     """`sent ablate`: arms (named sets of overrides) x seeds, trained on one shared curation."""
 
     arms: dict[str, list[str]] = Field(
@@ -576,7 +349,7 @@ FOLLOWS: dict[tuple[str, str], tuple[str, str]] = {
 """Settings left out (None) that take another section's value: (section, key) -> its source."""
 
 
-class SentConfig(_Section):
+class SentConfig(Section):
     """A run's whole configuration, one section per phase (`sent.config_loading.load_config` reads it from YAML)."""
 
     seed: int = Field(0, description="the run's seed: sampling in curation and evaluation, and training by default")
@@ -659,4 +432,4 @@ def training_seed(cfg: SentConfig) -> int:
 
 def loss_config(cfg: SentConfig) -> PolicyLossConfig:
     """The `PolicyLossConfig` of a run's training section."""
-    return PolicyLossConfig(**cfg.training.policy_loss.model_dump())
+    return cfg.training.policy_loss

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sent.config import ConfigError, SentConfig
+from sent.config import SentConfig
+from sent.config_base import ConfigError
 from sent.redaction import redact_text
 
 

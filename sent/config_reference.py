@@ -92,7 +92,7 @@ def reference() -> str:
         out += ["| key | type | default | description |", "| --- | --- | --- | --- |"]
         for name, field in model.model_fields.items():
             kind = _kind(prefix + name, field.annotation, listed)
-            description = (field.description or "").replace("|", "\\|")
+            description = " ".join((field.description or "").split()).replace("|", "\\|")
             out.append(f"| `{prefix}{name}` | {kind} | {_default(field)} | {description} |")
         out.append("")
     return "\n".join([*out, END])

@@ -1,14 +1,18 @@
 """The coefficients of the policy losses (`sent.losses`), without torch.
 
-`PolicyLossConfig` is a plain dataclass so that a config can be loaded and checked
-(`sent.config`, the ``training.policy_loss`` section is generated from it) without importing
-torch: ``sent --help`` and a config check stay fast.
+`PolicyLossConfig` is a config section (`sent.config_base.Section`) declared here, away from
+torch, so that a config can be loaded and checked without importing it: ``sent --help`` and a
+config check stay fast. It is the ``training.policy_loss`` section itself, and the losses read
+it directly; each field's docstring is its description in the config reference.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+from pydantic import ConfigDict, model_validator
+
+from sent.config_base import Section
 
 BUILTIN_LOSSES = ("ppo_clip", "kl_cov", "clip_cov", "entropy_mask", "sent")
 """The losses `sent.losses` registers (checked against its registry by the tests), known here so
@@ -17,9 +21,10 @@ that a config can name-check ``training.loss`` without importing torch."""
 LossAggMode = Literal["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 
-@dataclass(frozen=True)
-class PolicyLossConfig:
+class PolicyLossConfig(Section):
     """Coefficients of every registered policy loss (each loss reads the fields it needs)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     loss_agg_mode: LossAggMode = "token-mean"
     """How token losses become a scalar (see `agg_loss`)."""
@@ -70,7 +75,8 @@ class PolicyLossConfig:
         high = self.clip_ratio_high if self.clip_ratio_high is not None else self.clip_ratio
         return low, high
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _in_range(self) -> PolicyLossConfig:
         for name in ("kl_cov_ratio", "clip_cov_ratio"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
@@ -84,3 +90,4 @@ class PolicyLossConfig:
         for name in ("clip_ratio", "ppo_kl_coef", "high_cov_coef", "low_cov_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        return self

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sent.cli import main
-from sent.config import ConfigError
+from sent.config_base import ConfigError
 from sent.config_loading import load_config
 from sent.curate import curate
 from sent.evaluation import EvaluationError, evaluate_responses, read_responses

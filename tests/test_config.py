@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sent.config import ConfigError, loss_config
+from sent.config import loss_config
+from sent.config_base import ConfigError
 from sent.config_loading import load_config
 from sent.losses import PolicyLossConfig
 

@@ -111,7 +111,7 @@ def test_credentials_in_a_config_are_refused_and_never_logged(tmp_path):
     """A config value with credentials would be stored verbatim in run.json, MLflow and Prefect's
     database: it is refused at load, without printing it. What reaches the tracker otherwise (tags,
     params, a link) has any URI's credentials masked, and the URI's own user is never printed."""
-    from sent.config import ConfigError
+    from sent.config_base import ConfigError
     from sent.config_loading import load_config
 
     secret = "https://alice:s3cr3t@mlflow.example.com"

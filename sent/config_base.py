@@ -1,0 +1,51 @@
+"""What every config section shares: frozen, no unknown keys, no NaN or infinity, no YAML
+boolean where a number is meant. Kept apart from the schema (`sent.config`) so that a section
+declared elsewhere (`sent.loss_config`, without torch) is checked the same way.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+from sent.errors import SentError
+
+
+class ConfigError(SentError, ValueError):
+    """A configuration file or override that does not validate; the message names file and key."""
+
+
+class Section(BaseModel):
+    """A config section: frozen, strict about keys, finite numbers only."""
+
+    # no NaN or infinity anywhere: lr=.inf or correct_score=.nan would only fail mid-run
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's ``true`` is not a number: ``sampling.n: true`` would otherwise be 1."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if bool not in member_types(annotation) and annotation is not Any:
+                raise ValueError(f"expected {type_name(annotation)}, got the boolean {str(value).lower()}")
+        return value
+
+
+def member_types(annotation: Any) -> set[Any]:
+    """The types an annotation admits (``int | None`` -> {int, None}; a ``Literal``'s values' types)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return {type(v) for v in typing.get_args(annotation)}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(member_types(a) for a in typing.get_args(annotation)))
+    return {origin or annotation}
+
+
+def type_name(annotation: Any) -> str:
+    """``int | None`` -> "int"; ``float | int`` -> "float or int"."""
+    names = sorted(getattr(t, "__name__", str(t)) for t in member_types(annotation) if t is not type(None))
+    return " or ".join(names) or "a value"
