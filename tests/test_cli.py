@@ -35,7 +35,7 @@ def test_prefect_errors_become_advice():
 # Every error a user can cause, with the built-in base it kept (so `except ValueError` still works).
 USER_ERRORS = [
     ("sent.ablation", "AblationError", ValueError),
-    ("sent.config", "ConfigError", ValueError),
+    ("sent.config_base", "ConfigError", ValueError),
     ("sent.problems", "CurationError", RuntimeError),
     ("sent.data_contract", "ContractError", ValueError),
     ("sent.engines.stage", "TrainingError", RuntimeError),

@@ -54,7 +54,8 @@ def train_stage(
             progress=progress,
             start_model=start,
         ).run()
-    from sent.engines.verl import plan_stage, run_stage
+    from sent.engines.verl import plan_stage
+    from sent.engines.verl_run import run_stage
 
     where = {"stage": stage, "curriculum_dir": curriculum_dir, "run_dir": run_dir, "start_model": start}
     plan = plan_stage(cfg, **where, mlflow=mlflow, max_steps=max_steps)

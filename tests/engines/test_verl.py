@@ -303,7 +303,8 @@ def test_the_merge_command_is_what_verls_model_merger_parses(tmp_path):
     from verl.model_merger.base_model_merger import generate_config_from_args, parse_args
 
     from sent.config_loading import load_config
-    from sent.engines.verl import merge_command, plan_stage
+    from sent.engines.verl import plan_stage
+    from sent.engines.verl_run import merge_command
 
     cfg = load_config(PRESETS[0])
     plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path, run_dir=tmp_path / "r", start_model="m")
@@ -322,7 +323,8 @@ def test_the_merge_command_is_what_verls_model_merger_parses(tmp_path):
 def test_the_launcher_streams_the_log_and_fails_with_its_tail(caplog):
     import logging
 
-    from sent.engines.verl import VerlEngineError, parse_step_metrics, stream
+    from sent.engines.verl import VerlEngineError
+    from sent.engines.verl_run import parse_step_metrics, stream
 
     lines = []
     script = "import sys\nfor i in range(300): print(f'line {i}')\n"
@@ -343,7 +345,8 @@ def test_the_tracking_credentials_reach_the_job_by_its_environment_only(tmp_path
     import logging
 
     from sent.config_loading import load_config
-    from sent.engines.verl import compose_verl_config, plan_stage, stream
+    from sent.engines.verl import compose_verl_config, plan_stage
+    from sent.engines.verl_run import stream
 
     cfg = load_config(ROOT / "configs" / "toy.yaml", ["training.engine=verl", "training.verl.device=cpu"])
     plan = plan_stage(
@@ -370,7 +373,7 @@ def test_a_stop_ends_the_job_once_it_has_written_a_checkpoint(tmp_path):
     import time
 
     from sent import interrupt
-    from sent.engines.verl import StopAtCheckpoint, stream
+    from sent.engines.verl_run import StopAtCheckpoint, stream
 
     marker = tmp_path / "latest_checkpointed_iteration.txt"
     script = textwrap.dedent(
@@ -412,7 +415,8 @@ def test_a_stage_smaller_than_one_batch_is_refused_before_verl_starts(curriculum
     # died with ZeroDivisionError after minutes of start-up. Refused at once, with what to change.
     import dataclasses
 
-    from sent.engines.verl import VerlEngineError, plan_stage, run_stage
+    from sent.engines.verl import VerlEngineError, plan_stage
+    from sent.engines.verl_run import run_stage
 
     cfg, out = curriculum
     plan = plan_stage(cfg, stage=1, curriculum_dir=out, run_dir=tmp_path / "run", start_model=cfg.model.path)
@@ -425,7 +429,7 @@ def test_a_stage_smaller_than_one_batch_is_refused_before_verl_starts(curriculum
 def test_the_step_history_keeps_a_killed_jobs_steps_and_the_resumed_runs_of_the_others(tmp_path):
     # a job killed after step 2's line (checkpoint at 1) and mid-line of step 3; the resumed job
     # repeats step 2 and logs 3: one line per step, the last run of each, in order
-    from sent.engines.verl import _drop_torn_tail, write_step_history
+    from sent.engines.verl_run import _drop_torn_tail, write_step_history
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1.0, "x": 1}\n{"step": 2.0, "x": 2}\n{"step": 3.0, "x"')

@@ -223,7 +223,7 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def _steps_logged(log: str) -> list[int]:
-    from sent.engines.verl import parse_step_metrics
+    from sent.engines.verl_run import parse_step_metrics
 
     return [p[0] for p in map(parse_step_metrics, log.splitlines()) if p is not None]
 
@@ -368,7 +368,8 @@ def test_fresh_retrains_a_finished_stage_on_a_ray_cluster_and_the_gradient_clip_
 
 def test_a_job_verl_refuses_fails_with_the_tail_of_verls_log(tiny_toy, tmp_path):
     # a key verl's config does not have: main_ppo's Hydra refuses it before Ray starts
-    from sent.engines.verl import VerlEngineError, plan_stage, run_stage
+    from sent.engines.verl import VerlEngineError, plan_stage
+    from sent.engines.verl_run import run_stage
 
     cfg = toy_config(
         tiny_toy,
