@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from sent import __version__
+from sent.cli_reports import curation_report, pipeline_report
 from sent.errors import SentError
+from sent.flow_calls import FlowRefused, prefect_environment, run_flow
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
@@ -53,33 +55,6 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     result = curate(_load(args), out=args.out, limit=args.limit)
     print(curation_report(result.manifest, result.out_dir, reused=result.reused))
     return 0
-
-
-def _number(value: float | None, fmt: str = ".3f") -> str:
-    """A manifest number (None where JSON has no NaN) for people."""
-    return "n/a" if value is None else format(value, fmt)
-
-
-def curation_report(m: dict, out_dir: Path, *, reused: bool) -> str:
-    """What a curation wrote: counts, each stage (an empty one said as such), the SE/difficulty correlation."""
-    stages = ", ".join(
-        f"stage {s['stage']}: {s['count']} problems, mean SE {_number(s['se_mean'])}"
-        if s["count"]
-        else f"stage {s['stage']}: empty"
-        for s in m["curriculum"]["stages"]
-    )
-    lines = [
-        f"curriculum {'reused' if reused else 'written'}: {out_dir}",
-        f"  {m['counts']['accepted']} accepted, {m['counts']['rejected']} rejected; {stages}",
-        f"  Pearson r(SE, 1 - pass rate) = {_number(m['curriculum']['pearson_r_se_vs_1_minus_pass_rate'])}",
-    ]
-    empty = m["curriculum"].get("empty_stages")
-    if empty:
-        lines.append(
-            f"  note: stage(s) {', '.join(map(str, empty))} received no problems (too few distinct SE values for "
-            f"{m['curriculum']['n_stages']} stages); training such a stage is refused"
-        )
-    return "\n".join(lines)
 
 
 def _cmd_toy_bootstrap(args: argparse.Namespace) -> int:
@@ -201,57 +176,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def prefect_environment() -> None:
-    """Defaults for Prefect in our processes (set before Prefect is imported; the user's values win):
-    our loggers reach the Prefect UI, and no telemetry (the ephemeral server's sqlite locks on it)."""
-    import os
-
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sent,tasks,flows")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Prefect's default of 20 s is not enough for the ephemeral server on a loaded 2-core machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-
-
-def prefect_unavailable(exc: BaseException) -> str | None:
-    """What to do when the Prefect API cannot be used (None for any other error)."""
-    text = str(exc)
-    if "Failed to reach API at" in text:
-        return (
-            f"{text.splitlines()[0]}: start the server (`prefect server start`) or point PREFECT_API_URL at a "
-            "running one; unset PREFECT_API_URL to run against a temporary local server"
-        )
-    if "ephemeral Prefect API server" in text:
-        return (
-            "the temporary local Prefect server did not start in time (a loaded machine?): start one with "
-            "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api, or allow it longer with "
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-        )
-    return None
-
-
-class _FlowRefused(Exception):
-    """A Prefect API that cannot be used; its message is the advice to print."""
-
-    exit_code = 2
-
-
-def _run_flow(flow, **params):
-    """Call a Prefect flow; a Prefect API that cannot be used becomes `_FlowRefused` with the advice
-    to print (a step the flow cannot run raises its own `SentError`)."""
-    from sent.prefect_server import guard_temporary_server
-
-    try:
-        guard_temporary_server()  # a kill -9 of this process stops Prefect's temporary server too
-        return flow(**params)
-    except RuntimeError as exc:
-        if isinstance(exc, SentError):
-            raise
-        advice = prefect_unavailable(exc)
-        if advice is None:
-            raise
-        raise _FlowRefused(advice) from None
-
-
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from sent.tracking import check_reachable, resolve_tracking_uri
 
@@ -262,7 +186,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
-    record = _run_flow(
+    record = run_flow(
         sent_pipeline,
         config=args.config,
         overrides=args.overrides,
@@ -313,7 +237,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     out = args.out or str(Path("data") / "runs" / f"ablation-{Path(args.config).stem}")
     print(f"ablation: {len(plan.arms)} arms x {len(plan.seeds)} seeds = {len(plan.runs)} runs into {out}")
-    summary = _run_flow(
+    summary = run_flow(
         sent_ablation,
         config=args.config,
         arms=[a.name for a in plan.arms],
@@ -329,34 +253,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if summary.get("missing"):
         print(f"not finished: {', '.join(summary['missing'])}")
     return 0
-
-
-def pipeline_report(record: dict) -> str:
-    """Where a finished pipeline run's results are, and how to look at them."""
-    run_dir = Path(record["run_dir"])
-    lines = [f"\npipeline run {record['status']}: {run_dir}"]
-    for step, a in record["artefacts"].items():
-        lines.append(f"  {step:10s} {a['path']}")
-    for name, title in (("eval-base", "starting model"), ("eval-final", "trained model")):
-        table = run_dir / name / "results.md"
-        if table.is_file():
-            lines += [f"\n{title} ({table}):", table.read_text(encoding="utf-8").rstrip()]
-    comparison = run_dir / "comparison.md"
-    if comparison.is_file():
-        lines += [f"\n{comparison.read_text(encoding='utf-8').rstrip()}"]
-    timing = record.get("timing")
-    if timing:
-        lines.append(
-            f"\ntime: {timing['wall_s']:.1f} s in the flow, of which {timing['compute_s']:.1f} s in the steps' "
-            f"own work and {timing['orchestration_and_tracking_s']:.1f} s in orchestration and tracking"
-        )
-    ml = record["mlflow"]
-    lines += [
-        f"\nMLflow: parent run {ml['run_id']} in {ml['tracking_uri']}",
-        f"  open the UI: .venv/bin/mlflow ui --backend-store-uri {ml['tracking_uri']}  (then http://127.0.0.1:5000)",
-        "Prefect: .venv/bin/prefect server start  (then http://127.0.0.1:4200; local flow runs are listed there)",
-    ]
-    return "\n".join(lines)
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -489,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with handle_signals():
             return args.func(args)
-    except (SentError, _FlowRefused) as exc:
+    except (SentError, FlowRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Interrupted as exc:

@@ -32,7 +32,7 @@ _watchdog: subprocess.Popen | None = None  # kept for this process's life: its s
 def guard_temporary_server() -> int | None:
     """Start Prefect's temporary server now, watched; the server's PID, or None when Prefect uses
     a configured server (``PREFECT_API_URL``) or none. Raises Prefect's RuntimeError when the
-    server does not start in time (`sent.cli.prefect_unavailable` turns it into advice)."""
+    server does not start in time (`sent.flow_calls.prefect_unavailable` turns it into advice)."""
     global _watchdog
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 

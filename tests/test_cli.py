@@ -23,7 +23,7 @@ def test_se(capsys):
 
 
 def test_prefect_errors_become_advice():
-    from sent.cli import prefect_unavailable
+    from sent.flow_calls import prefect_unavailable
 
     unreachable = RuntimeError("Failed to reach API at http://127.0.0.1:9/api/")
     assert "prefect server start" in prefect_unavailable(unreachable)
