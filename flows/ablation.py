@@ -17,7 +17,7 @@ from sent.ablation import AblationPlan, ArmRun, plan_ablation
 from sent.interrupt import Interrupted, check, handle_signals
 from sent.locks import exclusive
 from tasks.ablation import ablation_report, close_arm_run, end_arm_run, open_ablation, open_arm_run, restage_step
-from tasks.common import Artefact, RunContext
+from tasks.context import Artefact, RunContext, show_library_logs
 from tasks.curate import curate_step
 from tasks.evaluate import evaluate_step
 from tasks.rescore import rescore_step
@@ -29,6 +29,7 @@ from tasks.train import train_step
 def run_arm(base: RunContext, run: ArmRun, curation: Artefact) -> dict[str, Any]:
     """One arm x seed: its curriculum, every stage from the one before (re-staged between stages
     with ``curriculum.mode: rescored``), the evaluation."""
+    show_library_logs()  # also in a worker process of its own
     ctx = open_arm_run(base, run)
     try:
         cfg = ctx.load()
@@ -58,6 +59,7 @@ def run_ablation(plan: AblationPlan, out: str, parallel: int = 1) -> dict[str, A
     its own when more than one), then the report, also for the runs that finished before a failure."""
     root = str(Path.cwd())
     quiet_expected_stops()
+    show_library_logs()
     with handle_signals(), exclusive(Path(out), "ablation"):  # a second ablation on it is refused at once
         base = open_ablation(plan, out, root)
         finished: list[dict[str, Any]] = []

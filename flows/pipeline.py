@@ -12,7 +12,7 @@ from prefect import flow
 from sent.interrupt import Interrupted, check, handle_signals
 from sent.locks import exclusive
 from sent.steps import Step, curriculum_step, last_trained
-from tasks.common import Artefact, RunContext
+from tasks.context import Artefact, RunContext, show_library_logs
 from tasks.curate import curate_step
 from tasks.evaluate import evaluate_step
 from tasks.record import default_run_dir
@@ -68,6 +68,7 @@ def run_steps(
     """Open the run, compose the steps, close the run (failed, with the step's error, if one raises).
     The run directory is locked first: a second pipeline on it is refused before it writes anything."""
     quiet_expected_stops()
+    show_library_logs()
     out = Path(run_dir).resolve() if run_dir else default_run_dir(Path.cwd())
     # SIGTERM/SIGINT: stop at the next safe point, then close the run below
     with handle_signals(), exclusive(out, "pipeline run"):

@@ -6,7 +6,7 @@ here reads what the run would read and says ``ok``, ``warn`` (the run can go on,
 ``fail`` with the fix. Nothing is downloaded, sampled or written.
 
 The checks sit at the CLI's level: the GPU count a phase needs is the one its Prefect task holds
-(`tasks.common.gpu_slots`), imported when the check runs.
+(`tasks.gpu.gpu_slots`), imported when the check runs.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def check_packages(cfg: SentConfig, version: Callable[[str], str | None] = _vers
 
 def gpus_needed(cfg: SentConfig) -> tuple[int, str]:
     """The most GPUs one phase of the config holds on one machine, and that phase."""
-    from tasks.common import gpu_slots
+    from tasks.gpu import gpu_slots
 
     # counted as the config asks, not as this machine would resolve it: model.device: cuda on a
     # machine without CUDA is a GPU the run needs (and gpu_slots would refuse the device)
@@ -205,7 +205,7 @@ def check_gpus(cfg: SentConfig, available: int | None = None) -> Finding:
 
 def check_gpu_limit(cfg: SentConfig, read_limit: Callable[[], int | None] | None = None) -> Finding:
     """With a Prefect server, its ``gpu`` concurrency limit exists and holds the largest phase."""
-    from tasks.common import GPU_LIMIT, gpu_limit, server_configured
+    from tasks.gpu import GPU_LIMIT, gpu_limit, server_configured
 
     need, phase = gpus_needed(cfg)
     if read_limit is None:

@@ -23,7 +23,10 @@ from sent.ablation import AblationPlan, ArmRun
 from sent.ablation_report import RunOutcome, summarise, token_shares, write_report
 from sent.lineage import code_version, digest_of
 from sent.steps import default_steps
-from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, level_groups, produced
+from tasks.cache import cache_on
+from tasks.context import Artefact, RunContext, produced
+from tasks.reports import level_groups
+from tasks.retries import IO_RETRY_OPTIONS
 
 logger = logging.getLogger(__name__)
 PLAN = "plan.json"

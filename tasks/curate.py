@@ -9,16 +9,11 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from sent.lineage import code_version, digest_of, path_digest
-from tasks.common import (
-    IO_RETRY_OPTIONS,
-    Artefact,
-    RunContext,
-    cache_on,
-    child_run,
-    gpu_slot,
-    log_curriculum_stage,
-    produced,
-)
+from tasks.cache import cache_on
+from tasks.context import Artefact, RunContext, produced
+from tasks.gpu import gpu_slot
+from tasks.mlflow_runs import child_run, log_curriculum_stage
+from tasks.retries import IO_RETRY_OPTIONS
 
 
 def _out_dir(ctx: RunContext) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 from sent.data_contract import write_json
 from sent.redaction import redact
 from sent.steps import StepError
-from tasks.common import Artefact, RunContext
+from tasks.context import Artefact, RunContext
 
 RECORD = "run.json"
 

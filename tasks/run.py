@@ -27,7 +27,7 @@ from sent.lineage import code_version
 from sent.redaction import redact_text, redact_uri
 from sent.steps import StepError, depends_on, plan_steps, reused_inputs
 from sent.tracking import Tracker, lineage_tags, resolve_tracking_uri
-from tasks.common import Artefact, RunContext
+from tasks.context import Artefact, RunContext
 from tasks.record import RECORD, default_run_dir, read_record, recorded_artefacts, write_record
 from tasks.reports import COMPARISON, compare_with_start, eval_summary, plots
 

@@ -7,7 +7,9 @@ import time
 from prefect import task
 
 from sent.lineage import code_version, digest_of
-from tasks.common import IO_RETRY_OPTIONS, Artefact, RunContext, cache_on, produced
+from tasks.cache import cache_on
+from tasks.context import Artefact, RunContext, produced
+from tasks.retries import IO_RETRY_OPTIONS
 
 
 def _key(inputs: dict) -> str:

@@ -51,7 +51,7 @@ USER_ERRORS = [
     ("sent.sampling.pieces", "RayExecutorError", RuntimeError),
     ("sent.steps", "StepError", RuntimeError),
     ("sent.tracking", "TrackingError", RuntimeError),
-    ("tasks.common", "GpuLimitError", RuntimeError),
+    ("tasks.gpu", "GpuLimitError", RuntimeError),
 ]
 
 

@@ -56,7 +56,7 @@ def test_steps_sort_in_the_order_they_run():
 
 
 def art(step, path="/nonexistent", kind="model"):
-    from tasks.common import Artefact
+    from tasks.context import Artefact
 
     return Artefact(kind=kind, step=step, path=path, digest="name:x")
 

@@ -19,13 +19,14 @@ def cfg():
 
 
 def art(step, path="/nonexistent", kind="model"):
-    from tasks.common import Artefact
+    from tasks.context import Artefact
 
     return Artefact(kind=kind, step=step, path=path, digest="name:x")
 
 
 def test_artefacts_know_when_their_files_changed(tmp_path):
-    from tasks.common import Artefact, StepError
+    from sent.steps import StepError
+    from tasks.context import Artefact
 
     model = tmp_path / "model"
     model.mkdir()
@@ -77,7 +78,7 @@ def test_directory_digests_hash_small_files_and_fingerprint_large_ones(tmp_path)
     ],
 )
 def test_only_transient_io_is_retried(exc, transient):
-    from tasks.common import is_transient_io
+    from tasks.retries import is_transient_io
 
     assert is_transient_io(exc) is transient
 
@@ -93,7 +94,7 @@ def harness():
 def test_prefect_retries_io_failures_and_not_the_others(harness):
     from prefect import flow, task
 
-    from tasks.common import IO_RETRY_OPTIONS
+    from tasks.retries import IO_RETRY_OPTIONS
 
     calls = {"io": 0, "bad": 0}
 
@@ -119,7 +120,7 @@ def test_prefect_retries_io_failures_and_not_the_others(harness):
 
 
 def test_sampling_on_ray_holds_a_gpu_slot_per_gpu_of_its_pipeline(cfg):
-    from tasks.common import gpu_slots
+    from tasks.gpu import gpu_slots
 
     def with_(**sections):
         return cfg.model_copy(update={k: getattr(cfg, k).model_copy(update=v) for k, v in sections.items()})
@@ -142,7 +143,7 @@ def test_gpu_work_holds_a_slot_of_the_gpu_limit(harness, cfg):
     from prefect import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 
-    from tasks.common import GPU_LIMIT, GpuLimitError, gpu_slot, uses_gpu
+    from tasks.gpu import GPU_LIMIT, GpuLimitError, gpu_slot, uses_gpu
 
     with gpu_slot(cfg, "train") as held:
         assert held is False  # the toy config is CPU work: no slot taken, no limit needed
@@ -176,7 +177,7 @@ def test_gpu_work_holds_a_slot_of_the_gpu_limit(harness, cfg):
 def test_cache_keys_depend_on_where_outputs_go(tmp_path, monkeypatch):
     """Two checkouts with the same config must not share a cached bootstrap or curation: configs use
     relative paths, and a cached result pointing into the other checkout would be wrong here."""
-    from tasks.common import RunContext
+    from tasks.context import RunContext
     from tasks.curate import _key as curate_key
     from tasks.toy import _key as bootstrap_key
 
@@ -203,7 +204,7 @@ def test_a_training_stage_is_keyed_on_its_rollout_batches(tmp_path):
     """The hf sampler seeds each generate call, so a stage's rollouts depend on how many prompts a
     call takes (``training.rollout_batch_size``, following ``sampling.batch_size``): a change of
     either must miss the cache and train the stage again; curation-only sampling keys must not."""
-    from tasks.common import Artefact, RunContext
+    from tasks.context import Artefact, RunContext
     from tasks.train import _key as train_key
 
     (tmp_path / "c").mkdir()
