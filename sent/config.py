@@ -127,7 +127,9 @@ class SemanticConfig(Section):
         description="math: symbolic equivalence of final answers (math-verify); exact: the same normal form; "
         "embedding: cosine similarity of sentence embeddings above embedding_threshold",
     )
-    judge_timeout: float = Field(
+    RENAMED = {"judge_timeout": "judge_timeout_s"}
+
+    judge_timeout_s: float = Field(
         5.0, gt=0, description="seconds for one comparison, and for grading one response against its reference"
     )
     problem_budget_s: float = Field(
@@ -416,7 +418,8 @@ class SentConfig(Section):
 
     def section_dump(self, name: str) -> dict[str, Any]:
         """One section as JSON, without the keys that do not change what the work makes."""
-        return getattr(self, name).model_dump(mode="json", exclude=NOT_IN_OUTPUT.get(name))
+        section: Section = getattr(self, name)
+        return section.digest_dump(exclude=NOT_IN_OUTPUT.get(name))
 
     def section_digest(self, *names: str) -> str:
         """Content digest of some sections (cache keys, run directories), without the keys that do

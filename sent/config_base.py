@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any, Literal
+import warnings
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 from sent.errors import SentError
 
@@ -23,6 +24,32 @@ class Section(BaseModel):
 
     # no NaN or infinity anywhere: lr=.inf or correct_score=.nan would only fail mid-run
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    RENAMED: ClassVar[dict[str, str]] = {}
+    """Old key -> its new name. The old one is still read, with a warning; cache keys keep the
+    old name (`digest_dump`), so a rename recomputes nothing."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if not cls.RENAMED or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in cls.RENAMED.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"{old!r} is the old name of {new!r}: give only {new!r}")
+                warnings.warn(f"config key {old!r} is now {new!r}; the old name will go", FutureWarning, stacklevel=2)
+                data[new] = data.pop(old)
+        return data
+
+    def digest_dump(self, exclude: set[str] | None = None) -> dict[str, Any]:
+        """The section as JSON for a cache key: renamed keys under their old names."""
+        dump = self.model_dump(mode="json", exclude=exclude)
+        for old, new in self.RENAMED.items():
+            if new in dump:
+                dump[old] = dump.pop(new)
+        return dump
 
     @field_validator("*", mode="before")
     @classmethod

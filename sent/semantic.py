@@ -67,7 +67,7 @@ def configured_judge(sem: SemanticConfig) -> Judge:
     if sem.judge == "embedding":
         return get_judge("embedding", model=sem.embedding_model, threshold=sem.embedding_threshold)
     if sem.judge == "math":
-        return get_judge("math", timeout=sem.judge_timeout)
+        return get_judge("math", timeout=sem.judge_timeout_s)
     return get_judge(sem.judge)
 
 

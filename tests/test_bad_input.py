@@ -227,7 +227,7 @@ def nan_reward(tiny_toy, tmp_path, capsys):
 
 
 def infinite_judge_timeout(tiny_toy, tmp_path, capsys):
-    return _config_error(capsys, "semantic.judge_timeout=.inf")
+    return _config_error(capsys, "semantic.judge_timeout_s=.inf")
 
 
 def override_with_a_python_tag(tiny_toy, tmp_path, capsys):
@@ -422,8 +422,8 @@ CASES = {
     "  training.lr: Input should be a finite number",
     nan_reward: "error: invalid configuration in <file> with ['training.correct_score=.nan']:\n"
     "  training.correct_score: Input should be a finite number",
-    infinite_judge_timeout: "error: invalid configuration in <file> with ['semantic.judge_timeout=.inf']:\n"
-    "  semantic.judge_timeout: Input should be a finite number",
+    infinite_judge_timeout: "error: invalid configuration in <file> with ['semantic.judge_timeout_s=.inf']:\n"
+    "  semantic.judge_timeout_s: Input should be a finite number",
     override_with_a_python_tag: "error: override 'seed=!!python/object/apply:os.system [echo hi]': the value is "
     "not valid YAML (could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system')",
     override_cut_short: "error: override 'seed=[1,': the value is not valid YAML "

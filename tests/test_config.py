@@ -86,6 +86,20 @@ def test_loss_ranges_are_checked_through_the_loss_config(tmp_path):
         load_config(p)
 
 
+def test_an_old_key_name_is_read_with_a_warning_and_keeps_the_cache_key(tmp_path):
+    new = load_config(write(tmp_path, BASE + "semantic: {judge_timeout_s: 7}\n"))
+    with pytest.warns(FutureWarning, match="'judge_timeout' is now 'judge_timeout_s'"):
+        old = load_config(write(tmp_path, BASE + "semantic: {judge_timeout: 7}\n"))
+    assert old.semantic.judge_timeout_s == new.semantic.judge_timeout_s == 7.0
+    # the digest keeps the old name: a curation cached before the rename is still found
+    assert old.section_digest("semantic") == new.section_digest("semantic")
+    assert "judge_timeout" in new.section_dump("semantic") and "judge_timeout_s" not in new.section_dump("semantic")
+    other = load_config(write(tmp_path, BASE + "semantic: {judge_timeout_s: 8}\n"))
+    assert other.section_digest("semantic") != new.section_digest("semantic")
+    with pytest.raises(ConfigError, match="'judge_timeout' is the old name of 'judge_timeout_s'"):
+        load_config(write(tmp_path, BASE + "semantic: {judge_timeout: 7, judge_timeout_s: 7}\n"))
+
+
 def test_missing_file_and_missing_section(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")

@@ -65,7 +65,7 @@ def grade_chunk(cfg: SentConfig, problems: Sequence[Problem], outs: list[list[Co
         if found.undecided:
             logger.warning("%s: %d answer comparisons undecided within the problem's budget", p.id, found.undecided)
         for k, (c, a, cid) in enumerate(zip(completions, answers, found.ids, strict=True)):
-            verdict = grade_answer(a, p.answer, timeout=cfg.semantic.judge_timeout)
+            verdict = grade_answer(a, p.answer, timeout=cfg.semantic.judge_timeout_s)
             rows.append(
                 {
                     "index": p.index,
