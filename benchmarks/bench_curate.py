@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from sent.config_loading import load_config  # noqa: E402
 from sent.curate import curate  # noqa: E402
 from sent.sampling import Completion  # noqa: E402
+from sent.sampling.base import Settings  # noqa: E402
 from sent.staging import write_stages  # noqa: E402
 
 N = 8
@@ -44,7 +45,7 @@ class CannedSampler:
         self.answers = answers
         self.seconds = 0.0
 
-    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed, logprobs=True, start=0):
+    def generate(self, prompts, settings: Settings, *, seed: int, start: int = 0) -> list[list[Completion]]:
         t0 = time.perf_counter()
         rng = random.Random(seed)
         out = []
@@ -58,7 +59,7 @@ class CannedSampler:
                 str(answer + rng.randint(1, 9)),
             ]
             completions = []
-            for _ in range(n):
+            for _ in range(settings.n):
                 if rng.random() < 0.1:
                     text = "I am not sure how to finish this"
                 else:
@@ -131,9 +132,9 @@ def bench_sampler() -> None:
 
     sampler = HFSampler(model_path=cfg.model.path, device="cpu", dtype="float32", batch_size=128, progress=False)
     prompts = [cfg.prompt.messages(f"Compute {a}+{b}-{a}.") for a in range(10, 26) for b in range(8)]
-    sampler.generate(prompts[:8], n=2, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0)  # warm-up
+    sampler.generate(prompts[:8], Settings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=64), seed=0)  # warm-up
     t0 = time.perf_counter()
-    out = sampler.generate(prompts, n=N, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=1)
+    out = sampler.generate(prompts, Settings(n=N, temperature=1.0, top_p=1.0, max_new_tokens=64), seed=1)
     seconds = time.perf_counter() - t0
     tokens = sum(c.n_tokens for cs in out for c in cs)
     print(

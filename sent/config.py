@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -127,7 +127,7 @@ class SemanticConfig(Section):
         description="math: symbolic equivalence of final answers (math-verify); exact: the same normal form; "
         "embedding: cosine similarity of sentence embeddings above embedding_threshold",
     )
-    RENAMED = {"judge_timeout": "judge_timeout_s"}
+    RENAMED: ClassVar[dict[str, str]] = {"judge_timeout": "judge_timeout_s"}
 
     judge_timeout_s: float = Field(
         5.0, gt=0, description="seconds for one comparison, and for grading one response against its reference"

@@ -25,7 +25,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +334,7 @@ def _sample_stoppably(sampler, prompts: list, settings: Settings, seed: int, nam
         interrupt.check(
             f"while evaluating {name} (an evaluation writes nothing until it ends: a rerun starts it again)"
         )
-        outs += sampler.generate(prompts[lo : lo + step], seed=seed, start=lo, **asdict(settings))
+        outs += sampler.generate(prompts[lo : lo + step], settings, seed=seed, start=lo)
     return outs
 
 

@@ -188,7 +188,6 @@ def test_an_evaluation_sampled_batch_by_batch_is_the_one_sampled_whole_and_stops
     batch, not after the whole benchmark): its samples are those of the job sampled at once, and
     a stop requested during the first batch ends the evaluation before the second, writing nothing."""
     import signal
-    from dataclasses import asdict
 
     from sent import interrupt
     from sent.config import ModelConfig
@@ -200,7 +199,7 @@ def test_an_evaluation_sampled_batch_by_batch_is_the_one_sampled_whole_and_stops
     problems = read_jsonl(tiny_toy.test_path)[:20]
     prompts = [cfg.prompt.messages(p["problem"]) for p in problems]
     settings = Settings(2, cfg.evaluation.temperature, cfg.evaluation.top_p, 16, logprobs=False)
-    whole = sampler.generate(prompts, seed=3, **asdict(settings))
+    whole = sampler.generate(prompts, settings, seed=3)
     calls = []
 
     class Counting:  # the real sampler, counting its calls

@@ -82,7 +82,7 @@ from sent.losses import (
 from sent.models import load_model, load_tokenizer
 from sent.online_se import HISTORY_FILE, OnlineOrder, score_group
 from sent.rewards import warm_up_verifier
-from sent.sampling.base import derived_seed
+from sent.sampling.base import Settings, derived_seed
 from sent.sampling.hf import HFSampler
 from sent.semantic import configured_judge
 
@@ -169,6 +169,13 @@ class LocalEngine:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # constant (paper)
         warm_up_verifier()
+        self.rollout = Settings(
+            n=self.training.group_size,
+            temperature=self.training.temperature,
+            top_p=self.training.top_p,
+            max_new_tokens=self.training.max_response_tokens,
+            logprobs=self.training.old_logprobs == "sampling",  # the old log-probs come from the sampler
+        )
         self.sampler = HFSampler(
             self.policy, self.tokenizer, batch_size=self.training.rollout_batch_size, progress=False
         )
@@ -290,12 +297,8 @@ class LocalEngine:
         with clock("generate"):
             outs = self.sampler.generate(
                 [[dict(m) for m in r["prompt"]] for r in rows],
-                n=training.group_size,
-                temperature=training.temperature,
-                top_p=training.top_p,
-                max_new_tokens=training.max_response_tokens,
+                self.rollout,
                 seed=derived_seed(training_seed(self.cfg), self.step),
-                logprobs=reuse,
             )
         with clock("scoring"):
             scores = score_rollout(rows, outs, training)

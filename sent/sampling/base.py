@@ -35,8 +35,9 @@ class Completion:
 
 @dataclass(frozen=True)
 class Settings:
-    """How a job samples: N, temperature, top-p, the response budget, log-probabilities or not
-    (`Sampler.generate`'s keywords besides the seed and start)."""
+    """How a job samples: N, temperature, top-p, the response budget, log-probabilities or not.
+    Written once per job (curation, a training rollout, an evaluation) and handed to
+    `Sampler.generate` whole."""
 
     n: int
     temperature: float
@@ -47,19 +48,12 @@ class Settings:
 
 class Sampler(Protocol):
     def generate(
-        self,
-        prompts: Sequence[Messages],
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int,
-        logprobs: bool = True,
-        start: int = 0,
+        self, prompts: Sequence[Messages], settings: Settings, *, seed: int, start: int = 0
     ) -> list[list[Completion]]:
-        """``n`` completions of each chat prompt, in prompt order. Deterministic in ``seed``.
-        With ``logprobs=False`` no log-probability is computed (``Completion.logprob`` is NaN).
+        """``settings.n`` completions of each chat prompt, in prompt order. Deterministic in
+        ``seed``. With ``settings.logprobs`` False no log-probability is computed
+        (``Completion.logprob`` is NaN). Both backends stop a response at the tokenizer's EOS and
+        at the model's generation config's EOS ids (an instruct model's end of turn).
 
         ``start`` is the position of the first prompt in a longer job cut into pieces: a piece
         sampled with the job's seed and its ``start`` comes out as the same rows of the whole job

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
 
 import pyarrow as pa
 
@@ -45,9 +44,7 @@ def curation_settings(cfg: SentConfig) -> Settings:
 def generate_chunk(cfg: SentConfig, problems: Sequence[Problem], sampler, chunk_index: int) -> list[list[Completion]]:
     """The N completions of each problem of a chunk, seeded by `chunk_seed`."""
     return sampler.generate(
-        [cfg.prompt.messages(p.problem) for p in problems],
-        seed=chunk_seed(cfg, chunk_index),
-        **asdict(curation_settings(cfg)),
+        [cfg.prompt.messages(p.problem) for p in problems], curation_settings(cfg), seed=chunk_seed(cfg, chunk_index)
     )
 
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from sent.chat import render_prompts
 from sent.models import load_model, load_tokenizer
-from sent.sampling.base import Completion, Messages, derived_seed
+from sent.sampling.base import Completion, Messages, Settings, derived_seed
 from sent.sampling.decode import Decoded, decode, supports_decode_loop
 
 DECODERS = ("loop", "generate")
@@ -111,16 +111,7 @@ class HFSampler:
 
     @torch.no_grad()
     def generate(
-        self,
-        prompts: Sequence[Messages],
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int,
-        logprobs: bool = True,
-        start: int = 0,
+        self, prompts: Sequence[Messages], settings: Settings, *, seed: int, start: int = 0
     ) -> list[list[Completion]]:
         if start % self.batch_size:
             raise ValueError(
@@ -128,6 +119,9 @@ class HFSampler:
                 "whole batches, so a piece of a job must begin on one"
             )
         first_batch = start // self.batch_size
+        n = settings.n
+        how = {"n": n, "temperature": settings.temperature, "top_p": settings.top_p}
+        how["max_new_tokens"] = settings.max_new_tokens
 
         tok, model = self.tokenizer, self.model
         eos_ids = stop_token_ids(model, tok)
@@ -142,20 +136,19 @@ class HFSampler:
         for b, lo in enumerate(tqdm(batches, desc="sampling", unit="batch", disable=not self.progress)):
             batch_ids = prompt_ids[lo : lo + self.batch_size]
             batch_seed = derived_seed(seed, first_batch + b)
-            settings = {"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
             if loop:
                 generator = torch.Generator(device=device).manual_seed(batch_seed)
                 decoded = decode(
                     model,
                     batch_ids,
-                    **settings,
+                    **how,
                     eos_ids=eos_ids,
                     pad_id=tok.pad_token_id,
                     generator=generator,
-                    logprobs=logprobs,
+                    logprobs=settings.logprobs,
                 )
             else:
-                decoded = self._generate(batch_ids, batch_seed, eos_ids, logprobs, **settings)
+                decoded = self._generate(batch_ids, batch_seed, eos_ids, settings.logprobs, **how)
             for row, ids in enumerate(decoded.tokens):
                 stopped = bool(ids) and ids[-1] in eos_ids
                 text = tok.decode(ids[:-1] if stopped else ids, skip_special_tokens=True)

@@ -92,9 +92,7 @@ class PieceSampler:
         out: dict[str, list] = {"key": [], "completions": []}
         for key, text in zip(batch["key"], batch["piece"], strict=True):
             piece = json.loads(text)
-            groups = self.sampler.generate(
-                piece["prompts"], seed=piece["seed"], start=piece["start"], **asdict(self.settings)
-            )
+            groups = self.sampler.generate(piece["prompts"], self.settings, seed=piece["seed"], start=piece["start"])
             out["key"].append(str(key))
             out["completions"].append(encode_completions(groups))
         return out

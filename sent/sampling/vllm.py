@@ -62,21 +62,11 @@ class VLLMSampler:
         self.llm, self.params_cls, self.progress = llm, sampling_params_cls, progress
 
     def generate(
-        self,
-        prompts: Sequence[Messages],
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int,
-        logprobs: bool = True,
-        start: int = 0,
+        self, prompts: Sequence[Messages], settings: Settings, *, seed: int, start: int = 0
     ) -> list[list[Completion]]:
         tok = self.llm.get_tokenizer()
         texts = render_prompts(tok, prompts)
-        settings = Settings(n, temperature, top_p, max_new_tokens, logprobs)
-        requests = [(i, k) for i in range(len(texts)) for k in range(n)]
+        requests = [(i, k) for i in range(len(texts)) for k in range(settings.n)]
         params = [self.params_cls(**request_params(settings, seed, start + i, k)) for i, k in requests]
         outputs = self.llm.generate([texts[i] for i, _ in requests], params, use_tqdm=self.progress)
         results: list[list[Completion]] = [[] for _ in texts]

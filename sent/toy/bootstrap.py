@@ -142,17 +142,12 @@ def supervised_finetune(model, tokenizer, problems, prompt: PromptConfig, cfg: T
 def accuracy_by_level(model, tokenizer, problems: list[ToyProblem], prompt: PromptConfig) -> dict[str, float]:
     """Greedy accuracy per level, graded by `sent.rewards.grade`."""
     from sent.rewards import grade
+    from sent.sampling.base import Settings
     from sent.sampling.hf import HFSampler
 
     sampler = HFSampler(model, tokenizer, batch_size=256, progress=False)
-    outs = sampler.generate(
-        [prompt.messages(p.problem) for p in problems],
-        n=1,
-        temperature=0.0,
-        top_p=1.0,
-        max_new_tokens=64,
-        seed=0,
-    )
+    greedy = Settings(n=1, temperature=0.0, top_p=1.0, max_new_tokens=64)
+    outs = sampler.generate([prompt.messages(p.problem) for p in problems], greedy, seed=0)
     by_level: dict[int, list[bool]] = {}
     for p, completions in zip(problems, outs, strict=True):
         by_level.setdefault(p.level, []).append(grade(completions[0].text, p.answer))

@@ -19,6 +19,7 @@ from sent.curate import curate
 from sent.engines.dispatch import train_stage
 from sent.engines.local import LocalEngine, TrainingError
 from sent.engines.step_metrics import is_timing
+from sent.sampling.base import Settings
 
 from sent_testing import ROOT, toy_config
 
@@ -114,12 +115,10 @@ def plain_grpo_steps(cfg, curriculum, n_steps):
         prompts = [[dict(m) for m in r["prompt"]] for r in rows]
         outs = sampler.generate(
             prompts,
-            n=group,
-            temperature=t.temperature,
-            top_p=t.top_p,
-            max_new_tokens=t.max_response_tokens,
+            Settings(
+                n=group, temperature=t.temperature, top_p=t.top_p, max_new_tokens=t.max_response_tokens, logprobs=False
+            ),
             seed=cfg.seed * 1_000_003 + step,
-            logprobs=False,
         )
         prompt_ids = tok(sampler.prompt_texts(prompts), add_special_tokens=False)["input_ids"]
         seqs = [(prompt_ids[g], list(c.token_ids)) for g, cs in enumerate(outs) for c in cs]

@@ -14,6 +14,7 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 
 from sent.models import load_model, load_tokenizer, token_logprobs
+from sent.sampling.base import Settings
 from sent.sampling.decode import sample_tokens, supports_decode_loop
 from sent.sampling.hf import HFSampler
 
@@ -51,7 +52,7 @@ def test_first_tokens_follow_the_models_distribution(model_and_tok, temperature,
     expected = expected / expected.sum()
     n = 3000
     for name, sampler in _samplers(model, tok, batch_size=1).items():
-        out = sampler.generate([PROMPT], n=n, temperature=temperature, top_p=top_p, max_new_tokens=1, seed=3)
+        out = sampler.generate([PROMPT], Settings(n=n, temperature=temperature, top_p=top_p, max_new_tokens=1), seed=3)
         counts = Counter(c.token_ids[0] for c in out[0])
         assert set(counts) <= set(nucleus.nonzero().squeeze(-1).tolist()), name  # nothing outside the nucleus
         # categories with an expected count >= 5 (chi-square's rule), the rest pooled
@@ -84,7 +85,7 @@ def test_whole_responses_come_from_the_same_distribution_as_generates(model_and_
     features = {"first three tokens": lambda c: c.token_ids[:3], "length": lambda c: len(c.token_ids)}
     samples = {}
     for name, sampler in _samplers(model, tok).items():
-        out = sampler.generate(prompts, n=2000, temperature=1.0, top_p=1.0, max_new_tokens=32, seed=11)
+        out = sampler.generate(prompts, Settings(n=2000, temperature=1.0, top_p=1.0, max_new_tokens=32), seed=11)
         samples[name] = [c for group in out for c in group]
     for feature, of in features.items():
         counts = [Counter(of(c) for c in samples[name]) for name in ("loop", "generate")]
@@ -98,7 +99,7 @@ def test_recorded_logprobs_equal_a_recomputation(model_and_tok):
     the finished sequence: within 1e-4 (measured: 3.3e-6 on the toy model, fp32)."""
     model, tok = model_and_tok
     sampler = _samplers(model, tok)["loop"]
-    out = sampler.generate([PROMPT], n=64, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=5)
+    out = sampler.generate([PROMPT], Settings(n=64, temperature=1.0, top_p=1.0, max_new_tokens=24), seed=5)
     for c in out[0]:
         ids = torch.tensor([[*c.prompt_token_ids, *c.token_ids]])
         recomputed = token_logprobs(model, ids, torch.ones_like(ids), len(c.prompt_token_ids))[0]
@@ -110,7 +111,7 @@ def test_greedy_decoding_equals_generates(model_and_tok):
     model, tok = model_and_tok
     prompts = [PROMPT, [{"role": "user", "content": "Compute 12-5+6."}], [{"role": "user", "content": "Compute 1+1."}]]
     outs = {
-        name: sampler.generate(prompts, n=2, temperature=0, top_p=1.0, max_new_tokens=24, seed=0)
+        name: sampler.generate(prompts, Settings(n=2, temperature=0, top_p=1.0, max_new_tokens=24), seed=0)
         for name, sampler in _samplers(model, tok).items()
     }
     assert [[c.token_ids for c in g] for g in outs["loop"]] == [[c.token_ids for c in g] for g in outs["generate"]]
@@ -139,10 +140,10 @@ def test_finished_rows_leave_the_batch_without_changing_the_others(model_and_tok
     model, tok = model_and_tok
     sampler = _samplers(model, tok)["loop"]
     prompts = [PROMPT, [{"role": "user", "content": "Compute 98+76."}]]
-    a = sampler.generate(prompts, n=16, temperature=1.0, top_p=1.0, max_new_tokens=32, seed=2)
+    a = sampler.generate(prompts, Settings(n=16, temperature=1.0, top_p=1.0, max_new_tokens=32), seed=2)
     try:
         decode_module.COMPACT_BELOW, saved = 0.0, decode_module.COMPACT_BELOW
-        b = sampler.generate(prompts, n=16, temperature=1.0, top_p=1.0, max_new_tokens=32, seed=2)
+        b = sampler.generate(prompts, Settings(n=16, temperature=1.0, top_p=1.0, max_new_tokens=32), seed=2)
     finally:
         decode_module.COMPACT_BELOW = saved
     same = sum(x.token_ids == y.token_ids for ga, gb in zip(a, b, strict=True) for x, y in zip(ga, gb, strict=True))

@@ -12,7 +12,7 @@ import torch
 
 from sent.models import load_model, load_tokenizer, token_logprobs
 from sent.sampling import Completion, make_sampler
-from sent.sampling.base import request_seed
+from sent.sampling.base import Settings, request_seed
 from sent.sampling.hf import HFSampler
 from sent.sampling.vllm import VLLMSampler
 
@@ -25,7 +25,7 @@ def sampler(tiny_toy):
 
 
 def test_hf_returns_n_completions_per_prompt(sampler):
-    out = sampler.generate(PROMPTS, n=3, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=0)
+    out = sampler.generate(PROMPTS, Settings(n=3, temperature=1.0, top_p=1.0, max_new_tokens=24), seed=0)
     assert [len(c) for c in out] == [3, 3]
     for completions in out:
         for c in completions:
@@ -38,17 +38,17 @@ def test_hf_returns_n_completions_per_prompt(sampler):
 
 def test_hf_is_deterministic_in_the_seed_and_leaves_the_caller_rng_alone(sampler):
     state = torch.get_rng_state()
-    a = sampler.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=7)
+    a = sampler.generate(PROMPTS, Settings(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24), seed=7)
     assert torch.equal(state, torch.get_rng_state())
-    b = sampler.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=7)
-    c = sampler.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=8)
+    b = sampler.generate(PROMPTS, Settings(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24), seed=7)
+    c = sampler.generate(PROMPTS, Settings(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24), seed=8)
     assert a == b
     assert a != c
 
 
 def test_hf_logprob_is_the_models_log_likelihood(sampler, tiny_toy):
     # recompute one completion's log-probability token by token with a plain forward pass
-    out = sampler.generate(PROMPTS[:1], n=2, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=1)
+    out = sampler.generate(PROMPTS[:1], Settings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=16), seed=1)
     tok = load_tokenizer(tiny_toy.model_dir)
     model = load_model(tiny_toy.model_dir, device="cpu", dtype="float32")
     text = tok.apply_chat_template(PROMPTS[0], tokenize=False, add_generation_prompt=True)
@@ -78,7 +78,7 @@ TOKEN_LOGPROB_TOLERANCE = 1e-4
 @pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
 def test_hf_token_logprobs_equal_a_recomputation_at_any_temperature(sampler, temperature, top_p):
     # they are the raw model's (before temperature and top-p), the quantity the trainer recomputes
-    out = sampler.generate(PROMPTS, n=3, temperature=temperature, top_p=top_p, max_new_tokens=20, seed=3)
+    out = sampler.generate(PROMPTS, Settings(n=3, temperature=temperature, top_p=top_p, max_new_tokens=20), seed=3)
     tok = sampler.tokenizer
     texts = sampler.prompt_texts(PROMPTS)
     expected_prompts = tok(texts, add_special_tokens=False)["input_ids"]
@@ -105,16 +105,18 @@ def test_hf_token_logprobs_equal_a_recomputation_at_any_temperature(sampler, tem
 
 
 def test_hf_without_logprobs_samples_the_same_responses(sampler):
-    with_lp = sampler.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=5)
-    without = sampler.generate(PROMPTS, n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, seed=5, logprobs=False)
+    with_lp = sampler.generate(PROMPTS, Settings(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24), seed=5)
+    without = sampler.generate(
+        PROMPTS, Settings(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24, logprobs=False), seed=5
+    )
     assert [[c.token_ids for c in cs] for cs in with_lp] == [[c.token_ids for c in cs] for cs in without]
     assert all(math.isnan(c.logprob) and c.token_logprobs is None for cs in without for c in cs)
 
 
 def test_hf_greedy_and_length_limit(sampler):
-    greedy = sampler.generate(PROMPTS, n=2, temperature=0.0, top_p=1.0, max_new_tokens=24, seed=0)
+    greedy = sampler.generate(PROMPTS, Settings(n=2, temperature=0.0, top_p=1.0, max_new_tokens=24), seed=0)
     assert greedy[0][0].text == greedy[0][1].text  # no sampling: both samples agree
-    short = sampler.generate(PROMPTS, n=1, temperature=1.0, top_p=1.0, max_new_tokens=2, seed=0)
+    short = sampler.generate(PROMPTS, Settings(n=1, temperature=1.0, top_p=1.0, max_new_tokens=2), seed=0)
     assert all(c.n_tokens <= 2 for cs in short for c in cs)
 
 
@@ -123,13 +125,13 @@ def test_hf_job_cut_into_pieces_on_batch_boundaries_samples_as_whole(sampler):
     those rows of the whole job; a start inside a batch is refused (it would reuse a batch's seed)."""
     small = HFSampler(sampler.model, sampler.tokenizer, batch_size=2, progress=False)
     prompts = [[{"role": "user", "content": f"Compute {a}+{a + 3}."}] for a in range(5)]
-    settings = {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 12, "seed": 3}
-    whole = small.generate(prompts, **settings)
-    assert small.generate(prompts[2:], **settings, start=2) == whole[2:]
-    assert small.generate(prompts[4:], **settings, start=4) == whole[4:]
-    assert small.generate(prompts[2:], **settings) != whole[2:]  # start matters: batch 0's seed otherwise
+    settings = Settings(n=2, temperature=1.0, top_p=1.0, max_new_tokens=12)
+    whole = small.generate(prompts, settings, seed=3)
+    assert small.generate(prompts[2:], settings, seed=3, start=2) == whole[2:]
+    assert small.generate(prompts[4:], settings, seed=3, start=4) == whole[4:]
+    assert small.generate(prompts[2:], settings, seed=3) != whole[2:]  # start matters: batch 0's seed otherwise
     with pytest.raises(ValueError, match="start=1 is not a multiple of the batch size 2"):
-        small.generate(prompts[1:], **settings, start=1)
+        small.generate(prompts[1:], settings, seed=3, start=1)
 
 
 def test_hf_sampler_needs_a_model():
@@ -204,7 +206,7 @@ class FakeLLM:
 def test_vllm_adapter_sends_one_seeded_request_per_response(tiny_toy):
     llm = FakeLLM(load_tokenizer(tiny_toy.model_dir))
     sampler = VLLMSampler(llm=llm, sampling_params_cls=FakeSamplingParams, progress=False)
-    out = sampler.generate(PROMPTS, n=3, temperature=0.7, top_p=0.9, max_new_tokens=512, seed=100)
+    out = sampler.generate(PROMPTS, Settings(n=3, temperature=0.7, top_p=0.9, max_new_tokens=512), seed=100)
     ((texts, params),) = llm.calls
     # 2 prompts x 3 samples = 6 requests, prompt-major; the chat template applied
     assert len(texts) == 6 and texts[0] == texts[2] != texts[3]
@@ -216,10 +218,10 @@ def test_vllm_adapter_sends_one_seeded_request_per_response(tiny_toy):
     assert [c.text for c in out[1]] == ["r3 \\boxed{3}", "r4 \\boxed{4}", "r5 \\boxed{5}"]
     assert [c.finish_reason for c in out[0]] == ["length", "stop", "length"]
     assert out[0][2] == Completion("r2 \\boxed{2}", (1, 2, 2), -1.5, "length", prompt_token_ids=(0,))
-    sampler.generate(PROMPTS, n=1, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0, logprobs=False)
+    sampler.generate(PROMPTS, Settings(n=1, temperature=1.0, top_p=1.0, max_new_tokens=8, logprobs=False), seed=0)
     assert all(p.logprobs is None for p in llm.calls[-1][1])  # no log-probabilities asked for
     # a piece of the job starting at prompt 1 asks for prompt 1's seeds, as the whole job did
-    sampler.generate(PROMPTS[1:], n=3, temperature=0.7, top_p=0.9, max_new_tokens=512, seed=100, start=1)
+    sampler.generate(PROMPTS[1:], Settings(n=3, temperature=0.7, top_p=0.9, max_new_tokens=512), seed=100, start=1)
     assert [p.seed for p in llm.calls[-1][1]] == [p.seed for p in params[3:]]
 
 

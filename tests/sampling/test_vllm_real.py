@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from sent.sampling.base import Settings
+
 from sent_testing import PINNED, ROOT, parquet_difference
 
 pytestmark = [
@@ -111,7 +113,9 @@ def test_recorded_logprobs_agree_with_the_hf_model_at_fp32(tiny_toy):
     cfg = toy_config(tiny_toy, "sampling.backend=vllm", "model.dtype=float32")
     sampler = build_sampler(cfg, cfg.model, progress=False)
     prompts = [cfg.prompt.messages(row["problem"]) for row in read_jsonl(tiny_toy.test_path)[:16]]
-    out = sampler.generate(prompts, n=8, temperature=1.0, top_p=1.0, max_new_tokens=cfg.sampling.max_new_tokens, seed=3)
+    out = sampler.generate(
+        prompts, Settings(n=8, temperature=1.0, top_p=1.0, max_new_tokens=cfg.sampling.max_new_tokens), seed=3
+    )
     model = AutoModelForCausalLM.from_pretrained(tiny_toy.model_dir, dtype=torch.float32).eval()
     gaps = []
     for completion in (c for group in out for c in group):
