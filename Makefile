@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold info docker/*.Dockerfile
 	$(BIN)/shellcheck scripts/*.sh
 

@@ -50,7 +50,7 @@ def run_arm(base: RunContext, run: ArmRun, curation: Artefact) -> dict[str, Any]
     return close_arm_run(ctx, run, trained, evaluation)
 
 
-arm_run_task = task(run_arm, name="arm-run", task_run_name="{run.arm}/seed-{run.seed}")
+arm_run_task = task(name="arm-run", task_run_name="{run.arm}/seed-{run.seed}")(run_arm)
 """`run_arm` as one task, for ``parallel`` > 1: a process of its own runs the arm x seed's tasks."""
 
 

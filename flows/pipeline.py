@@ -38,7 +38,7 @@ def run_planned_steps(ctx: RunContext, *, refresh_cache: bool = False) -> dict[s
         elif step == "curate":
             made = fresh(curate_step)(ctx, artefacts.get("bootstrap"))
         elif step.startswith("train:"):
-            k = Step.parse(step).stage
+            k = Step.parse(step).k
             if k == 1:
                 start, offset = base_model(ctx), 0
             else:
@@ -46,7 +46,7 @@ def run_planned_steps(ctx: RunContext, *, refresh_cache: bool = False) -> dict[s
                 offset = start.meta.get("global_step_end", 0)
             made = fresh(train_step)(ctx, k, artefacts[curriculum_step(cfg, k)], start, offset)
         elif step.startswith("rescore:"):
-            k = Step.parse(step).stage
+            k = Step.parse(step).k
             made = fresh(rescore_step)(ctx, k, artefacts[curriculum_step(cfg, k)], artefacts[str(Step.train(k))])
         elif step == "eval:base":
             made = fresh(evaluate_step)(ctx, base_model(ctx), "eval:base")

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from sent.config_base import Section
+from sent.config_base import FOLLOW, Section
 from sent.config_training import TrainingConfig
 from sent.loss_config import PolicyLossConfig
 
@@ -203,7 +203,7 @@ class EvaluationConfig(Section):
     temperature: float = Field(1.0, ge=0, description="sampling temperature (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     max_new_tokens: int = Field(8000, gt=0, description="response budget, in tokens")
-    backend: Literal["hf", "vllm"] | None = Field(None, description="the sampler; default: sampling.backend")
+    backend: Literal["hf", "vllm"] = Field(FOLLOW, description="the sampler; default: sampling.backend")
     limit: int | None = Field(None, gt=0, description="first N problems of each benchmark (smoke runs)")
 
     @model_validator(mode="before")
@@ -348,7 +348,10 @@ FOLLOWS: dict[tuple[str, str], tuple[str, str]] = {
     ("training", "rollout_batch_size"): ("sampling", "batch_size"),
     ("evaluation", "backend"): ("sampling", "backend"),
 }
-"""Settings left out (None) that take another section's value: (section, key) -> its source."""
+"""Settings left out that take another section's value: (section, key) -> its source. Each is
+typed without None, since a loaded config always holds a value: its default `FOLLOW` (None,
+never validated) only marks "not given" until `SentConfig` fills it in, and an explicit null in
+YAML means the same (`Section` drops it)."""
 
 
 class SentConfig(Section):

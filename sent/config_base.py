@@ -19,6 +19,12 @@ class ConfigError(SentError, ValueError):
     """A configuration file or override that does not validate; the message names file and key."""
 
 
+FOLLOW: Any = None
+"""The default of a key that follows another section's (`sent.config.FOLLOWS`): no value until
+`sent.config.SentConfig` fills it in. Typed ``Any`` so that the key keeps its real type (a
+loaded config always holds a value); never validated."""
+
+
 class Section(BaseModel):
     """A config section: frozen, strict about keys, finite numbers only."""
 
@@ -42,6 +48,25 @@ class Section(BaseModel):
                 warnings.warn(f"config key {old!r} is now {new!r}; the old name will go", FutureWarning, stacklevel=2)
                 data[new] = data.pop(old)
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_follow(cls, data: Any) -> Any:
+        """An explicit null for a key that follows another section (`sent.config.FOLLOWS`: typed
+        without None, default None) leaves it out, as the docs say it may be."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            k: v
+            for k, v in data.items()
+            if not (
+                v is None
+                and k in fields
+                and fields[k].default is FOLLOW
+                and type(None) not in member_types(fields[k].annotation)
+            )
+        }
 
     def digest_dump(self, exclude: set[str] | None = None) -> dict[str, Any]:
         """The section as JSON for a cache key: renamed keys under their old names."""

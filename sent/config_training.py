@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sent.config_base import Section
+from sent.config_base import FOLLOW, Section
 from sent.loss_config import BUILTIN_LOSSES, PolicyLossConfig
 
 
@@ -82,20 +82,20 @@ class TrainingConfig(Section):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2)")
     grad_clip: float = Field(1.0, gt=0, description="clip the gradient's global norm to this")
-    max_prompt_tokens: int | None = Field(
-        None,
+    max_prompt_tokens: int = Field(
+        FOLLOW,
         gt=0,
         description="longest chat prompt a rollout takes (verl: max_prompt_length); default and lower bound: "
         "data.max_prompt_tokens, the longest prompt curation accepts",
     )
-    max_response_tokens: int | None = Field(
-        None,
+    max_response_tokens: int = Field(
+        FOLLOW,
         gt=0,
         description="response budget of a rollout, in tokens; default: sampling.max_new_tokens, the budget the "
         "semantic entropy was measured at",
     )
-    rollout_batch_size: int | None = Field(
-        None,
+    rollout_batch_size: int = Field(
+        FOLLOW,
         gt=0,
         description="local engine: prompts per generate call of a rollout (its sampling seeds are per call); "
         "default: sampling.batch_size",

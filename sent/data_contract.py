@@ -131,7 +131,7 @@ def _atomic_replace(tmp: Path, path: Path) -> None:
 
 
 def write_table(
-    table: pa.Table, path: Path, schema: pa.Schema, *, before_replace: Callable[[Path], None] | None = None
+    table: pa.Table, path: Path, schema: pa.Schema, *, before_replace: Callable[[Path], object] | None = None
 ) -> dict[str, Any]:
     """Write ``table`` (cast to ``schema``, which must match its columns) atomically.
     ``before_replace`` sees the finished temporary file before it takes ``path``'s name (to seal

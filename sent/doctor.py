@@ -290,7 +290,7 @@ def checkpoint_bytes(cfg: SentConfig, weights: int, rows: int | None = None) -> 
     if cfg.training.engine != "verl":
         return finals + 2 * per_checkpoint
     per_epoch = math.ceil(rows / n_stages / cfg.training.train_batch_size) if rows else 1
-    steps = per_epoch * cfg.training.epochs_per_stage
+    steps = math.floor(per_epoch * cfg.training.epochs_per_stage)
     kept = steps // cfg.training.save_every + 1
     return finals + n_stages * kept * per_checkpoint
 

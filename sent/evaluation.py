@@ -306,7 +306,9 @@ def evaluate_responses(
     error (a wrong file, or ids that drifted), or, with ``allow_unknown_ids``, a counted warning."""
     by_id = responses.by_id if isinstance(responses, Responses) else responses
     where = str(responses.path) if isinstance(responses, Responses) else "the responses"
-    per_benchmark, details, known = {}, [], set()
+    per_benchmark: dict[str, dict[str, float]] = {}
+    details: list[dict[str, Any]] = []
+    known: set[str] = set()
     for name in benchmarks:
         problems = load_benchmark(benchmark_path(name, data_dir, toy_dir))
         known.update(p.id for p in problems)

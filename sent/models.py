@@ -12,6 +12,7 @@ import functools
 import inspect
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -115,13 +116,14 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _forward_takes_logits_to_keep(model_type: type) -> bool:
+def _forward_takes_logits_to_keep(model_type: Any) -> bool:
     return "logits_to_keep" in inspect.signature(model_type.forward).parameters
 
 
 def _takes_logits_to_keep(model) -> bool:
     """Whether ``model`` (or the module a ``torch.compile`` wrapper holds) takes ``logits_to_keep``."""
-    return _forward_takes_logits_to_keep(type(getattr(model, "_orig_mod", model)))
+    model_type: Any = type(getattr(model, "_orig_mod", model))
+    return _forward_takes_logits_to_keep(model_type)
 
 
 def response_logits_and_logprobs(

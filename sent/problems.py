@@ -122,24 +122,30 @@ def read_rows(path: str | Path, fmt: str = "auto", limit: int | None = None) -> 
         yield number, row, json.dumps(row, default=str, ensure_ascii=False)
 
 
-def _text_field(row: dict, name: str, *, allow_numbers: bool) -> tuple[str | None, str | None]:
-    """(value, None) or (None, reason)."""
+class NoText(str):
+    """Why a field holds no usable text (a reason, not a value: `_text_field` returns one or the other)."""
+
+
+def _text_field(row: dict, name: str, *, allow_numbers: bool) -> str | NoText:
+    """The field's text, or a `NoText` saying why there is none."""
     if name not in row or row[name] is None:
-        return None, f"missing field {name!r}"
+        return NoText(f"missing field {name!r}")
     value = row[name]
     if allow_numbers and isinstance(value, int | float) and not isinstance(value, bool):
         if not math.isfinite(value):  # JSON's NaN/Infinity, a NaN cell in Parquet: no answer at all
-            return None, f"field {name!r} is {value}, not a finite number"
+            return NoText(f"field {name!r} is {value}, not a finite number")
         value = str(value)  # numeric answers (GSM8K-style) are fine as their decimal text
     if not isinstance(value, str):
-        return None, f"field {name!r} has type {type(value).__name__}, expected a string"
+        return NoText(f"field {name!r} has type {type(value).__name__}, expected a string")
     if not value.strip():
-        return None, f"field {name!r} is empty"
+        return NoText(f"field {name!r} is empty")
     try:
         value.encode("utf-8")  # JSON's "\ud800" decodes to a lone surrogate, which no tokenizer or file takes
     except UnicodeEncodeError as exc:
-        return None, f"field {name!r} holds a lone surrogate ({value[exc.start]!r}) at character {exc.start}: not text"
-    return value, None
+        return NoText(
+            f"field {name!r} holds a lone surrogate ({value[exc.start]!r}) at character {exc.start}: not text"
+        )
+    return value
 
 
 def _normalise_problem(text: str) -> str:
@@ -161,18 +167,18 @@ def validate_rows(
             reason = str(row) if isinstance(row, Unreadable) else f"a row must be an object, got {type(row).__name__}"
             rejected.append(Rejection(src, number, "", reason, original))
             continue
-        problem, why = _text_field(row, fields.problem, allow_numbers=False)
-        if why:
-            rejected.append(Rejection(src, number, fields.problem, why, original))
+        problem = _text_field(row, fields.problem, allow_numbers=False)
+        if isinstance(problem, NoText):
+            rejected.append(Rejection(src, number, fields.problem, str(problem), original))
             continue
-        answer, why = _text_field(row, fields.answer, allow_numbers=True)
-        if why:
-            rejected.append(Rejection(src, number, fields.answer, why, original))
+        answer = _text_field(row, fields.answer, allow_numbers=True)
+        if isinstance(answer, NoText):
+            rejected.append(Rejection(src, number, fields.answer, str(answer), original))
             continue
         if fields.id is not None:
-            pid, why = _text_field(row, fields.id, allow_numbers=True)
-            if why:
-                rejected.append(Rejection(src, number, fields.id, why, original))
+            pid = _text_field(row, fields.id, allow_numbers=True)
+            if isinstance(pid, NoText):
+                rejected.append(Rejection(src, number, fields.id, str(pid), original))
                 continue
         else:
             pid = f"row-{number}"
@@ -201,9 +207,9 @@ def validate_rows(
             continue
         source = cfg.data.data_source
         if fields.source is not None:
-            source, why = _text_field(row, fields.source, allow_numbers=False)
-            if why:
-                rejected.append(Rejection(src, number, fields.source, why, original))
+            source = _text_field(row, fields.source, allow_numbers=False)
+            if isinstance(source, NoText):
+                rejected.append(Rejection(src, number, fields.source, str(source), original))
                 continue
         seen_ids[pid] = number
         seen_problems[key] = number

@@ -63,6 +63,13 @@ class Step:
     def is_rescore(self) -> bool:
         return self.kind == "rescore"
 
+    @property
+    def k(self) -> int:
+        """The stage of a train or rescore step; other steps have none."""
+        if self.stage is None:
+            raise StepError(f"{self} is not a train or rescore step: it has no stage")
+        return self.stage
+
     def __str__(self) -> str:
         return f"{self.kind}:{self.stage}" if self.stage is not None else self.kind
 
@@ -85,8 +92,8 @@ class Step:
             if self.kind == "eval":
                 return True
             if self.is_train:
-                return self.stage > upstream.stage
-            return self.is_rescore and self.stage >= upstream.stage
+                return self.k > upstream.k
+            return self.is_rescore and self.k >= upstream.k
         return False
 
 
@@ -123,22 +130,22 @@ def plan_steps(cfg: SentConfig, steps: Iterable[str] | None, reused: Collection[
         if step.kind == "bootstrap" and cfg.toy is None:
             raise StepError(f"bootstrap needs a toy section in {cfg.source}")
         if step.is_train:
-            if not 1 <= step.stage <= k_max:
+            if not 1 <= step.k <= k_max:
                 raise StepError(f"{step}: the curriculum has stages 1..{k_max} (curriculum.n_stages)")
-            source = Step.parse(curriculum_step(cfg, step.stage))
+            source = Step.parse(curriculum_step(cfg, step.k))
             if source not in available:
                 raise StepError(f"{step} needs a curriculum: add the {source} step, or reuse a run that has one")
-            if step.stage > 1 and Step.train(step.stage - 1) not in available:
+            if step.k > 1 and Step.train(step.k - 1) not in available:
                 raise StepError(
-                    f"{step} starts from stage {step.stage - 1}'s weights: add train:{step.stage - 1}, "
+                    f"{step} starts from stage {step.k - 1}'s weights: add train:{step.k - 1}, "
                     "or reuse a run that trained it"
                 )
         if step.is_rescore:
             if cfg.curriculum.mode != "rescored":
                 raise StepError(f"{step} re-stages the curriculum: it needs curriculum.mode=rescored")
-            if not 1 <= step.stage < k_max:
+            if not 1 <= step.k < k_max:
                 raise StepError(f"{step}: rescore steps run between stages, rescore:1..{k_max - 1}")
-            for needed in (Step.parse(curriculum_step(cfg, step.stage)), Step.train(step.stage)):
+            for needed in (Step.parse(curriculum_step(cfg, step.k)), Step.train(step.k)):
                 if needed not in available:
                     raise StepError(f"{step} needs {needed}: add it, or reuse a run that has it")
         if step.kind == "eval" and not any(a.is_train for a in available):
@@ -158,11 +165,11 @@ def reused_inputs(cfg: SentConfig, planned: Iterable[str], reused: Collection[st
     needed: set[str] = set()
     for step in steps:
         if step.is_train or step.is_rescore:
-            needed.add(curriculum_step(cfg, step.stage))
-        if step.is_train and step.stage > 1:
-            needed.add(str(Step.train(step.stage - 1)))
+            needed.add(curriculum_step(cfg, step.k))
+        if step.is_train and step.k > 1:
+            needed.add(str(Step.train(step.k - 1)))
         if step.is_rescore:
-            needed.add(str(Step.train(step.stage)))
+            needed.add(str(Step.train(step.k)))
     if Step("eval") in steps and not any(s.is_train for s in steps):
         needed.add(last_trained(reused))
     return sorted((needed - {str(s) for s in steps}) & set(reused))

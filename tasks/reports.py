@@ -81,7 +81,7 @@ def plots(artefacts: dict[str, Artefact], evals: dict[str, dict], out: Path) -> 
 
     paths = []
     histories = {
-        Step.parse(step).stage: read_history(Path(a.path).parent)
+        Step.parse(step).k: read_history(Path(a.path).parent)
         for step, a in sorted(artefacts.items())
         if step.startswith("train:") and (Path(a.path).parent / "metrics.jsonl").is_file()
     }

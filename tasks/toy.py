@@ -7,6 +7,7 @@ import time
 from prefect import task
 
 from sent.lineage import code_version, digest_of
+from sent.steps import StepError
 from tasks.cache import cache_on
 from tasks.context import Artefact, RunContext, produced
 from tasks.retries import IO_RETRY_OPTIONS
@@ -27,6 +28,8 @@ def bootstrap_toy(ctx: RunContext) -> Artefact:
 
     cfg = ctx.load()
     t0 = time.perf_counter()
+    if cfg.toy is None:
+        raise StepError(f"bootstrap needs a toy section in {cfg.source}")
     result = bootstrap(cfg.toy, cfg.prompt)
     compute_s = time.perf_counter() - t0
     return Artefact.of(

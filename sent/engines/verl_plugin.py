@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import importlib
 import inspect
 import logging
 import re
@@ -251,14 +252,12 @@ def check_verl_version(version: str | None = None) -> str:
 def install_entropy_wiring() -> None:
     """Replace ``ppo_loss`` in verl's loss module (and in modules that imported it already) with
     `with_entropy`'s wrapper; idempotent."""
-    import verl.workers.utils.losses as losses
-
-    wrapped = with_entropy(losses.ppo_loss)
-    losses.ppo_loss = wrapped
-    for name in ("verl.workers.engine_workers", "verl.trainer.distillation.losses"):
+    losses = importlib.import_module("verl.workers.utils.losses")
+    wrapped = with_entropy(vars(losses)["ppo_loss"])
+    for name in (losses.__name__, "verl.workers.engine_workers", "verl.trainer.distillation.losses"):
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "ppo_loss"):
-            module.ppo_loss = wrapped
+            vars(module)["ppo_loss"] = wrapped
 
 
 def register_all() -> list[str]:

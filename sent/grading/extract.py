@@ -119,8 +119,8 @@ def extract_answers(text: str) -> list[str]:
             if not any(same_value(answer, seen) for seen in distinct):
                 distinct.append(answer)
         return distinct
-    answer = extract_answer(text)
-    return [] if answer is None else [answer]
+    single = extract_answer(text)
+    return [] if single is None else [single]
 
 
 def top_level_items(answer: str) -> list[str]:

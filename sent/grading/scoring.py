@@ -46,25 +46,23 @@ def _equivalent_forms(na: str, nb: str, deadline: float) -> bool | None:
     if na.upper() == nb.upper() and na.upper() in OPTION_LETTERS:
         return True
     ra, rb = _relation(na), _relation(nb)
-    if ra is not None or rb is not None:
-        if ra is None or rb is None:
-            relation, other = (ra, nb) if ra is not None else (rb, na)
-            value = labelled_value(relation)
-            if value is not None:  # "g(2)=5", "|PQ|=4", "y=x^2-4x+4": the value of a named quantity
-                return _equivalent_forms(normalize_answer(value), other, deadline)
-            interval = relation_as_interval(relation)
-            if interval is not None and _bracketed_items(other) is not None:  # "1<x\\le3" and "(1,3]"
-                return _equivalent_forms(interval, other, deadline)
-            # an equation or inequality is never a bare value: "a+3z=0" is not "0", "7=11a+c" is
-            # not "11a+c" (math-verify would compare one side); only a set or interval can equal
-            # an inequality ("x>3" and "(3,\\infty)"), and math-verify decides those
-            other = na if ra is None else nb
-            if not _is_set_like(other):
-                return False
-        else:
-            decided = _compare_relations(ra, rb)
-            if decided is not None:
-                return decided
+    if ra is not None and rb is not None:
+        decided = _compare_relations(ra, rb)
+        if decided is not None:
+            return decided
+    elif (relation := ra if ra is not None else rb) is not None:  # one side a relation, the other not
+        other = nb if ra is not None else na
+        value = labelled_value(relation)
+        if value is not None:  # "g(2)=5", "|PQ|=4", "y=x^2-4x+4": the value of a named quantity
+            return _equivalent_forms(normalize_answer(value), other, deadline)
+        interval = relation_as_interval(relation)
+        if interval is not None and _bracketed_items(other) is not None:  # "1<x\\le3" and "(1,3]"
+            return _equivalent_forms(interval, other, deadline)
+        # an equation or inequality is never a bare value: "a+3z=0" is not "0", "7=11a+c" is
+        # not "11a+c" (math-verify would compare one side); only a set or interval can equal
+        # an inequality ("x>3" and "(3,\\infty)"), and math-verify decides those
+        if not _is_set_like(other):
+            return False
         return _symbolic_or_none(na, nb, deadline)
     la, lb = _bracketed_items(na), _bracketed_items(nb)
     if la is not None and lb is not None:

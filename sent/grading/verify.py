@@ -34,11 +34,14 @@ class _Worker:
             bufsize=0,
             env=env,
         )
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None  # both are pipes (PIPE above)
+        self.stdin, self.stdout = stdin, stdout
         self._buf = b""
         self.ready = False
 
     def _read_line(self, deadline: float) -> dict | None:
-        fd = self.proc.stdout.fileno()
+        fd = self.stdout.fileno()
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -60,7 +63,7 @@ class _Worker:
 
     def ask(self, a: str, b: str, deadline: float) -> bool | None:
         """True/False, or None when the worker did not answer before ``deadline`` (monotonic)."""
-        self.proc.stdin.write((json.dumps({"a": a, "b": b}) + "\n").encode())
+        self.stdin.write((json.dumps({"a": a, "b": b}) + "\n").encode())
         reply = self._read_line(deadline)
         return None if reply is None else bool(reply.get("eq"))
 
@@ -111,16 +114,16 @@ class _VerifierPool:
     def warm_up(self, wait_s: float = 0.0) -> None:
         """Start every worker now (they import sympy in the background); with ``wait_s``, wait up
         to that long for them to be ready, outside any check's budget."""
-        held = []
+        held: list[_Worker | None] = []
         while True:
             try:
                 held.append(self._idle.get_nowait())
             except queue.Empty:
                 break
-        held = [w if w is not None and w.alive() else self._spawn() for w in held]
+        workers = [self._spawn() if w is None or not w.alive() else w for w in held]
         deadline = time.monotonic() + wait_s
-        for w in held:
-            if wait_s > 0:
+        for w in workers:
+            if w is not None and wait_s > 0:  # None: a worker that could not start (symbolic checks off)
                 w.wait_ready(deadline)
             self._idle.put(w)
 

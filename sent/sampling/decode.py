@@ -56,19 +56,21 @@ class _PreallocatedLayer(DynamicLayer):
             self.dtype, self.device = key_states.dtype, key_states.device
             batch, heads, _, dim = key_states.shape
             shape = (batch, self.copies, heads, self.capacity, dim)
-            self.keys, self.values = key_states.new_empty(shape), value_states.new_empty(shape)
-            self.keys[:, :, :, :end] = key_states[:, None]
-            self.values[:, :, :, :end] = value_states[:, None]
-            self.keys, self.values = self.keys.flatten(0, 1), self.values.flatten(0, 1)
+            keys, values = key_states.new_empty(shape), value_states.new_empty(shape)
+            keys[:, :, :, :end] = key_states[:, None]
+            values[:, :, :, :end] = value_states[:, None]
+            self.keys, self.values = keys.flatten(0, 1), values.flatten(0, 1)
             self.is_initialized, self.length = True, end
             # the prefill attends within its prompts: the un-copied states are the ones it needs
             return key_states, value_states
         if end > self.capacity:
             raise RuntimeError(f"KV cache of {self.capacity} positions is full ({end} needed)")
-        self.keys[:, :, self.length : end] = key_states
-        self.values[:, :, self.length : end] = value_states
+        cached_k, cached_v = self.keys, self.values
+        assert cached_k is not None and cached_v is not None  # set by the prefill above
+        cached_k[:, :, self.length : end] = key_states
+        cached_v[:, :, self.length : end] = value_states
         self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        return cached_k[:, :, :end], cached_v[:, :, :end]
 
     def get_seq_length(self) -> int:
         return self.length

@@ -99,7 +99,10 @@ class HFSampler:
                 raise ValueError("HFSampler needs a model or a model_path")
             model = load_model(model_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         if tokenizer is None:
-            tokenizer = load_tokenizer(tokenizer_path or model_path, trust_remote_code=trust_remote_code)
+            source = tokenizer_path or model_path
+            if source is None:
+                raise ValueError("HFSampler needs a tokenizer, a tokenizer_path or a model_path")
+            tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
         tokenizer.padding_side = "left"
         self.model, self.tokenizer = model, tokenizer
         if decoder not in DECODERS:
@@ -120,8 +123,6 @@ class HFSampler:
             )
         first_batch = start // self.batch_size
         n = settings.n
-        how = {"n": n, "temperature": settings.temperature, "top_p": settings.top_p}
-        how["max_new_tokens"] = settings.max_new_tokens
 
         tok, model = self.tokenizer, self.model
         eos_ids = stop_token_ids(model, tok)
@@ -141,14 +142,17 @@ class HFSampler:
                 decoded = decode(
                     model,
                     batch_ids,
-                    **how,
+                    n=n,
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    max_new_tokens=settings.max_new_tokens,
                     eos_ids=eos_ids,
                     pad_id=tok.pad_token_id,
                     generator=generator,
                     logprobs=settings.logprobs,
                 )
             else:
-                decoded = self._generate(batch_ids, batch_seed, eos_ids, settings.logprobs, **how)
+                decoded = self._generate(batch_ids, batch_seed, eos_ids, settings)
             for row, ids in enumerate(decoded.tokens):
                 stopped = bool(ids) and ids[-1] in eos_ids
                 text = tok.decode(ids[:-1] if stopped else ids, skip_special_tokens=True)
@@ -173,16 +177,13 @@ class HFSampler:
         batch_ids: list[list[int]],
         seed: int,
         eos_ids: list[int],
-        logprobs: bool,
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
+        settings: Settings,
     ) -> Decoded:
         """One batch through Hugging Face's ``generate`` (models `decode` does not cover)."""
         from transformers import GenerationConfig, LogitsProcessorList
 
+        n, temperature, top_p = settings.n, settings.temperature, settings.top_p
+        max_new_tokens, logprobs = settings.max_new_tokens, settings.logprobs
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
         gen_cfg = GenerationConfig(

@@ -43,7 +43,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -142,7 +142,7 @@ def grade_piece(cfg: SentConfig, problems: list[Problem], completions: list[list
 
 def sample_chunks(
     cfg: SentConfig,
-    chunks: dict[int, Sequence[Problem]],
+    chunks: Mapping[int, Sequence[Problem]],
     on_chunk: Callable[[int, pa.Table], None],
 ) -> float:
     """Sample, grade and cluster ``chunks`` ({index: problems}) on Ray; ``on_chunk(index, table)``

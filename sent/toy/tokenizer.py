@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -49,7 +50,9 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 384):
     bpe.train_from_iterator(corpus, trainer=trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    tok = Qwen2Tokenizer(vocab=model["vocab"], merges=merges, unk_token=None, eos_token=EOS, pad_token=PAD)
+    # merges as pairs and no unknown token: what transformers takes, though its annotations say strings
+    loose: dict[str, Any] = {"merges": merges, "unk_token": None}
+    tok = Qwen2Tokenizer(vocab=model["vocab"], eos_token=EOS, pad_token=PAD, **loose)
     tok.add_special_tokens({"additional_special_tokens": [IM_START]})
     tok.padding_side = "left"
     tok.chat_template = CHAT_TEMPLATE
