@@ -70,7 +70,9 @@ class TrainingConfig(Section):
     policy_loss: PolicyLossConfig = Field(
         PolicyLossConfig(), description="coefficients of the policy losses (sent.loss_config.PolicyLossConfig)"
     )
-    group_size: int = Field(8, gt=0, description="G: responses per prompt in a rollout")
+    group_size: int = Field(
+        8, ge=2, description="G: responses per prompt in a rollout (GRPO's advantage compares a group: at least 2)"
+    )
     train_batch_size: int = Field(256, gt=0, description="prompts per step")
     mini_batch_size: int = Field(128, gt=0, description="prompts per optimiser step")
     micro_batch_size: int = Field(4, gt=0, description="sequences per forward/backward")
@@ -158,8 +160,15 @@ class TrainingConfig(Section):
     def _batches_divide(self) -> TrainingConfig:
         if self.train_batch_size % self.mini_batch_size:
             raise ValueError("train_batch_size must be a multiple of mini_batch_size")
-        if self.train_samples != "all" and self.engine != "local":
-            raise ValueError(
-                f"train_samples={self.train_samples!r} is a local-engine setting; the verl engine trains all"
-            )
+        if self.engine != "local":  # local-engine settings that verl would silently ignore
+            if self.train_samples != "all":
+                raise ValueError(
+                    f"train_samples={self.train_samples!r} is a local-engine setting; the verl engine trains all"
+                )
+            if self.old_logprobs != "sampling":
+                raise ValueError(
+                    f"old_logprobs={self.old_logprobs!r} is a local-engine setting; verl recomputes them its own way"
+                )
+            if self.compile:
+                raise ValueError("compile is a local-engine setting; verl's actor has its own (use_torch_compile)")
         return self

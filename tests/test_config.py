@@ -281,3 +281,24 @@ def test_shipped_configs_set_each_shared_setting_once(path):
     for (section, key), (source, source_key) in FOLLOWS.items():
         mine = raw.get(section, {}).get(key)
         assert mine != getattr(getattr(cfg, source), source_key), f"{section}.{key} repeats {source}.{source_key}"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["evaluation.n=4", "evaluation.k=[1,8]"], r"evaluation\.k \[8\] above evaluation\.n=4"),
+        (["training.group_size=1"], r"training\.group_size: Input should be greater than or equal to 2"),
+        (["training.train_batch_size=6", "training.mini_batch_size=4"], "multiple of mini_batch_size"),
+        (["training.engine=verl", "training.compile=true"], "compile is a local-engine setting"),
+        (["training.engine=verl", "training.old_logprobs=recompute"], "old_logprobs='recompute' is a local-engine"),
+        (["training.engine=verl", "training.train_samples=positive"], "train_samples='positive' is a local-engine"),
+        (["curriculum.online_filter=true"], "online_filter filters by the online SE of mode 'online'"),
+        (["curriculum.mode=rescored", "curriculum.n_stages=1"], "mode 'rescored' re-stages .* n_stages >= 2"),
+        (["training.engine=verl", "curriculum.mode=online"], "runs on the local engine only"),
+        (["data.max_prompt_tokens=256", "training.max_prompt_tokens=128"], "rollouts would drop prompts"),
+    ],
+)
+def test_settings_that_contradict_each_other_get_one_clear_error(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(ROOT / "configs" / "toy.yaml", overrides)
+    assert str(err.value).count("\n  ") == 1  # one error, not a cascade
