@@ -38,18 +38,10 @@ SENT = [sys.executable, "-m", "sent.cli"]
 
 
 def build_world(work: Path) -> tuple[Path, Path]:
-    from sent.config import PromptConfig, ToyConfig
-    from sent.toy.bootstrap import bootstrap
+    """The tests' tiny world (`sent.toy.tiny`), built in ``work``: its model and RL split."""
+    from sent.toy.tiny import build_tiny_world
 
-    toy = ToyConfig(
-        train_per_level=300,
-        test_per_level=20,
-        data_dir=str(work / "toy"),
-        model_dir=str(work / "model"),
-        sft_steps=150,
-        eval_per_level=5,
-    )
-    result = bootstrap(toy, PromptConfig())
+    result = build_tiny_world(work)
     return Path(result.model_dir), Path(result.rl_path)
 
 

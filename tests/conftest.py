@@ -23,23 +23,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_toy(tmp_path_factory):
-    """A real toy world and a briefly trained toy model (about 45 s), shared by the tests.
+    """A real toy world and a briefly trained toy model (`sent.toy.tiny`, about 45 s), shared by the tests."""
+    from sent.toy.tiny import build_tiny_world
 
-    Tests exercise the machinery (chat template, sampling, grading, clustering, training), not the
-    model's skill, but the training tests need groups with mixed rewards: at 150 SFT steps the
-    model came out of one 2-core machine at 0.1 greedy accuracy on L1 and L2, with every stage-1
-    problem of the engine tests' curriculum all wrong (float results of SFT differ between CPUs).
-    300 steps leave it weak but not that weak."""
-    from sent.config import PromptConfig, ToyConfig
-    from sent.toy.bootstrap import bootstrap
-
-    root = tmp_path_factory.mktemp("toy")
-    cfg = ToyConfig(
-        train_per_level=300,
-        test_per_level=40,
-        data_dir=str(root / "data"),
-        model_dir=str(root / "model"),
-        sft_steps=300,
-        eval_per_level=10,
-    )
-    return bootstrap(cfg, PromptConfig())
+    return build_tiny_world(tmp_path_factory.mktemp("toy"))
