@@ -166,7 +166,7 @@ class CurriculumConfig(Section):
         description="static: the base model's SE orders every stage (the paper); rescored: before stage k + 1, "
         "stage k's model answers the problems not yet trained and they are staged again by its SE "
         "(step rescore:k); online: within a stage, each epoch after the first is ordered by the SE of the "
-        "problems' latest training rollouts, low first (docs in README)",
+        "problems' latest training rollouts, low first (docs/curation.md)",
     )
     online_filter: bool = Field(
         False,

@@ -7,7 +7,7 @@ and exits with `exit_code`. Each subclass keeps the built-in base that describes
 (`ValueError` for bad values, `RuntimeError` for a run that cannot go on, `OSError` for a missing
 file), so ``except ValueError`` in a caller keeps working.
 
-Exit codes of ``sent`` (the README lists them too): 0 done; 1 an unexpected error (a bug: the
+Exit codes of ``sent`` (docs/training-and-evaluation.md lists them too): 0 done; 1 an unexpected error (a bug: the
 traceback is printed); 2 a `SentError` or a command line that does not parse; 130 and 143
 stopped by SIGINT or SIGTERM at a safe point (rerun the same command to resume).
 """
