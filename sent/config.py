@@ -138,6 +138,12 @@ class SemanticConfig(Section):
         description="seconds for clustering one problem's N answers; comparisons left undecided count as "
         "different classes and are recorded in scores.parquet (se_undecided)",
     )
+    verify_workers: int = Field(
+        2,
+        gt=0,
+        description="math-verify worker processes per grading process (curation, training's rewards, evaluation, "
+        "verl's reward workers); where work runs, not what it gives",
+    )
     pool_missing: bool = Field(False, description="responses without an answer form one class")
     embedding_model: str | None = Field(None, description="embedding judge weights; default MiniLM")
     embedding_threshold: float = Field(0.9, ge=-1, le=1, description="embedding judge: cosine similarity of one class")
@@ -337,7 +343,11 @@ class AblationConfig(Section):
     reference: str = Field("grpo", description="the arm every other arm is compared with, per problem")
 
 
-NOT_IN_OUTPUT: dict[str, set[str]] = {"sampling": {"executor"}, "curriculum": {"mode", "online_filter"}}
+NOT_IN_OUTPUT: dict[str, set[str]] = {
+    "sampling": {"executor"},
+    "semantic": {"verify_workers"},
+    "curriculum": {"mode", "online_filter"},
+}
 """Keys that do not change what a step makes, left out of cache keys (`section_digest`): where work
 runs, and the curriculum's mode (the curation is the same in every mode; rescore steps are keyed on
 their own inputs, and a training step on `SentConfig.online_order`)."""

@@ -261,7 +261,7 @@ def _sample_locally(
     """The missing chunks one after another in this process, each written to its part file."""
     judge = configured_judge(cfg.semantic)
     if cfg.semantic.judge == "math":
-        warm_up_verifier()  # the verifiers import sympy while the model loads
+        warm_up_verifier(workers=cfg.semantic.verify_workers)  # they import sympy while the model loads
     t_sampling = 0.0
     for ci, chunk in missing.items():
         if sampler is None:

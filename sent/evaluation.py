@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from sent import interrupt
 from sent.errors import SentError
-from sent.rewards import extract_answer, is_equivalent
+from sent.rewards import extract_answer, is_equivalent, warm_up_verifier
 from sent.sampling.base import Settings
 from sent.semantic import discrete_entropy, score_answers
 
@@ -376,6 +376,7 @@ def evaluate_model(
     else:
         sampler = sampler or build_sampler(cfg, model, backend=ev.backend)
         sampled = None
+    warm_up_verifier(workers=cfg.semantic.verify_workers)
     per_benchmark, details = {}, []
     for name, problems in jobs.items():
         if sampled is not None:

@@ -168,7 +168,7 @@ class LocalEngine:
             weight_decay=self.training.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)  # constant (paper)
-        warm_up_verifier()
+        warm_up_verifier(workers=self.cfg.semantic.verify_workers)
         self.rollout = Settings(
             n=self.training.group_size,
             temperature=self.training.temperature,

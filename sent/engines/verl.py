@@ -27,6 +27,7 @@ from typing import Any
 from sent.config import SentConfig, loss_config, training_seed
 from sent.engines.stage import FINAL, stage_dir, stage_steps
 from sent.errors import SentError
+from sent.grading.verify import WORKERS_ENV
 from sent.redaction import split_credentials
 
 logger = logging.getLogger(__name__)
@@ -252,7 +253,8 @@ def plan_stage(
     ]
     if steps is not None:
         overrides.append(f"trainer.total_training_steps={steps}")
-    env = {"TOKENIZERS_PARALLELISM": "true"}
+    # the reward workers load only our reward function: the grading setting reaches them this way
+    env = {"TOKENIZERS_PARALLELISM": "true", WORKERS_ENV: str(cfg.semantic.verify_workers)}
     if v.device == "cpu":  # verl's real trainer without GPUs (a check, not for speed)
         from sent.engines import verl_cpu
 

@@ -163,23 +163,35 @@ class _VerifierPool:
             self._all.clear()
 
 
+WORKERS_ENV = "SENT_VERIFY_WORKERS"
+"""How `semantic.verify_workers` reaches processes that only load the reward function (verl's
+reward workers): the process that starts them sets it from the config."""
+DEFAULT_WORKERS = 2
+
 _pool: _VerifierPool | None = None
 _pool_lock = threading.Lock()
+_workers: int | None = None  # set by warm_up_verifier(workers=...); else the environment's, else 2
 
 
 def _get_pool() -> _VerifierPool:
     global _pool
     with _pool_lock:
-        if _pool is None or _pool._pid != os.getpid():
-            size = int(os.environ.get("SENT_VERIFY_WORKERS", "2"))
+        size = _workers if _workers is not None else int(os.environ.get(WORKERS_ENV, DEFAULT_WORKERS))
+        if _pool is None or _pool._pid != os.getpid() or _pool.size != max(1, size):
+            if _pool is not None and _pool._pid == os.getpid():
+                _pool.close()
             _pool = _VerifierPool(max(1, size))
         return _pool
 
 
-def warm_up_verifier(wait_s: float = 0.0) -> None:
+def warm_up_verifier(wait_s: float = 0.0, *, workers: int | None = None) -> None:
     """Start the math-verify workers now, so that the first symbolic check does not pay their
     start-up (sympy's import) out of its time budget. Curation, training and evaluation call it
-    while their model loads; a process that only grades (a Ray grading task) waits ``wait_s``."""
+    while their model loads, with ``workers`` from the config (`semantic.verify_workers`); a
+    process that only grades (a Ray grading task) waits ``wait_s``."""
+    global _workers
+    if workers is not None:
+        _workers = workers
     _get_pool().warm_up(wait_s)
 
 

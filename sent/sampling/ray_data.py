@@ -136,7 +136,7 @@ def grade_piece(cfg: SentConfig, problems: list[Problem], completions: list[list
     from sent.semantic import configured_judge
 
     if cfg.semantic.judge == "math":  # a fresh worker process: no check pays the verifiers' start-up
-        warm_up_verifier(wait_s=VERIFIER_START_S)
+        warm_up_verifier(wait_s=VERIFIER_START_S, workers=cfg.semantic.verify_workers)
     return grade_chunk(cfg, problems, completions, configured_judge(cfg.semantic))
 
 

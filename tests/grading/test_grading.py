@@ -426,3 +426,25 @@ def test_compute_score_budget_covers_every_reference():
     assert time.perf_counter() - t0 < 1.5  # one budget for all three references, not three
     assert result["acc"] is False
     assert result["undecided"] is True
+
+
+def test_the_verifier_pool_takes_its_size_from_the_config(tmp_path):
+    """`semantic.verify_workers` sizes the pool where we start the work (warm_up_verifier) and
+    reaches verl's reward workers through the job's environment; it is not in any cache key."""
+    from sent.config_loading import load_config
+    from sent.engines.verl import plan_stage
+    from sent.grading import verify
+
+    try:
+        verify.warm_up_verifier(workers=3)
+        assert verify._get_pool().size == 3
+        verify.warm_up_verifier(workers=1)  # resized: the old workers are stopped
+        assert verify._get_pool().size == 1
+        assert is_equivalent("\\frac{1}{2}", "0.5")  # and it still grades
+    finally:
+        verify._workers = None
+    cfg = load_config("configs/toy-verl.yaml", ["semantic.verify_workers=5"])
+    plan = plan_stage(cfg, stage=1, curriculum_dir=tmp_path / "c", run_dir=tmp_path / "r", start_model="m")
+    assert plan.env[verify.WORKERS_ENV] == "5"
+    assert f'+ray_kwargs.ray_init.runtime_env.env_vars.{verify.WORKERS_ENV}="5"' in plan.overrides
+    assert cfg.section_digest("semantic") == load_config("configs/toy-verl.yaml").section_digest("semantic")
