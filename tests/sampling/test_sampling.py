@@ -233,3 +233,34 @@ def test_request_seeds_are_distinct_and_stable():
     code = "from sent.sampling.base import request_seed; print(request_seed(7, 3, 2), request_seed(0, 0, 0))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert [int(x) for x in other] == [request_seed(7, 3, 2), request_seed(0, 0, 0)]
+
+
+def test_hf_stops_at_the_generation_configs_eos_as_vllm_does(sampler):
+    """vLLM stops at the tokenizer's EOS and at the generation config's EOS ids; so does the hf
+    sampler. An instruct model's end of turn is often only in the generation config: here a
+    token the tiny model writes in every response is made one, and every response ends at it."""
+    import copy
+
+    from sent.sampling.hf import HFSampler, stop_token_ids
+
+    model, tok = sampler.model, sampler.tokenizer
+    settings = Settings(n=4, temperature=1.0, top_p=1.0, max_new_tokens=24)
+    plain = sampler.generate(PROMPTS, settings, seed=1)
+    # the first token of every response (a response always writes one): make it an end of turn
+    first = {c.token_ids[0] for cs in plain for c in cs if c.token_ids}
+    stop = min(first - {tok.eos_token_id})
+    assert stop_token_ids(model, tok) == sorted({tok.eos_token_id, *_as_list(model.generation_config.eos_token_id)})
+    turned = copy.deepcopy(model)
+    turned.generation_config.eos_token_id = [tok.eos_token_id, stop]
+    assert stop_token_ids(turned, tok) == sorted({tok.eos_token_id, stop})
+    out = HFSampler(turned, tok, batch_size=sampler.batch_size, progress=False).generate(PROMPTS, settings, seed=1)
+    for cs_plain, cs in zip(plain, out, strict=True):
+        for p, c in zip(cs_plain, cs, strict=True):  # same seed: the same tokens up to the first stop
+            ends = (tok.eos_token_id, stop)
+            cut = next((i + 1 for i, t in enumerate(p.token_ids) if t in ends), len(p.token_ids))
+            assert c.token_ids == p.token_ids[:cut]
+            assert c.finish_reason == ("stop" if c.token_ids and c.token_ids[-1] in ends else "length")
+
+
+def _as_list(ids):
+    return [] if ids is None else list(ids) if isinstance(ids, list | tuple) else [ids]
