@@ -342,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument(
         "--arms",
         help="comma-separated arms (built in: grpo,kl_cov,clip_cov,entropy_mask,sent,sent_random_stages,"
-        "sent_one_stage,grpo_curriculum,grpo_positive,sent_rescored,sent_online; more in ablation.arms); default "
-        "ablation.default_arms",
+        "sent_one_stage,grpo_curriculum,grpo_positive,sent_rescored,sent_online,sent_online_filter; more in "
+        "ablation.arms); default ablation.default_arms",
     )
     abl.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2 (default ablation.seeds)")
     abl.add_argument("--reference", help="the arm the others are compared with (default ablation.reference)")

@@ -320,14 +320,22 @@ BUILTIN_ARMS: dict[str, tuple[str, ...]] = {
     "sent_rescored": ("training.loss=sent", "curriculum.order=entropy", "curriculum.mode=rescored"),
     # beyond the paper: epochs after a stage's first ordered by the rollouts' own SE (`sent.online_se`)
     "sent_online": ("training.loss=sent", "curriculum.order=entropy", "curriculum.mode=online"),
+    # ... and those epochs leave out the problems whose latest online SE is 0
+    "sent_online_filter": (
+        "training.loss=sent",
+        "curriculum.order=entropy",
+        "curriculum.mode=online",
+        "curriculum.online_filter=true",
+    ),
 }
 """The paper's ablation as arms: name -> overrides on top of the config. With one stage, the
 stage holds every problem, so ``epochs_per_stage`` gives the same total steps as K stages (to
 within K - 1 steps of rounding). `sent_one_stage` against `sent` and `grpo` against
 `grpo_curriculum` ask whether the SE curriculum helps; `sent_one_stage` against `grpo` and `sent`
 against `grpo_curriculum` whether the token loss does; `sent_rescored` against `sent` whether
-re-staging by the trained model's SE does, and `sent_online` whether ordering each epoch by the
-online SE of the training rollouts does."""
+re-staging by the trained model's SE does, `sent_online` whether ordering each epoch by the
+online SE of the training rollouts does, and `sent_online_filter` whether also leaving out the
+problems whose online SE fell to 0 does."""
 
 
 class AblationConfig(Section):
