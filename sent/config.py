@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+import warnings
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -440,6 +442,20 @@ class SentConfig(Section):
     def section_dump(self, name: str) -> dict[str, Any]:
         """One section as JSON, without the keys that do not change what the work makes."""
         section: Section = getattr(self, name)
+        return section.digest_dump(exclude=NOT_IN_OUTPUT.get(name))
+
+    def recorded_section_dump(self, name: str, recorded: Any) -> dict[str, Any] | None:
+        """A section as an earlier run recorded it (a manifest's config), read by today's schema
+        (keys renamed since, defaults of keys added since) and dumped as `section_dump` dumps this
+        config's, so that the two compare equal when the work they make is the same. None when it
+        no longer validates."""
+        section_type: type[Section] = type(getattr(self, name))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # an old key name is expected here
+                section = section_type.model_validate(recorded)
+        except ValidationError:
+            return None
         return section.digest_dump(exclude=NOT_IN_OUTPUT.get(name))
 
     def section_digest(self, *names: str) -> str:

@@ -55,6 +55,7 @@ from sent.data_contract import (
 from sent.integrity import file_problem, seal_file
 from sent.locks import LOCK_FILE, exclusive
 from sent.problems import CurationError, Problem, check_limit, read_rows, validate_rows
+from sent.redaction import redact
 from sent.rewards import warm_up_verifier
 from sent.sampling.chunk import sample_chunk
 from sent.sampling.configured import build_sampler
@@ -388,9 +389,11 @@ def restage(cfg: SentConfig, scored_dir: str | Path, out_dir: str | Path) -> Cur
     t_start = time.perf_counter()
     scored_dir, out_dir = Path(scored_dir), Path(out_dir)
     source = load_manifest(scored_dir)  # verifies every file of the source
-    mine = cfg.public_dump()
-    differ = [s for s in SCORING_SECTIONS if source["config"].get(s) != mine[s]]
-    if source["config"].get("seed") != mine["seed"]:
+    recorded = source["config"]  # as the source's version wrote it: compared by what it makes
+    differ = [
+        s for s in SCORING_SECTIONS if cfg.recorded_section_dump(s, recorded.get(s)) != redact(cfg.section_dump(s))
+    ]
+    if recorded.get("seed") != cfg.seed:
         differ.append("seed")
     if differ:
         raise CurationError(

@@ -302,3 +302,18 @@ def test_settings_that_contradict_each_other_get_one_clear_error(tmp_path, overr
     with pytest.raises(ConfigError, match=message) as err:
         load_config(ROOT / "configs" / "toy.yaml", overrides)
     assert str(err.value).count("\n  ") == 1  # one error, not a cascade
+
+
+def test_a_section_recorded_by_an_earlier_version_compares_by_what_it_makes():
+    """A curation's manifest records its sections as the version of the day wrote them. Read back
+    by today's schema (an old key name, a key added since, a setting of where work runs), it
+    equals today's config where the work is the same, and differs where it is not."""
+    cfg = load_config(ROOT / "configs" / "toy.yaml")
+    old_semantic = {k: v for k, v in cfg.semantic.model_dump(mode="json").items() if k != "verify_workers"}
+    old_semantic["judge_timeout"] = old_semantic.pop("judge_timeout_s")  # the name before the rename
+    assert cfg.recorded_section_dump("semantic", old_semantic) == cfg.section_dump("semantic")
+    ray_executor = {**cfg.sampling.model_dump(mode="json"), "executor": "ray"}  # where, not what
+    assert cfg.recorded_section_dump("sampling", ray_executor) == cfg.section_dump("sampling")
+    other_judge = {**old_semantic, "judge": "exact"}
+    assert cfg.recorded_section_dump("semantic", other_judge) != cfg.section_dump("semantic")
+    assert cfg.recorded_section_dump("semantic", {"judge": "no such judge"}) is None
