@@ -35,8 +35,9 @@ def _id(path: Path) -> str:
 
 
 def _slug(heading: str) -> str:
-    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    """GitHub's anchor of a heading: lower case, punctuation but ``-`` and ``_`` dropped, spaces
+    as hyphens."""
+    text = re.sub(r"[`*]", "", heading.strip().lower())
     return re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", text))
 
 
@@ -171,6 +172,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert _problem("sent train --stages 1", parser, targets) == "sent train has no option --stages"
     assert _problem("python -m sent.config_referenc", parser, targets) == "no module sent.config_referenc"
     assert _slug("The ablation: does the curriculum help?") == "the-ablation-does-the-curriculum-help"
+    assert _slug("Modes: `sent_online` (issue 29)") == "modes-sent_online-issue-29"
     assert _commands("```bash\nmake lint && sent eval \\\n  --n 8  # a comment\n```\n") == [
         "make lint",
         "sent eval    --n 8",
