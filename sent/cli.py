@@ -222,7 +222,21 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablation_report_only(args: argparse.Namespace) -> int:
+    """``sent ablate --report-only``: the report of every finished run in ``--out``, from disk."""
+    from sent.ablation_runs import report_from_disk
+
+    cfg = _load(args)
+    out = Path(args.out or Path("data") / "runs" / f"ablation-{Path(args.config).stem}")
+    summary = report_from_disk(cfg, out, args.reference or cfg.ablation.reference)
+    print(f"ablation report of {len(summary['runs'])} runs: {out / 'ablation.md'}\n")
+    print((out / "ablation.md").read_text(encoding="utf-8"))
+    return 0
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
+    if args.report_only:
+        return _ablation_report_only(args)
     from sent.ablation import plan_ablation
     from sent.tracking import check_reachable, resolve_tracking_uri
 
@@ -349,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--reference", help="the arm the others are compared with (default ablation.reference)")
     abl.add_argument("--out", help="ablation directory (default data/runs/ablation-<config>); existing = resume")
     abl.add_argument("--parallel", type=positive_int, default=1, help="arm x seed runs at a time, one process each")
+    abl.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: report every finished arm x seed in --out (also those of earlier calls), from disk",
+    )
     abl.set_defaults(func=_cmd_ablate)
 
     data = sub.add_parser("data", help="the paper's data").add_subparsers(dest="data_command", required=True)

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from sent import interrupt
+from sent.config import SentConfig
 from sent.errors import SentError
 from sent.rewards import extract_answer, is_equivalent, warm_up_verifier
 from sent.sampling.base import Settings
@@ -399,3 +400,19 @@ def evaluate_model(
         "seed": cfg.seed,
     }
     return write_results(Path(out_dir), per_benchmark, details, meta)
+
+
+def level_groups(cfg: SentConfig) -> tuple[dict[str, dict[str, str]], set[str]]:
+    """For paired comparisons (`sent.stats`): each configured benchmark's ``{id: level}`` (where its
+    JSONL has levels), and the groups a toy run trains on (``{"toy L1", ...}``; empty otherwise)."""
+    ev, toy = cfg.evaluation, cfg.toy
+    levels = {}
+    for name in ev.benchmarks:
+        try:
+            path = benchmark_path(name, ev.data_dir, toy.data_dir if toy is not None else None)
+        except EvaluationError:
+            continue
+        if path.is_file():
+            levels[name] = benchmark_levels(path)
+    trained = {f"toy L{level}" for level in toy.rl_levels} if toy is not None else set()
+    return levels, trained

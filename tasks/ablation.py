@@ -11,7 +11,6 @@ alone.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,11 +20,12 @@ from prefect import task
 
 from sent.ablation import AblationPlan, ArmRun
 from sent.ablation_report import RunOutcome, summarise, token_shares, write_report
+from sent.ablation_runs import evaluation_outcome
+from sent.evaluation import level_groups
 from sent.lineage import code_version, digest_of
 from sent.steps import default_steps
 from tasks.cache import cache_on
 from tasks.context import Artefact, RunContext, produced
-from tasks.reports import level_groups
 from tasks.retries import IO_RETRY_OPTIONS
 
 logger = logging.getLogger(__name__)
@@ -180,25 +180,8 @@ def restage_step(ctx: RunContext, curation: Artefact, out: str) -> Artefact:
     )
 
 
-def _evaluation_outcome(arm: str, seed: int, results_path: Path, trained: list[Artefact]) -> RunOutcome:
-    """An evaluation's means, per-problem scores, counts and answer spread, with the run's histories."""
-    from sent.engines.stage import read_history
-    from sent.stats import problem_counts, problem_scores, problem_spread
-
-    details = results_path.parent / "details.parquet"
-    return RunOutcome(
-        arm=arm,
-        seed=seed,
-        results=json.loads(results_path.read_text())["mean"],
-        scores=problem_scores(details),
-        histories=[read_history(Path(a.path).parent) for a in trained],
-        counts=problem_counts(details),
-        spread=problem_spread(details),
-    )
-
-
 def _outcome(run: ArmRun, trained: list[Artefact], evaluation: Artefact) -> RunOutcome:
-    return _evaluation_outcome(run.arm, run.seed, Path(evaluation.path), trained)
+    return evaluation_outcome(run.arm, run.seed, Path(evaluation.path), [Path(a.path).parent for a in trained])
 
 
 @task(name="close-arm-run", task_run_name="close:{run.arm}/seed-{run.seed}")
@@ -268,7 +251,7 @@ def ablation_report(
         trained_keys=trained_keys or None,
         arms=[a.name for a in plan.arms if any(o.arm == a.name for o in outcomes)],
         # the starting model, for scale
-        start=_evaluation_outcome("start", cfg.seed, out_base, []) if out_base.is_file() else None,
+        start=evaluation_outcome("start", cfg.seed, out_base, []) if out_base.is_file() else None,
     )
     summary["trained_groups"] = sorted(trained_groups)
     summary["runs"] = {f"{f['arm']}/seed-{f['seed']}": f["run_dir"] for f in finished}

@@ -8,30 +8,12 @@ import math
 import re
 from pathlib import Path
 
-from sent.config import SentConfig
 from sent.data_contract import write_json, write_text
+from sent.evaluation import level_groups
 from sent.steps import Step
 from tasks.context import Artefact, RunContext
 
 COMPARISON = "comparison.md"
-
-
-def level_groups(cfg: SentConfig) -> tuple[dict[str, dict[str, str]], set[str]]:
-    """For paired comparisons (`sent.stats`): each configured benchmark's ``{id: level}`` (where its
-    JSONL has levels), and the groups a toy run trains on (``{"toy L1", ...}``; empty otherwise)."""
-    from sent.evaluation import EvaluationError, benchmark_levels, benchmark_path
-
-    ev, toy = cfg.evaluation, cfg.toy
-    levels = {}
-    for name in ev.benchmarks:
-        try:
-            path = benchmark_path(name, ev.data_dir, toy.data_dir if toy is not None else None)
-        except EvaluationError:
-            continue
-        if path.is_file():
-            levels[name] = benchmark_levels(path)
-    trained = {f"toy L{level}" for level in toy.rl_levels} if toy is not None else set()
-    return levels, trained
 
 
 def _metric_key(group: str) -> str:

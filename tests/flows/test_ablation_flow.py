@@ -117,6 +117,21 @@ def test_two_arms_two_seeds_cached_and_resumed(in_project):
         third["paired"]["sent"]["all"]["difference"]
     )
 
+    # 4. a call with one arm reports that arm only; --report-only reports every run on disk, with
+    # the numbers the two-arm flow reported
+    fourth, _ = run_ablation(arms=["sent"], seeds=[0, 1], reference="sent")
+    assert set(fourth["arms"]) == {"sent"} and fourth["paired"] == {}
+    from sent.cli import main
+
+    assert main(["ablate", "--config", "ablate.yaml", "--out", str(out), "--report-only", "--reference", "grpo"]) == 0
+    on_disk = json.loads((out / "ablation.json").read_text())
+    assert list(on_disk["arms"]) == ["sent", "grpo"]  # the last call's arms first, then the others
+    for arm in ("grpo", "sent"):
+        assert on_disk["arms"][arm]["avg@2"]["mean"] == pytest.approx(third["arms"][arm]["avg@2"]["mean"])
+        assert on_disk["arms"][arm]["steps"] == third["arms"][arm]["steps"]
+    assert on_disk["paired"]["sent"]["all"] == pytest.approx(third["paired"]["sent"]["all"])
+    assert sorted(on_disk["runs"]) == ["grpo/seed-0", "grpo/seed-1", "sent/seed-0", "sent/seed-1"]
+
 
 def test_parallel_runs_give_the_sequential_numbers(in_project):
     """Two arm x seed runs at a time, each in a process of its own (Prefect's ProcessPoolTaskRunner),
