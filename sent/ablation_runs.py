@@ -14,18 +14,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sent.ablation import AblationError
 from sent.ablation_report import RunOutcome, summarise, write_report
 from sent.config import SentConfig
 from sent.engines.stage import read_history
-from sent.errors import SentError
 from sent.evaluation import level_groups
 from sent.stats import problem_counts, problem_scores, problem_spread
 
 RESULTS = Path("eval-final") / "results.json"
-
-
-class AblationReportError(SentError, ValueError):
-    """An ablation directory without a finished run, or a reference arm it does not hold."""
 
 
 def evaluation_outcome(arm: str, seed: int, results_path: Path, stage_dirs: list[Path]) -> RunOutcome:
@@ -75,10 +71,10 @@ def report_from_disk(cfg: SentConfig, out_dir: Path, reference: str) -> dict[str
     n and benchmarks, and the toy levels trained)."""
     outcomes = outcomes_on_disk(out_dir)
     if not outcomes:
-        raise AblationReportError(f"{out_dir} holds no finished arm x seed run (runs/<arm>/seed-<s>/{RESULTS})")
+        raise AblationError(f"{out_dir} holds no finished arm x seed run (runs/<arm>/seed-<s>/{RESULTS})")
     arms = _arm_order(out_dir, [o.arm for o in outcomes])
     if reference not in arms:
-        raise AblationReportError(f"the reference arm {reference!r} has no finished run in {out_dir}; arms: {arms}")
+        raise AblationError(f"the reference arm {reference!r} has no finished run in {out_dir}; arms: {arms}")
     levels, trained_groups = level_groups(cfg)
     trained_keys = {
         (bench, pid)

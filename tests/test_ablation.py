@@ -326,3 +326,17 @@ def test_the_online_se_curve_is_drawn_for_the_arms_that_log_it(tmp_path):
     # without an online arm there is no such plot
     paths = write_report(summarise(outcomes[:1], reference="sent", n=2), outcomes[:1], tmp_path / "static")
     assert [p.name for p in paths if p.name.endswith("curves.png")] == ["entropy_curves.png"]
+
+
+def test_a_report_from_disk_needs_a_finished_run_and_the_reference(tmp_path):
+    from sent.ablation import AblationError
+    from sent.ablation_runs import outcomes_on_disk, report_from_disk
+    from sent.config_loading import load_config
+
+    cfg = load_config(TOY)
+    with pytest.raises(AblationError, match="holds no finished arm x seed run"):
+        report_from_disk(cfg, tmp_path, "grpo")
+    unfinished = tmp_path / "runs" / "sent" / "seed-0" / "stage-1"
+    unfinished.mkdir(parents=True)  # trained part way, never evaluated: not a finished run
+    (tmp_path / "runs" / "sent" / "seed-x").mkdir()  # not a seed directory
+    assert outcomes_on_disk(tmp_path) == []
