@@ -178,8 +178,9 @@ class CurriculumConfig(Section):
     )
     online_filter: bool = Field(
         False,
-        description="mode online: epochs after the first leave out the problems whose latest SE is 0 (every "
-        "rollout answer equivalent: no GRPO signal)",
+        description="mode online: an epoch after the first leaves out the problems whose latest SE is 0 (every "
+        "rollout answer equivalent: no GRPO signal) for that epoch only: they are measured again in the next. An "
+        "epoch keeps at least one batch",
     )
     shard_rows: int = Field(4096, gt=0, description="rows per Parquet shard")
 

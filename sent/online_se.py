@@ -12,7 +12,8 @@ current policy at no sampling cost: a curation for free, at most one epoch old.
   by their latest SE, low first (the online SE of their last rollout, or the curation's SE for a
   row not yet seen), ties kept in that epoch's static order.
 - With ``online_filter``, an epoch leaves out the rows whose latest SE is 0 (all G answers
-  equivalent, so all rewards equal: no GRPO signal), unless that leaves none. Epochs then get
+  equivalent, so all rewards equal: no GRPO signal), for that epoch only: a row left out of one
+  epoch is in the next and measured again, and an epoch keeps at least one batch. Epochs then get
   shorter and the stage, whose step count is fixed, passes more often over the rows that train.
 
 Everything that decides the order is in `state` and the history, so a stage resumed from a
@@ -123,12 +124,25 @@ class OnlineOrder:
         if epoch == 1:
             return static
         ordered = sorted(static, key=self.latest_se)  # stable: ties keep the static order
-        if self.filter_zero:
-            kept = [i for i in ordered if self.latest_se(i) > 0]
-            if kept:
-                return kept
-            logger.warning("epoch %d: every problem's latest SE is 0; the epoch keeps them all", epoch)
-        return ordered
+        return self._filtered(epoch, ordered) if self.filter_zero else ordered
+
+    def _filtered(self, epoch: int, ordered: list[int]) -> list[int]:
+        """``ordered`` without the rows whose latest SE is 0, for this epoch only.
+
+        A row left out is not measured again, so a filter that left it out for good would only
+        ever shrink the stage (in the collapse preset it trained one problem, 32 times a batch,
+        within a hundred steps). A row left out of the previous epoch is therefore kept, and its SE
+        measured again. An epoch also keeps at least one batch of rows, the first of the left-out
+        ones in ``ordered``, so that a batch does not repeat a row."""
+        previous = set(self.order[self.epoch_starts[-1] :])  # epoch - 1: decided, in full
+        due = [i for i in ordered if self.latest_se(i) > 0 or i not in previous]
+        short = min(self.batch_size, len(ordered)) - len(due)
+        if short > 0:
+            chosen = set(due) | set([i for i in ordered if i not in set(due)][:short])
+            due = [i for i in ordered if i in chosen]
+        if len(due) < len(ordered):
+            logger.debug("epoch %d leaves out %d rows at online SE 0", epoch, len(ordered) - len(due))
+        return due
 
     def batch(self, step: int) -> list[tuple[int, int]]:
         """``(row, epoch)`` of the rows step ``step`` (0-based) trains, deciding epochs as needed."""

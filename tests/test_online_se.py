@@ -88,21 +88,48 @@ def test_ties_keep_the_static_order_of_the_epoch():
     assert [r for r, _ in o.batch(2) + o.batch(3)] == second
 
 
-def test_the_filter_leaves_out_zero_se_rows_unless_none_would_be_left():
+def test_the_filter_leaves_a_zero_se_row_out_for_one_epoch_then_measures_it_again():
     o = order([0.0, 0.4, 0.2, 0.6], batch_size=2, filter_zero=True)
     o.record(1, o.batch(0), [score(0.0), score(0.3)])  # rows 0 and 1
     o.record(2, o.batch(1), [score(0.0), score(0.5)])  # rows 2 and 3
-    # latest: 0 0.0, 1 0.3, 2 0.0, 3 0.5 -> epoch 2 is rows 1, 3 only
+    # latest: 0 0.0, 1 0.3, 2 0.0, 3 0.5 -> epoch 2 leaves rows 0 and 2 out
     assert o.batch(2) == [(1, 2), (3, 2)]
     o.record(3, o.batch(2), [score(0.0), score(0.0)])
-    # every latest SE is 0 now: epoch 3 keeps all four, in static order (all ties)
-    assert o.batch(3) == [(0, 3), (1, 3)]
-    assert o.order[6:] == [0, 1, 2, 3]
+    # every latest SE is 0 now. Rows 0 and 2 sat epoch 2 out, so epoch 3 measures them again; rows 1
+    # and 3, just measured at 0, sit epoch 3 out. A left-out row is never stuck out.
+    assert o.batch(3) == [(0, 3), (2, 3)]
+    o.record(4, o.batch(3), [score(0.7), score(0.0)])
+    # epoch 4, by latest SE: 1 (0), 2 (0), 3 (0), 0 (0.7); rows 1 and 3 are due, row 2 sits out
+    assert o.batch(4) == [(1, 4), (3, 4)] and o.order[8:] == [1, 3, 0]
+    # an epoch keeps at least one batch: with one row of signal left, the first zero joins it
+    thin = order([0.5, 0.5, 0.5, 0.5], batch_size=2, filter_zero=True)
+    thin.record(1, thin.batch(0), [score(0.0), score(0.0)])
+    thin.record(2, thin.batch(1), [score(0.0), score(0.4)])
+    assert thin.batch(2) == [(0, 2), (3, 2)] and thin.order[4:] == [0, 3]
     # a row never seen keeps its offline SE, and an offline 0 is left out as well
     fresh = order([0.0, 0.4, 0.2], batch_size=2, filter_zero=True)
     fresh.record(1, fresh.batch(0), [score(0.5), score(0.6)])  # rows 0, 1; row 2 unseen: 0.2
     assert [r for r, _ in fresh.batch(1)] == [2, 2]  # epoch 1's last row, then epoch 2's first
     assert fresh.order[3:] == [2, 0, 1]
+
+
+def test_the_filter_never_shrinks_the_stage_to_a_few_rows():
+    """What the first filter did in the collapse preset: rows measured at 0 were never measured
+    again, and the stage ended on one problem. With one row of signal and the rest at 0 after each
+    rollout, an epoch still holds at least a batch, and every row is trained at least every other
+    epoch."""
+    o = order([0.5] * 8, batch_size=2, filter_zero=True)
+    seen_at: dict[int, list[int]] = {}
+    for step in range(40):
+        batch = o.batch(step)
+        for row, epoch in batch:
+            seen_at.setdefault(row, []).append(epoch)
+        o.record(step + 1, batch, [score(0.5 if row == 7 else 0.0) for row, _ in batch])
+    last = max(e for epochs in seen_at.values() for e in epochs)
+    assert len(seen_at) == 8 and all(np.diff(o.epoch_starts) >= 2)  # every epoch at least a batch
+    for row, epochs in seen_at.items():  # never two epochs in a row without it
+        e = sorted(set(epochs))
+        assert all(b - a <= 2 for a, b in zip(e, e[1:], strict=False)) and e[-1] >= last - 1, (row, e)
 
 
 def test_a_restored_order_goes_on_as_the_uninterrupted_one():
