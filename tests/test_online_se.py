@@ -3,6 +3,7 @@ and the epoch order on hand-made SEs worked out in comments."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -129,7 +130,7 @@ def test_the_filter_never_shrinks_the_stage_to_a_few_rows():
     assert len(seen_at) == 8 and all(np.diff(o.epoch_starts) >= 2)  # every epoch at least a batch
     for row, epochs in seen_at.items():  # never two epochs in a row without it
         e = sorted(set(epochs))
-        assert all(b - a <= 2 for a, b in zip(e, e[1:], strict=False)) and e[-1] >= last - 1, (row, e)
+        assert all(b - a <= 2 for a, b in itertools.pairwise(e)) and e[-1] >= last - 1, (row, e)
 
 
 def test_a_restored_order_goes_on_as_the_uninterrupted_one():
