@@ -16,7 +16,7 @@ from typing import Any
 
 from sent.ablation import AblationError
 from sent.ablation_report import RunOutcome, summarise, write_report
-from sent.config import SentConfig
+from sent.config import BUILTIN_ARMS, SentConfig
 from sent.engines.stage import read_history
 from sent.evaluation import level_groups
 from sent.stats import problem_counts, problem_scores, problem_spread
@@ -58,11 +58,10 @@ def outcomes_on_disk(out_dir: Path) -> list[RunOutcome]:
     return outcomes
 
 
-def _arm_order(out_dir: Path, found: list[str]) -> list[str]:
-    """The last call's arms in its order (``plan.json``), then the others by name."""
-    plan = out_dir / "plan.json"
-    planned = list(json.loads(plan.read_text(encoding="utf-8"))["arms"]) if plan.is_file() else []
-    return [a for a in planned if a in found] + sorted(set(found) - set(planned))
+def _arm_order(cfg: SentConfig, found: list[str]) -> list[str]:
+    """The built-in arms in their order (`BUILTIN_ARMS`), then the config's, then any other by name."""
+    known = [*BUILTIN_ARMS, *cfg.ablation.arms]
+    return [a for a in dict.fromkeys(known) if a in found] + sorted(set(found) - set(known))
 
 
 def report_from_disk(cfg: SentConfig, out_dir: Path, reference: str) -> dict[str, Any]:
@@ -72,7 +71,7 @@ def report_from_disk(cfg: SentConfig, out_dir: Path, reference: str) -> dict[str
     outcomes = outcomes_on_disk(out_dir)
     if not outcomes:
         raise AblationError(f"{out_dir} holds no finished arm x seed run (runs/<arm>/seed-<s>/{RESULTS})")
-    arms = _arm_order(out_dir, [o.arm for o in outcomes])
+    arms = _arm_order(cfg, [o.arm for o in outcomes])
     if reference not in arms:
         raise AblationError(f"the reference arm {reference!r} has no finished run in {out_dir}; arms: {arms}")
     levels, trained_groups = level_groups(cfg)
