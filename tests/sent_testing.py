@@ -78,11 +78,12 @@ def prefect_harness(results_dir: Path):
         yield
 
 
-FLOAT_NOISE = 1e-5
+FLOAT_NOISE = 1e-4
 """Relative tolerance of `parquet_difference(..., float_noise=True)`: two processes that sample
 the same chunk have recorded sequence log-probabilities (and so the likelihood-weighted SE) that
 differ in the seventh digit, now and then (seen under ``make test``; not memory alignment of the
-matmuls, which was checked). Everything discrete (texts, answers, classes, grades, stages) is
+matmuls, which was checked), and once in the fifth (stop 37: -19.07510 against -19.07394, the
+same tokens; the rerun passed). Everything discrete (texts, answers, classes, grades, stages) is
 compared exactly."""
 
 
