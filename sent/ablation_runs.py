@@ -64,16 +64,11 @@ def _arm_order(cfg: SentConfig, found: list[str]) -> list[str]:
     return [a for a in dict.fromkeys(known) if a in found] + sorted(set(found) - set(known))
 
 
-def report_from_disk(cfg: SentConfig, out_dir: Path, reference: str) -> dict[str, Any]:
-    """``ablation.md``, ``ablation.json`` and the plots of every finished run in ``out_dir``,
-    compared with ``reference``; the summary. ``cfg`` is the ablation's config (its evaluation's
-    n and benchmarks, and the toy levels trained)."""
-    outcomes = outcomes_on_disk(out_dir)
-    if not outcomes:
-        raise AblationError(f"{out_dir} holds no finished arm x seed run (runs/<arm>/seed-<s>/{RESULTS})")
-    arms = _arm_order(cfg, [o.arm for o in outcomes])
-    if reference not in arms:
-        raise AblationError(f"the reference arm {reference!r} has no finished run in {out_dir}; arms: {arms}")
+def summarise_ablation(
+    cfg: SentConfig, out_dir: Path, outcomes: list[RunOutcome], *, reference: str, arms: list[str]
+) -> dict[str, Any]:
+    """`summarise` of an ablation's outcomes, with what its config and directory add: the toy
+    levels trained (paired differences on them too) and the starting model's evaluation, for scale."""
     levels, trained_groups = level_groups(cfg)
     trained_keys = {
         (bench, pid)
@@ -91,6 +86,20 @@ def report_from_disk(cfg: SentConfig, out_dir: Path, reference: str) -> dict[str
         start=evaluation_outcome("start", cfg.seed, base, []) if base.is_file() else None,
     )
     summary["trained_groups"] = sorted(trained_groups)
+    return summary
+
+
+def report_from_disk(cfg: SentConfig, out_dir: Path, reference: str) -> dict[str, Any]:
+    """``ablation.md``, ``ablation.json`` and the plots of every finished run in ``out_dir``,
+    compared with ``reference``; the summary. ``cfg`` is the ablation's config (its evaluation's
+    n and benchmarks, and the toy levels trained)."""
+    outcomes = outcomes_on_disk(out_dir)
+    if not outcomes:
+        raise AblationError(f"{out_dir} holds no finished arm x seed run (runs/<arm>/seed-<s>/{RESULTS})")
+    arms = _arm_order(cfg, [o.arm for o in outcomes])
+    if reference not in arms:
+        raise AblationError(f"the reference arm {reference!r} has no finished run in {out_dir}; arms: {arms}")
+    summary = summarise_ablation(cfg, out_dir, outcomes, reference=reference, arms=arms)
     summary["runs"] = {f"{o.arm}/seed-{o.seed}": str(out_dir / "runs" / o.arm / f"seed-{o.seed}") for o in outcomes}
     summary["missing"] = []
     write_report(summary, outcomes, out_dir)

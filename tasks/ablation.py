@@ -19,9 +19,8 @@ from typing import Any
 from prefect import task
 
 from sent.ablation import AblationPlan, ArmRun
-from sent.ablation_report import RunOutcome, summarise, token_shares, write_report
-from sent.ablation_runs import evaluation_outcome
-from sent.evaluation import level_groups
+from sent.ablation_report import RunOutcome, token_shares, write_report
+from sent.ablation_runs import evaluation_outcome, summarise_ablation
 from sent.lineage import code_version, digest_of
 from sent.steps import default_steps
 from tasks.cache import cache_on
@@ -236,24 +235,13 @@ def ablation_report(
         )
         for f in finished
     ]
-    levels, trained_groups = level_groups(cfg)
-    trained_keys = {
-        (bench, pid)
-        for bench, ids in levels.items()
-        for pid, level in ids.items()
-        if f"{bench} {level}" in trained_groups
-    }
-    out_base = Path(base.run_dir) / "eval-base" / "results.json"
-    summary = summarise(
+    summary = summarise_ablation(
+        cfg,
+        Path(base.run_dir),
         outcomes,
         reference=plan.reference,
-        n=cfg.evaluation.n,
-        trained_keys=trained_keys or None,
         arms=[a.name for a in plan.arms if any(o.arm == a.name for o in outcomes)],
-        # the starting model, for scale
-        start=evaluation_outcome("start", cfg.seed, out_base, []) if out_base.is_file() else None,
     )
-    summary["trained_groups"] = sorted(trained_groups)
     summary["runs"] = {f"{f['arm']}/seed-{f['seed']}": f["run_dir"] for f in finished}
     summary["missing"] = sorted(
         r.name for r in plan.runs if (r.arm, r.seed) not in {(f["arm"], f["seed"]) for f in finished}
