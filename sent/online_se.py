@@ -69,8 +69,15 @@ class GroupScore:
 def score_group(texts: Sequence[str], correct: Sequence[float], judge: Judge, semantic: SemanticConfig) -> GroupScore:
     """The online SE of one problem's rollouts: their final answers clustered exactly as curation
     clusters its N samples (same judge, missing-answer rule and time budget)."""
+    return score_answers_group([extract_answer(t) for t in texts], correct, judge, semantic)
+
+
+def score_answers_group(
+    answers: Sequence[str | None], correct: Sequence[float], judge: Judge, semantic: SemanticConfig
+) -> GroupScore:
+    """`score_group` of answers already extracted (verl's reward workers extract them)."""
     found = score_answers(
-        [extract_answer(t) for t in texts],
+        list(answers),
         equivalent=judge,
         pool_missing=semantic.pool_missing,
         budget_s=semantic.problem_budget_s,
