@@ -412,12 +412,6 @@ class SentConfig(Section):
                 "curriculum.mode 'rescored' scores SE with each stage's policy, and semantic.scoring_model fixes "
                 "another scorer: leave semantic.scoring_model out, or use mode 'static'"
             )
-        if resolved.curriculum.mode == "online" and resolved.training.engine == "verl":
-            raise ValueError(
-                "curriculum.mode 'online' orders epochs inside the trainer, and runs on the local engine only: "
-                "verl 0.9.1's trainer builds its own sampler (random or sequential) and has no curriculum-sampler "
-                "hook; use training.engine local, or mode 'static' or 'rescored' with verl"
-            )
         if resolved.training.max_prompt_tokens < resolved.data.max_prompt_tokens:
             raise ValueError(
                 f"training.max_prompt_tokens={resolved.training.max_prompt_tokens} is below "

@@ -67,6 +67,7 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
     from sent.data_contract import load_manifest
     from sent.engines.dispatch import train_stage
     from sent.engines.stage import FINAL, read_history, stage_dir
+    from sent.online_se import HISTORY_FILE
 
     cfg = ctx.load()
     curriculum.verified()
@@ -137,10 +138,17 @@ def train_step(ctx: RunContext, stage: int, curriculum: Artefact, start: Artefac
             engine_meta = result.meta
             if verl:
                 reported.update(range(1, len(history) + 1))  # verl logged them into the child run itself
+                for i, metrics in enumerate(history, start=1):  # ... but for the online SE, which is ours
+                    online = {k: v for k, v in metrics.items() if k.startswith("online_se_")}
+                    if online:
+                        tracker.log_metrics(run_id, online, i)
+                        to_parent(i, online)
         for i, metrics in enumerate(history, start=1):  # steps restored from a checkpoint were not reported
             if i not in reported:
                 report(i, metrics)
         tracker.log_artifact(run_id, out / "metrics.jsonl")
+        if (out / HISTORY_FILE).is_file():  # curriculum.mode online: each problem's SE at each step
+            tracker.log_artifact(run_id, out / HISTORY_FILE)
         tracker.log_artifact(run_id, final_dir / "stage.json")
         if cfg.tracking.log_checkpoints:
             tracker.log_artifact(run_id, final_dir, "final")

@@ -294,7 +294,6 @@ def test_shipped_configs_set_each_shared_setting_once(path):
         (["training.engine=verl", "training.train_samples=positive"], "train_samples='positive' is a local-engine"),
         (["curriculum.online_filter=true"], "online_filter filters by the online SE of mode 'online'"),
         (["curriculum.mode=rescored", "curriculum.n_stages=1"], "mode 'rescored' re-stages .* n_stages >= 2"),
-        (["training.engine=verl", "curriculum.mode=online"], "runs on the local engine only"),
         (["data.max_prompt_tokens=256", "training.max_prompt_tokens=128"], "rollouts would drop prompts"),
     ],
 )

@@ -152,8 +152,7 @@ def test_a_restored_order_goes_on_as_the_uninterrupted_one():
 def test_online_settings_are_checked_and_keyed(tiny_toy):
     with pytest.raises(ValueError, match="online_filter filters by the online SE of mode 'online'"):
         toy_config(tiny_toy, "curriculum.online_filter=true")
-    with pytest.raises(ValueError, match="runs on the local engine only"):
-        toy_config(tiny_toy, "curriculum.mode=online", "training.engine=verl")
+    assert toy_config(tiny_toy, "curriculum.mode=online", "training.engine=verl").curriculum.mode == "online"
     static, online = toy_config(tiny_toy), toy_config(tiny_toy, "curriculum.mode=online")
     # the curation is the same in every mode; training is not
     assert static.section_digest("curriculum") == online.section_digest("curriculum")

@@ -7,7 +7,8 @@ GRPO advantages, rollout ``n``/temperature/top_p, batch sizes, lr, lengths, the 
 real fields), exact token entropy (``calculate_entropy=true``, see `sent.engines.verl_plugin`),
 the reference KL loss, the stage's shards as an explicit file list (verl takes no directories or
 globs), our reward function, nodes/GPUs, MLflow logging into our run tree, checkpoints and
-``resume_mode``. `compose_verl_config` and `check_verl_config` validate the overrides the way
+``resume_mode``; under ``curriculum.mode: online``, our dataset class (`sent.engines.verl_online`)
+in place of verl's shuffled one. `compose_verl_config` and `check_verl_config` validate the overrides the way
 ``main_ppo`` reads them: Hydra's compose API on verl's packaged ``ppo_trainer`` config, then
 verl's dataclasses.
 
@@ -28,12 +29,14 @@ from sent.config import SentConfig, loss_config, training_seed
 from sent.engines.stage import FINAL, stage_dir, stage_steps
 from sent.errors import SentError
 from sent.grading.verify import WORKERS_ENV
+from sent.online_stream import StreamSettings
 from sent.redaction import split_credentials
 
 logger = logging.getLogger(__name__)
 TRAINER_MODULE = "verl.trainer.main_ppo"
 PLUGIN_MODULE = "sent.engines.verl_plugin"
 POLICY_LOSS_TARGET = f"{PLUGIN_MODULE}.SentPolicyLossConfig"
+ONLINE_DATASET = ("sent.engines.verl_online", "OnlineSEDataset")
 
 
 class VerlEngineError(SentError, RuntimeError):
@@ -62,6 +65,8 @@ class StagePlan:
     """Variables the local job's process gets and nothing shows: not `command`, `shell`, Hydra."""
     ray_address: str | None = None
     trainer_module: str = TRAINER_MODULE
+    online: StreamSettings | None = None
+    """``curriculum.mode: online``: the stage's stream (`sent.engines.verl_online` in the trainer)."""
 
     @property
     def command(self) -> list[str]:
@@ -126,6 +131,14 @@ def stage_train_files(curriculum_dir: Path, stage: int) -> tuple[list[Path], boo
 def total_steps(cfg: SentConfig, n_rows: int | None) -> int | None:
     """Optimizer steps of a stage, as the local engine counts them (``epochs_per_stage`` may be fractional)."""
     return None if n_rows is None else stage_steps(cfg, n_rows)
+
+
+def verl_epochs(cfg: SentConfig, n_rows: int | None, steps: int | None) -> int:
+    """verl's ``total_epochs``: enough passes of its dataloader (``n_rows // batch`` steps each,
+    the last partial batch dropped) for the stage's steps, which ``total_training_steps`` caps."""
+    if n_rows is None or steps is None or n_rows < cfg.training.train_batch_size:
+        return max(1, math.ceil(cfg.training.epochs_per_stage))
+    return max(1, math.ceil(steps / (n_rows // cfg.training.train_batch_size)))
 
 
 def plan_stage(
@@ -249,8 +262,19 @@ def plan_stage(
         f"trainer.save_freq={t.save_every}",
         f"trainer.test_freq={t.val_every}",
         "trainer.val_before_train=false",
-        f"trainer.total_epochs={max(1, math.ceil(t.epochs_per_stage))}",
+        f"trainer.total_epochs={verl_epochs(cfg, n_rows, steps)}",
     ]
+    online = None
+    if cfg.curriculum.mode == "online":  # our dataset serves the rows in the online order
+        online = StreamSettings.of(cfg, out, training_seed(cfg))
+        overrides = [o for o in overrides if not o.startswith("data.shuffle=")]
+        overrides += [
+            "data.shuffle=false",  # the stream shuffles (epoch 1) and orders (later epochs) by itself
+            "data.dataloader_num_workers=0",  # __getitem__ in the trainer, in order
+            f"data.custom_cls.path={hydra_value('pkg://' + ONLINE_DATASET[0])}",
+            f"data.custom_cls.name={ONLINE_DATASET[1]}",
+            f"+data.sent_online={hydra_value(online.to_json())}",
+        ]
     if steps is not None:
         overrides.append(f"trainer.total_training_steps={steps}")
     # the reward workers load only our reward function: the grading setting reaches them this way
@@ -293,6 +317,7 @@ def plan_stage(
         secret_env=secret_env,
         ray_address=v.ray_address,
         trainer_module=v.trainer_module,
+        online=online,
     )
 
 

@@ -224,7 +224,8 @@ def run_stage(plan: StagePlan, cfg: SentConfig, *, callback=None, fresh: bool = 
         "seconds": time.perf_counter() - t0,
         "last_metrics": history[-1] if history else {},
     }
-    write_step_history(metrics_path)  # before the summary, which records its digest
+    online = finish_online(plan, step)
+    write_step_history(metrics_path, online)  # before the summary, which records its digest
     write_summary(tmp, summary)
     tmp.rename(plan.merged_dir)
     return summary
@@ -238,15 +239,32 @@ def _drop_torn_tail(path: Path) -> None:
             path.write_text(text[: text.rfind("\n") + 1])
 
 
-def write_step_history(path: Path) -> list[dict[str, float]]:
-    """``metrics.jsonl`` with one line per step, in step order. A resumed job repeats the steps
-    after its last checkpoint; the last run of each step is the one its weights came from."""
+def finish_online(plan: StagePlan, step: int) -> dict[int, dict[str, float]]:
+    """``curriculum.mode: online``: the stage's whole history from its record, the last step's
+    included (verl's hook never sees it), written beside the stage; each step's metrics."""
+    if plan.online is None:
+        return {}
+    from sent.online_stream import OnlineStream
+
+    stream = OnlineStream.from_rows_file(plan.online)
+    stream.resume(step)
+    logger.info("stage %d: online SE of %d steps in %s", plan.stage, stream.taken, plan.online.history)
+    return stream.metrics
+
+
+def write_step_history(path: Path, extra: dict[int, dict[str, float]] | None = None) -> list[dict[str, float]]:
+    """``metrics.jsonl`` with one line per step, in step order, each with its ``extra`` metrics.
+    A resumed job repeats the steps after its last checkpoint; the last run of each step is the
+    one its weights came from."""
     by_step: dict[float, dict[str, float]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
                 by_step[row["step"]] = row
+    for step, metrics in (extra or {}).items():
+        if float(step) in by_step:
+            by_step[float(step)].update(metrics)
     rows = [by_step[k] for k in sorted(by_step)]
     write_history(path.parent, rows)
     return rows

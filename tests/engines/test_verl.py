@@ -108,19 +108,6 @@ def test_a_value_verl_rejects_is_caught_by_composition(tmp_path):
         compose_verl_config(plan.overrides)
 
 
-@pytest.fixture(scope="module")
-def curriculum(tiny_toy, tmp_path_factory):
-    """A real (small) curation of the tiny toy world, all in one stage: the tiny model's answers to
-    most problems are all different (SE ties at ln 4), and tied problems share a stage, so a
-    two-stage split can leave stage 1 a single row (one shard)."""
-    from sent.curate import curate
-
-    cfg = toy_config(tiny_toy, "sampling.n=4", "data.limit=24", "curriculum.shard_rows=2", "curriculum.n_stages=1")
-    out = tmp_path_factory.mktemp("curriculum") / "curate"
-    curate(cfg, out=out)
-    return cfg, out
-
-
 def test_a_curated_stage_passes_its_shards_and_step_count(curriculum, tmp_path):
     from sent.data_contract import load_manifest, stage_files
     from sent.engines.verl import check_verl_config, compose_verl_config, plan_stage
@@ -137,6 +124,22 @@ def test_a_curated_stage_passes_its_shards_and_step_count(curriculum, tmp_path):
     # floor(epochs_per_stage * rows / train_batch_size), at least 1 (as the local engine counts)
     expected = max(1, int(cfg.training.epochs_per_stage * rows // cfg.training.train_batch_size))
     assert composed.trainer.total_training_steps == plan.total_steps == expected
+
+
+def test_verl_gets_enough_epochs_for_the_stages_steps_despite_dropping_partial_batches(tiny_toy, curriculum, tmp_path):
+    """24 rows, 5 a step, 2 epochs: floor(2 x 24 / 5) = 9 steps, as the local engine counts them.
+    verl's dataloader drops each epoch's partial batch (4 rows), so an epoch is 24 // 5 = 4 steps,
+    and the 9 steps need ceil(9 / 4) = 3 of its epochs, not ceil(2) = 2 (which would end at 8)."""
+    from sent.engines.verl import compose_verl_config, plan_stage
+
+    _, out = curriculum
+    cfg = toy_config(
+        tiny_toy, "training.train_batch_size=5", "training.mini_batch_size=5", "training.epochs_per_stage=2"
+    )
+    plan = plan_stage(cfg, stage=1, curriculum_dir=out, run_dir=tmp_path / "run", start_model=cfg.model.path)
+    assert plan.rows == 24
+    composed = compose_verl_config(plan.overrides)
+    assert (composed.trainer.total_training_steps, composed.trainer.total_epochs) == (9, 3)
 
 
 def test_verls_rlhf_dataset_reads_our_shards_with_the_toy_tokenizer(curriculum, tiny_toy, tmp_path):
