@@ -3,9 +3,9 @@ checkpoints, the model merger) running our stages on this CPU machine, through
 ``training.verl.device: cpu`` (sent.engines.verl_cpu). No fake anywhere in this file.
 
 Run from .venv-verl (``make test-verl``; `make test` runs it after the main suite). Each verl job
-costs about 4 min of start-up plus 30-50 s a step here, so the file runs five jobs in all: the
-pipeline's two stages, a stage killed with SIGKILL, its resumption, and a fresh retrain submitted to
-a Ray cluster with ``ray job submit``."""
+costs about 4 min of start-up plus 30-50 s a step here, so the file runs few jobs: the pipeline's
+two stages; a stage in ``curriculum.mode: online`` killed with SIGKILL, its resumption, a SIGTERM
+and a rerun; and a fresh retrain submitted to a Ray cluster with ``ray job submit``."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from sent.config_loading import load_config
 
 from sent_testing import pipeline_config, toy_config
 
@@ -196,7 +199,7 @@ def test_verls_mlflow_logger_writes_into_each_stages_child_run(project):
 # --------------------------------------------------------------------------------------------
 
 
-def _train_command(config: Path, curriculum: Path, out: Path, *extra: str) -> list[str]:
+def _train_command(config: Path, curriculum: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return [
         str(VENV_BIN / "sent"),
         "train",
@@ -205,7 +208,7 @@ def _train_command(config: Path, curriculum: Path, out: Path, *extra: str) -> li
         "--stage",
         "1",
         "--max-steps",
-        "3",
+        str(steps),
         "--curriculum",
         str(curriculum),
         "--out",
@@ -230,25 +233,34 @@ def _steps_logged(log: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def resumed(project, tmp_path_factory, tiny_toy):
-    """Stage 1 (3 steps of 2 prompts, a checkpoint each) killed with SIGKILL after its first
-    checkpoint, then the same command again. The stage is the pipeline's curation restaged as one
-    stage (no sampling): how the SE split of 32 problems falls depends on the fixture model, and
-    the pipeline's stage 1 may hold fewer than the 6 problems three steps need."""
+    """Stage 1 (steps of 2 prompts, a checkpoint each) in ``curriculum.mode: online``, killed
+    with SIGKILL after its first checkpoint, then the same command again. The stage is the
+    pipeline's curation restaged into quantile stages (no sampling) such that stage 1 holds 4 to 8
+    of the 32 problems (6 here: tied SEs share a stage), and rows // 2 + 1 steps: the last step
+    reaches the online order's second epoch, which the job decides on the SE of the rollouts of the
+    steps before, recorded by our reward function."""
     from sent.config_loading import load_config
     from sent.curate import restage
 
     root, record = project
     tmp = tmp_path_factory.mktemp("verl-kill")
-    cfg = pipeline_config(tiny_toy, training=_verl_sections(save_every=1, train_batch_size=2, mini_batch_size=2))
+    training = _verl_sections(save_every=1, train_batch_size=2, mini_batch_size=2, epochs_per_stage=2)
+    cfg = pipeline_config(tiny_toy, training=training)
+    cfg["curriculum"] = {**cfg.get("curriculum", {}), "mode": "online"}
     config = tmp / "stage.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    one_stage = load_config(root / "pipeline.yaml", ["curriculum.n_stages=1"])
-    curated = restage(one_stage, record["artefacts"]["curate"]["path"], tmp / "one-stage")
+    for n_stages in range(1, 17):  # quantile stages keep tied SEs together: find a stage 1 of 4 to 8
+        small_stages = load_config(root / "pipeline.yaml", [f"curriculum.n_stages={n_stages}"])
+        curated = restage(small_stages, record["artefacts"]["curate"]["path"], tmp / f"stages-{n_stages}")
+        rows = curated.manifest["curriculum"]["stages"][0]["count"]
+        if 4 <= rows <= 8:
+            break
+    else:
+        pytest.fail(f"no split of the curation into 1..16 stages gives a stage 1 of 4 to 8 problems (last: {rows})")
+    steps = rows // 2 + 1  # 2 places a step: the last step reaches into the online order's epoch 2
     curriculum = curated.out_dir
-    rows = curated.manifest["curriculum"]["stages"][0]["count"]
-    assert rows >= 6, f"stage 1 has {rows} problems: 3 steps of 2 need 6"
     out = tmp / "run"
-    command = _train_command(config, curriculum, out)
+    command = _train_command(config, curriculum, out, steps)
     marker = out / "stage-1" / "verl" / "checkpoints" / "latest_checkpointed_iteration.txt"
     first_log = tmp / "first.log"
     with first_log.open("w") as log:
@@ -266,27 +278,64 @@ def resumed(project, tmp_path_factory, tiny_toy):
     second = subprocess.run(command, capture_output=True, text=True, env=_env(tmp), timeout=JOB_TIMEOUT)
     _ray_stop()
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    return tmp, config, curriculum, out, first_log.read_text(), second.stdout + second.stderr, checkpointed
+    return tmp, config, curriculum, out, first_log.read_text(), second.stdout + second.stderr, checkpointed, steps
 
 
 def test_a_stage_killed_with_sigkill_resumes_from_verls_checkpoint(resumed):
-    _tmp, _, _, out, first, second, checkpointed = resumed
+    _tmp, _, _, out, first, second, checkpointed, steps = resumed
     assert 1 in _steps_logged(first) and checkpointed in (1, 2)
     # resumed after the last checkpoint, not started over
-    assert _steps_logged(second) == list(range(checkpointed + 1, 4))
+    assert _steps_logged(second) == list(range(checkpointed + 1, steps + 1))
     rows = [json.loads(x) for x in (out / "stage-1" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1.0, 2.0, 3.0]  # the killed run's step 1 is kept
+    assert [r["step"] for r in rows] == [float(s) for s in range(1, steps + 1)]  # the killed run's step 1 is kept
     summary = json.loads((out / "stage-1" / "final" / "stage.json").read_text())
-    assert summary["steps"] == 3 and summary["checkpoint"].endswith("global_step_3")
+    assert summary["steps"] == steps and summary["checkpoint"].endswith(f"global_step_{steps}")
+
+
+def test_the_online_order_and_se_survive_the_kill_in_verls_real_trainer(resumed):
+    """The resumed job's stream (`sent.engines.verl_online`) took the killed job's recorded steps
+    in, dropped what it recorded after its checkpoint, and decided epoch 2 on them: its first row
+    is a row of lowest SE at that point. Every step's SE is `sent.semantic` on the answers our
+    reward function recorded in verl's reward workers."""
+    from sent import online_record
+    from sent.online_stream import ROWS_FILE
+    from sent.semantic import configured_judge, score_answers
+
+    _tmp, config, _, out, _, _, _, steps = resumed
+    semantic = load_config(config).semantic
+    stage = out / "stage-1"
+    records, _ = online_record.read(stage / "verl" / "online_record.jsonl")
+    places = 2 * steps  # 2 places a step, nothing after the last (the killed job's extra lines dropped)
+    assert sorted({r.position for r in records}) == list(range(places))
+    assert all(sum(r.position == p for r in records) == 4 for p in range(places))  # G = 4 rollouts each
+    history = pq.read_table(stage / "online_se.parquet").to_pylist()
+    rows = json.loads((stage / "verl" / ROWS_FILE).read_text())
+    n = len(rows["ids"])
+    assert [h["epoch"] for h in history] == [1] * n + [2] * (places - n)
+    judge = configured_judge(semantic)
+    for place, h in enumerate(history):  # one row per place, in the stream's order
+        answers = [r.answer for r in records if r.position == place]
+        expected = score_answers(answers, equivalent=judge, pool_missing=semantic.pool_missing)
+        assert h["semantic_entropy"] == pytest.approx(expected.entropy)
+    latest = dict(zip(range(n), rows["offline_se"], strict=True))
+    for h in history:  # epoch 2 was decided at the first place of the step that holds place n
+        if h["step"] <= n // 2:
+            latest[h["row"]] = h["semantic_entropy"]
+    first_of_epoch_2 = next(h["row"] for h in history if h["epoch"] == 2)
+    assert latest[first_of_epoch_2] == min(latest.values())
+    steps = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
+    for m in steps:  # the online SE metrics beside verl's own
+        values = [h["semantic_entropy"] for h in history if h["step"] == m["step"]]
+        assert m["online_se_mean"] == pytest.approx(sum(values) / len(values))
 
 
 def test_sigterm_stops_a_verl_stage_after_its_next_checkpoint_and_a_rerun_finishes_it(resumed):
     """`sent train` on verl, sent SIGTERM once step 1 is logged: the job goes on to its next
     checkpoint (save_every=1: step 2), is ended there, and the command exits 143 with one error
     line; the rerun resumes after that checkpoint and finishes the stage."""
-    tmp, config, curriculum, _, _, _, _ = resumed
+    tmp, config, curriculum, _, _, _, _, steps = resumed
     out = tmp / "run-sigterm"
-    command = _train_command(config, curriculum, out)
+    command = _train_command(config, curriculum, out, steps)
     marker = out / "stage-1" / "verl" / "checkpoints" / "latest_checkpointed_iteration.txt"
     log_path = tmp / "sigterm.log"
     with log_path.open("w") as log:
@@ -309,7 +358,7 @@ def test_sigterm_stops_a_verl_stage_after_its_next_checkpoint_and_a_rerun_finish
     second = subprocess.run(command, capture_output=True, text=True, env=_env(tmp), timeout=JOB_TIMEOUT)
     _ray_stop()
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert _steps_logged(second.stdout + second.stderr) == list(range(stopped_at + 1, 4))
+    assert _steps_logged(second.stdout + second.stderr) == list(range(stopped_at + 1, steps + 1))
 
 
 @pytest.fixture(scope="module")
@@ -348,18 +397,18 @@ def test_fresh_retrains_a_finished_stage_on_a_ray_cluster_and_the_gradient_clip_
     # (mean |dw| 2e-4); the clipped one 0.055 % (mean |dw| 7e-8: weights near zero, whose bf16 step
     # is tiny, and values at a rounding midpoint). So most weights move if, and only if, the clip
     # did not reach verl's optimizer (optim.clip_grad).
-    tmp, config, curriculum, out, *_ = resumed
+    tmp, config, curriculum, out, *_, steps = resumed
     address, auth = ray_head
     first_final = out / "stage-1" / "final"
     assert _changed(tiny_toy.model_dir, first_final) > 0.5
     command = _train_command(
-        config, curriculum, out, "--fresh", f"training.verl.ray_address={address}", "training.grad_clip=1e-12"
+        config, curriculum, out, steps, "--fresh", f"training.verl.ray_address={address}", "training.grad_clip=1e-12"
     )
     fresh = subprocess.run(command, capture_output=True, text=True, env={**_env(tmp), **auth}, timeout=JOB_TIMEOUT)
     log = fresh.stdout + fresh.stderr
     assert fresh.returncode == 0, log[-4000:]
     assert f"ray job submit --address={address}" in log  # the command it ran, as logged
-    assert _steps_logged(log) == [1, 2, 3]  # started over: the old stage was moved aside
+    assert _steps_logged(log) == list(range(1, steps + 1))  # started over: the old stage was moved aside
     old = list(out.glob("stage-1.old-*"))
     assert len(old) == 1 and (old[0] / "final" / "stage.json").is_file()
     assert _changed(tiny_toy.model_dir, out / "stage-1" / "final") < 0.01
