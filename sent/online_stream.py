@@ -138,6 +138,7 @@ class OnlineStream:
         self._reset()
         online_record.keep_before(self.settings.record, step * self.settings.batch_size)
         self.take_in(required=step)
+        self.order.write_history(self.settings.history)  # also when empty: not a killed run's
         if step:
             logger.info("online stream: resumed after step %d from %s", step, self.settings.record)
 
