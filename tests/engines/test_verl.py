@@ -7,9 +7,11 @@ GPUs in scripts/gpu_smoke.sh."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -339,6 +341,35 @@ def test_the_launcher_streams_the_log_and_fails_with_its_tail(caplog):
     assert len(lines) == 301 and "[job] line 0" in caplog.text
     step, metrics = parse_step_metrics(lines[-1])
     assert step == 3 and metrics["actor/pg_loss"] == 0.25
+
+
+def test_what_a_job_leaves_in_its_session_ends_with_it(tmp_path):
+    """The job starts a child in a process group of its own (as vLLM's engine core is) and exits:
+    the child would outlive it, and is ended when the job ends, normally or not."""
+    import os
+
+    from sent.engines.verl import VerlEngineError
+    from sent.engines.verl_run import stream
+
+    for code in (0, 3):
+        pid_file = tmp_path / f"child-{code}"
+        child = "import os, time; os.setpgrp(); time.sleep(120)"
+        script = (
+            "import subprocess, sys\n"
+            f"p = subprocess.Popen([sys.executable, '-c', {child!r}],\n"
+            "    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"  # not our pipe: the job's end ends the log
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+            f"sys.exit({code})"
+        )
+        with contextlib.suppress(VerlEngineError):
+            stream([sys.executable, "-c", script], {}, "job")
+        pid = int(pid_file.read_text())
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):  # SIGKILLed: gone once init has reaped it
+                os.kill(pid, 0)
+                if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                    raise ProcessLookupError
+                time.sleep(0.1)
 
 
 def test_the_tracking_credentials_reach_the_job_by_its_environment_only(tmp_path, caplog):

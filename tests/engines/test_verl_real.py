@@ -9,7 +9,6 @@ and a rerun; and a fresh retrain submitted to a Ray cluster with ``ray job submi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 from sent.config_loading import load_config
+from sent.engines.verl_run import end_session
 
 from sent_testing import pipeline_config, toy_config
 
@@ -51,17 +51,6 @@ def _verl_sections(**training) -> dict:
         "val_every": 100,
         **training,
     }
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of session ``sid``, as a dying machine would end them. Its process
-    group is not enough: vLLM's engine core runs in a group of its own in the same session, and
-    would outlive the job (and ``ray stop``) holding its memory."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getsid(int(entry.name)) == sid:
-                    os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _ray_stop() -> None:
@@ -283,7 +272,7 @@ def resumed(project, tmp_path_factory, tiny_toy):
             assert job.poll() is None, first_log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint of step 1 in time"
             time.sleep(0.5)
-        _kill_session(job.pid)  # the job and everything it started
+        end_session(job.pid)  # the job and everything it started in its session, as a dying machine would
         job.wait()
     checkpointed = int(marker.read_text())
     _ray_stop()  # what the dead driver's local Ray left behind (a machine that died would have none)
