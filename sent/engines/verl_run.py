@@ -1,6 +1,7 @@
 """Running a planned verl stage (`sent.engines.verl.plan_stage`): the job as a subprocess (local
 Ray, or ``ray job submit`` to a cluster) whose log streams into ours and whose step metrics are
-kept as they come, a stop that waits for the job's next checkpoint, and the merge of the final
+kept as they come, a stop that waits for the job's next checkpoint, the end of whatever the job
+leaves running in its session (`end_session`), and the merge of the final
 FSDP checkpoint into Hugging Face weights (``python -m verl.model_merger merge``) that the next
 stage starts from. ``resume_mode=auto`` makes a retry of the same stage continue from its last
 checkpoint; a deliberately new run gets a new directory (and so a new experiment name).
