@@ -7,8 +7,9 @@ reward function (`sent.rewards.compute_score`, in verl's reward workers) then ap
 rollout's extracted answer and correctness here (`append`); the trainer's dataset reads the
 record back (`read`) to cluster each group of G answers (`sent.online_stream`).
 
-Why a file: verl 0.9 gives its trainer a batch's rewards only after the step's checkpoint is
-saved (``on_batch_end``), and not at all after the last step. The reward function runs before
+Why a file: verl 0.9 hands a step's batch to user code only through its legacy trainer's
+``on_batch_end``, after the step's checkpoint is saved and never after the last step; its V1
+trainer (the default) has no such hook at all. The reward function runs before
 the save, so a step's lines are in the record before the checkpoint that follows it, and a
 resumed stage finds everything its order depends on (`keep_before` drops the lines of the steps
 after the checkpoint). Every line is one ``write`` to a file opened with ``O_APPEND``, so the
