@@ -240,7 +240,6 @@ def resumed(project, tmp_path_factory, tiny_toy):
     of the 32 problems (6 here: tied SEs share a stage), and rows // 2 + 1 steps: the last step
     reaches the online order's second epoch, which the job decides on the SE of the rollouts of the
     steps before, recorded by our reward function."""
-    from sent.config_loading import load_config
     from sent.curate import restage
 
     root, record = project
