@@ -9,6 +9,7 @@ and a rerun; and a fresh retrain submitted to a Ray cluster with ``ray job submi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -51,6 +52,20 @@ def _verl_sections(**training) -> dict:
         "val_every": 100,
         **training,
     }
+
+
+def _kill_everything(pid: int) -> None:
+    """SIGKILL `sent` (``pid``, started in a session of its own) and all it started, as a dying
+    machine would: its session, and the session of the verl job it runs (`sent.engines.verl_run`
+    starts the job in one of its own), where vLLM's engine core sits in a group of its own."""
+    import psutil
+
+    sessions = {pid}
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(ProcessLookupError):
+            sessions.add(os.getsid(child.pid))
+    for sid in sessions:
+        end_session(sid)
 
 
 def _ray_stop() -> None:
@@ -271,7 +286,7 @@ def resumed(project, tmp_path_factory, tiny_toy):
             assert job.poll() is None, first_log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint of step 1 in time"
             time.sleep(0.5)
-        end_session(job.pid)  # the job and everything it started in its session, as a dying machine would
+        _kill_everything(job.pid)
         job.wait()
     checkpointed = int(marker.read_text())
     _ray_stop()  # what the dead driver's local Ray left behind (a machine that died would have none)
