@@ -121,9 +121,11 @@ def end_session(sid: int, what: str = "the job") -> int:
     """SIGKILL what is left of session ``sid`` (a job started with ``start_new_session``) once the
     job itself has ended; returns how many processes that was.
 
-    vLLM's engine core runs in a process group of its own inside the job's session, and outlives
-    a verl job that ended, normally or not, and ``ray stop``: seen after every verl stage on CPU, an
-    orphan holding about 3 GB (on a GPU, the GPU's memory). Linux only (``/proc``); elsewhere a no-op."""
+    vLLM's engine core runs in a process group of its own inside the job's session. When the job
+    dies without shutting its workers down (SIGKILL, the OOM killer), the engine core outlives it
+    and ``ray stop``: seen after the kill -9 test, an orphan holding about 3 GB (on a GPU, the
+    GPU's memory). A job that ended normally leaves nothing, and this finds nothing. Linux only
+    (``/proc``); elsewhere a no-op."""
     proc_dir = Path("/proc")
     if not proc_dir.is_dir():
         return 0
