@@ -3,7 +3,7 @@ can compute the online SE of answers that only verl's reward workers see.
 
 Under ``curriculum.mode: online`` the stage's dataset (`sent.engines.verl_online`) puts the row's
 place in the stream (`place`) into the ``extra_info`` that verl hands our reward function. The
-reward function (`sent.rewards.compute_score`, in verl's reward workers) then appends the
+reward function (`sent.grading.compute_score`, in verl's reward workers) then appends the
 rollout's extracted answer and correctness here (`append`); the trainer's dataset reads the
 record back (`read`) to cluster each group of G answers (`sent.online_stream`).
 
@@ -85,9 +85,9 @@ def keep_before(path: str | Path, position: int) -> list[Record]:
     """Rewrite the record with only the lines of the places before ``position`` (atomically), and
     return them: a resumed stage drops what the steps after its checkpoint recorded."""
     path = Path(path)
-    records, _ = read(path)
+    records, end = read(path)
     kept = [r for r in records if r.position < position]
-    torn = path.is_file() and not path.read_bytes().endswith(b"\n")
+    torn = path.is_file() and path.stat().st_size != end  # a line cut by a kill after the last whole one
     if len(kept) != len(records) or torn:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")

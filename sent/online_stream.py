@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sent import online_record
-from sent.online_se import OnlineOrder, score_answers_group
+from sent.online_se import HISTORY_FILE, OnlineOrder, score_answers_group
 from sent.semantic import configured_judge
 
 if TYPE_CHECKING:
@@ -57,8 +57,6 @@ class StreamSettings:
 
     @classmethod
     def of(cls, cfg: SentConfig, stage_out: Path, seed: int) -> StreamSettings:
-        from sent.online_se import HISTORY_FILE
-
         verl = stage_out / "verl"
         return cls(
             record=str(verl / "online_record.jsonl"),
@@ -98,8 +96,6 @@ class OnlineStream:
         self.offline_se, self.ids = [float(x) for x in offline_se], [str(i) for i in ids]
         self.semantic = SemanticConfig.model_validate(settings.semantic)
         self.judge = configured_judge(self.semantic)
-        self.metrics: dict[int, dict[str, float]] = {}
-        """Each step's (1-based) ``online_se_*`` metrics, as the local engine logs them."""
         self._reset()
 
     def _reset(self) -> None:
@@ -117,7 +113,8 @@ class OnlineStream:
         self._pending: list[online_record.Record] = []  # read, of steps not complete yet
         self._batch: list[tuple[int, int]] = []
         self._step = -1  # the step of `_batch`
-        self.metrics = {}
+        self.metrics: dict[int, dict[str, float]] = {}
+        """Each step's (1-based) ``online_se_*`` metrics, as the local engine logs them."""
 
     @classmethod
     def from_rows_file(cls, settings: StreamSettings) -> OnlineStream:

@@ -178,7 +178,8 @@ def plan_stage(
         f"data.max_prompt_length={t.max_prompt_tokens}",
         f"data.max_response_length={t.max_response_tokens}",
         f"data.train_batch_size={t.train_batch_size}",
-        f"data.shuffle={hydra_value(t.shuffle)}",
+        # online: our dataset shuffles (epoch 1) and orders (later epochs) by itself
+        f"data.shuffle={hydra_value(t.shuffle and cfg.curriculum.mode != 'online')}",
         f"data.seed={training_seed(cfg)}",
         "data.filter_overlong_prompts=true",
         "data.truncation=error",
@@ -267,9 +268,7 @@ def plan_stage(
     online = None
     if cfg.curriculum.mode == "online":  # our dataset serves the rows in the online order
         online = StreamSettings.of(cfg, out, training_seed(cfg))
-        overrides = [o for o in overrides if not o.startswith("data.shuffle=")]
         overrides += [
-            "data.shuffle=false",  # the stream shuffles (epoch 1) and orders (later epochs) by itself
             "data.dataloader_num_workers=0",  # __getitem__ in the trainer, in order
             f"data.custom_cls.path={hydra_value('pkg://' + ONLINE_DATASET[0])}",
             f"data.custom_cls.name={ONLINE_DATASET[1]}",

@@ -39,7 +39,7 @@ class OnlineSEDataset(RLHFDataset):
     """verl's dataset, serving its training files in the online order; see the module docstring."""
 
     def __init__(self, data_files: Any, tokenizer: Any, config: Any, processor: Any = None, max_samples: int = -1):
-        files = [str(f) for f in (data_files if isinstance(data_files, list | tuple) else list(data_files))]
+        files = [str(f) for f in ([data_files] if isinstance(data_files, str) else data_files)]
         super().__init__(data_files, tokenizer, config, processor=processor, max_samples=max_samples)
         self.stream: OnlineStream | None = None
         if files != [str(f) for f in config.train_files]:

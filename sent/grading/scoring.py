@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sent import online_record
 from sent.grading.expr import (
     _bracketed_items,
     _compare_by_value,
@@ -167,8 +168,11 @@ def response_answer(response: str, ground_truth: str | Sequence[str]) -> str | N
     by itself) is the list of those values when a reference is a list of as many items
     (``\\boxed{2}`` and ``\\boxed{-3}`` for ``2, -3``)."""
     answer = extract_answer(response)
-    if answer is not None:
-        return answer
+    return answer if answer is not None else _hedged_answer(response, ground_truth)
+
+
+def _hedged_answer(response: str, ground_truth: str | Sequence[str]) -> str | None:
+    """`response_answer` of a response without an answer of its own (`extract_answer` is None)."""
     boxes = extract_answers(response)
     if len(boxes) > 1 and any(len(top_level_items(gt)) == len(boxes) for gt in _ground_truths(ground_truth)):
         return ", ".join(boxes)
@@ -195,14 +199,21 @@ def compute_score(
     Returns ``{"score", "acc", "pred", "undecided"}``: +1/-1 by default as in the paper's scripts;
     set ``correct_score``/``incorrect_score`` (verl: ``reward_kwargs``) for 1/0. ``timeout`` is the
     budget of the whole response (extraction and every comparison); a response whose grading was
-    not decided within it scores as wrong with ``undecided=True``. ``data_source`` and
-    ``extra_info`` are accepted for verl's calling convention; every source is graded as maths.
+    not decided within it scores as wrong with ``undecided=True``. ``data_source`` is accepted for
+    verl's calling convention; every source is graded as maths.
+
+    Under ``curriculum.mode: online`` on verl, ``extra_info`` places a training row in its stage's
+    stream, and the rollout's extracted answer and correctness are appended to the stage's record
+    (`sent.online_record`), from which the trainer computes the online SE; otherwise it is unused.
     """
-    del data_source, extra_info
+    del data_source
     start = time.monotonic()
-    pred = response_answer(solution_str, ground_truth)
+    answer = extract_answer(solution_str)
+    pred = answer if answer is not None else _hedged_answer(solution_str, ground_truth)
     verdict = grade_answer(pred, ground_truth, timeout=max(0.0, timeout - (time.monotonic() - start)))
     acc = verdict is True
+    if extra_info:
+        online_record.append(extra_info, str(extra_info.get("id", "")), answer, acc)
     return {
         "score": float(correct_score if acc else incorrect_score),
         "acc": acc,
